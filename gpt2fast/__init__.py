@@ -1,0 +1,4 @@
+"""gpt2fast: GPT-2's block stack applied to prompts again and again, and how their token
+vectors come to agree (consensus) after every block."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""``python -m gpt2fast``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""One consensus run end to end: engine, output files, metadata, progress, interrupts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .backends.torch_backend import TorchEngine
+from .config import ConsensusFlags
+from .interrupts import graceful_stop
+from .loop import run_iterations
+from .metadata import consensus_metadata, now
+from .outputs import ConsensusOutputs, metadata_path, write_json_atomic
+from .precision import matmul_precision, storage_dtype
+from .weight_stream import WeightStream
+from .weights import Weights
+
+ERR_LAYOUT = "err[p, u] = (mean_t |y0.yt|, mean of G) after step u"
+ERR2_LAYOUT = "err2[p, :, :, u] = G after step u; NaN outside prompt p's T_p x T_p block"
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def run_consensus(
+    weights: Weights,
+    model_name: str,
+    texts: list[str],
+    token_lists: list[list[int]],
+    flags: ConsensusFlags,
+    *,
+    device: torch.device,
+    dtype: str,
+    err_path: Path,
+    gram_path: Path | None,
+    on_decode: Callable[[int, int, list[int]], None],
+    show_progress: bool = True,
+) -> tuple[dict, int]:
+    """Run every prompt through N iterations in one batch and write the files.
+
+    on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
+    each prompt, with that prompt's T_p argmax ids. Returns the final metadata (also
+    written beside each array) and the exit status: 0, or 128 + signal after a stop.
+    """
+    cfg = weights.config
+    stream = WeightStream(
+        cfg,
+        weights.state,
+        seed=flags.seed,
+        random_init=flags.random_init,
+        const_reset=flags.const_reset,
+        device=device,
+        dtype=storage_dtype(dtype),
+    )
+    engine = TorchEngine(stream, token_lists, flags.noff)
+    outputs = ConsensusOutputs(
+        err_path,
+        gram_path,
+        n_prompts=engine.n_prompts,
+        n_layer=cfg.n_layer,
+        n_iterations=flags.iterations,
+        length=engine.length,
+    )
+    steps = cfg.n_layer * flags.iterations
+    files = {"err": {"path": str(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
+    if gram_path is not None:
+        files["err2"] = {
+            "path": str(gram_path),
+            "shape": [engine.n_prompts, engine.length, engine.length, steps],
+            "layout": ERR2_LAYOUT,
+        }
+    meta = consensus_metadata(
+        model_name=model_name, weights=weights, flags=flags, texts=texts,
+        token_lists=token_lists, device=describe_device(device), dtype=dtype,
+        backend=engine.backend, files=files,
+    )
+    meta["decoded"] = []
+    meta_paths = [metadata_path(path) for path in outputs.paths()]
+    for path in meta_paths:
+        write_json_atomic(path, meta)
+
+    def decode(iteration: int, tokens: torch.Tensor) -> None:
+        for prompt, ids in enumerate(token_lists):
+            argmax_ids = tokens[prompt, : len(ids)].tolist()
+            meta["decoded"].append({"iteration": iteration, "prompt": prompt, "tokens": argmax_ids})
+            on_decode(iteration, prompt, argmax_ids)
+
+    started = time.perf_counter()
+    with graceful_stop() as stop, matmul_precision(dtype), tqdm(
+        total=flags.iterations, desc="consensus", unit="it", file=sys.stderr,
+        disable=not show_progress, mininterval=0.5,
+    ) as bar:
+        completed = run_iterations(
+            engine, flags.iterations, outputs,
+            decode_iterations=frozenset(flags.decode_iterations),
+            on_decode=decode, on_iteration=lambda: bar.update(1), stop=stop,
+        )
+    elapsed = time.perf_counter() - started
+    finished = completed == flags.iterations
+    meta.update(
+        status="complete" if finished else "interrupted",
+        complete=finished,
+        iterations_completed=completed,
+        steps_completed=completed * cfg.n_layer,
+    )
+    meta["timings"].update(
+        finished=now(),
+        run_s=round(elapsed, 3),
+        steps_per_s=round(completed * cfg.n_layer / elapsed, 3) if elapsed > 0 else None,
+    )
+    for path in meta_paths:
+        write_json_atomic(path, meta)
+    return meta, stop.exit_status()

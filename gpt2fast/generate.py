@@ -1,0 +1,87 @@
+"""Text generation (``--use-model``) with a key/value cache per (iteration, layer) step.
+
+The original grew a sequence one token at a time and recomputed the whole N-iteration
+forward pass for every new token. Causal attention makes that wasteful: the keys and
+values a position produces at step u (iteration i, layer l) never change once computed,
+because they depend only on earlier positions and on step u's weights (a redraw is a
+pure function of the seed and the step). So each step keeps a cache [1, H, M, D] of keys
+and of values, the prompt fills it once, and every new token runs the N·L steps on one row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .interrupts import StopRequest
+from .model import cached_block, embed, layer_norm
+from .weight_stream import WeightStream
+
+
+def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, element_size: int) -> int:
+    """Bytes of the key/value cache for N·L steps of ``max_length`` positions."""
+    return 2 * iterations * n_layer * max_length * n_embd * element_size
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: GPU free memory, or available host RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def sample_top_k(
+    logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator
+) -> int:
+    """The original's rule: softmax(logits / temperature), keep the ``top_k`` most likely,
+    sample among them. logits [V] any float dtype; sampling runs in float32 on the CPU."""
+    probs = F.softmax(logits.float().cpu() / temperature, dim=-1)
+    top_probs, top_ids = torch.topk(probs, top_k, dim=-1)
+    choice = torch.multinomial(top_probs, 1, generator=generator)
+    return int(top_ids[choice])
+
+
+@torch.no_grad()
+def generate(
+    stream: WeightStream,
+    tokens: list[int],
+    *,
+    max_length: int,
+    iterations: int,
+    noff: bool,
+    top_k: int,
+    temperature: float,
+    generator: torch.Generator,
+    on_token: Callable[[], None] = lambda: None,
+    stop: StopRequest | None = None,
+) -> list[int]:
+    """Grow ``tokens`` until it holds ``max_length`` ids; return its first ``max_length``.
+
+    on_token() is called after each new token; a requested ``stop`` ends growth early.
+    """
+    tokens = list(tokens)
+    if len(tokens) >= max_length:
+        return tokens[:max_length]
+    cfg = stream.cfg
+    steps = iterations * cfg.n_layer
+    device, dtype = stream.wte.device, stream.wte.dtype
+    cache_shape = (steps, 1, cfg.n_head, max_length, cfg.head_dim)
+    cache_k = torch.empty(cache_shape, device=device, dtype=dtype)
+    cache_v = torch.empty(cache_shape, device=device, dtype=dtype)
+    lm_head = stream.lm_head_after(steps - 1)
+    new_ids = torch.tensor([tokens], dtype=torch.int64, device=device)
+    start = 0
+    while True:
+        x = embed(new_ids, stream.wte, stream.wpe, start)
+        for step in range(steps):
+            x = cached_block(x, stream.block(step), cfg.n_head, noff, cache_k[step], cache_v[step], start)
+        last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b)
+        tokens.append(sample_top_k(last @ lm_head.T, top_k, temperature, generator))
+        on_token()
+        if len(tokens) >= max_length or (stop is not None and stop.requested):
+            return tokens
+        start = len(tokens) - 1
+        new_ids = torch.tensor([[tokens[-1]]], dtype=torch.int64, device=device)

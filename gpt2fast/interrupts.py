@@ -1,0 +1,53 @@
+"""Ctrl-C and SIGTERM during a run: the first asks the loop to stop, a second ends the process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Records the first stop signal; the loop polls ``requested`` between iterations."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def exit_status(self) -> int:
+        """128 + the signal number, the shell's convention for a run ended by a signal."""
+        return 128 + int(self.signal) if self.signal is not None else 0
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopRequest]:
+    """Catch SIGINT/SIGTERM for the duration of a run.
+
+    The first signal is recorded and the default handlers are put back, so a second one
+    ends the process at once. Outside the main thread (where Python cannot install signal
+    handlers) the request is never set and signals keep their usual meaning.
+    """
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def first_signal(signum, _frame) -> None:
+        stop.signal = signum
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, first_signal)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

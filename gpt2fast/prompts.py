@@ -1,0 +1,72 @@
+"""Where prompts come from: random token ids, the terminal (or piped stdin), a file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TextIO
+
+import tiktoken
+
+from .errors import InputError
+from .tokenizer import ENDOFTEXT_ID
+
+SINGLE_QUESTION = "Enter a prompt to generate text: "
+
+
+def random_prompt(encoding: tiktoken.Encoding, n_tokens: int, rng: random.Random) -> str:
+    """``n_tokens`` ids drawn uniformly from the ordinary tokens (``<|endoftext|>`` excluded),
+    each decoded on its own, joined with single spaces.
+
+    The text is the prompt; re-encoding it usually gives a different number of tokens.
+    """
+    ids = (rng.randint(0, ENDOFTEXT_ID - 1) for _ in range(n_tokens))
+    return " ".join(encoding.decode([i]) for i in ids)
+
+
+def question(n: int, single: bool) -> str:
+    """What the terminal asks before reading prompt number ``n`` (counted from 1)."""
+    if single:
+        return SINGLE_QUESTION
+    return f"Enter prompt {n} (or press Enter to finish): "
+
+
+def read_prompts(stream: TextIO, ask: TextIO | None, single: bool) -> list[str]:
+    """Prompts typed one per line on ``stream``, each stripped; an empty line ends the list.
+
+    ``single`` reads at most one (generation mode); otherwise prompts are read until an empty
+    line (consensus mode). The end of input ends the list like an empty line. Each question is
+    written to ``ask`` and flushed before its line is read; ``ask`` is None when nobody is
+    there to see it (piped stdin). Lines are read one at a time, so nothing after the ending
+    line is consumed. An empty result means "use the default prompt".
+    """
+    prompts: list[str] = []
+    while True:
+        if ask is not None:
+            ask.write(question(len(prompts) + 1, single))
+            ask.flush()
+        answer = stream.readline().strip()
+        if not answer:
+            return prompts
+        prompts.append(answer)
+        if single:
+            return prompts
+
+
+def read_prompts_file(path: Path) -> list[str]:
+    """The prompts in a UTF-8 text file, one per line, each stripped; blank lines skipped.
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a leading byte-order mark is ignored. Raises
+    ``InputError`` when the file cannot be read, is not UTF-8, or holds no prompt.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"prompts file {path} is not UTF-8 (byte {e.start})") from e
+    except OSError as e:
+        raise InputError(f"cannot read prompts file {path}: {e.strerror}") from e
+    prompts = [line.strip() for line in text.split("\n")]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise InputError(f"prompts file {path} holds no prompt")
+    return prompts

@@ -1,0 +1,130 @@
+"""Which weights each block application uses: the loaded ones or a seeded redraw.
+
+The original redrew every Linear weight and both embeddings from N(0, 0.02²) (biases 0,
+LayerNorms untouched) once after the embedding (``--random-init``) and/or after every block
+application (``--const-reset``). Here a redraw is a pure function of (seed, draw index,
+tensor, element) through the counter-based generator of ``philox``, so nothing is stored
+and every backend can regenerate the same numbers:
+
+    draw index of step u  =  u  if const_reset and u > 0
+                             0  if random_init (and not the case above)
+                             none (the loaded weights) otherwise
+
+The weights "after step u" (what ``lm_head`` uses when decoding after step u) are those of
+step u + 1, because the original redrew right after each block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+from .model import BlockParams, block_params_from_state
+from .philox import counter_normal, mix_key
+from .weights import INIT_STD, LINEAR_NAMES, linear_shapes
+
+DRAW_DOMAIN = 0x6770_7432  # separates weight draws from any other use of the seed
+WTE_STREAM = 0xFFFF_FFFF
+
+
+def draw_index(step: int, random_init: bool, const_reset: bool) -> int | None:
+    """The redraw whose weights step ``step`` uses, or None for the loaded weights."""
+    if const_reset and step > 0:
+        return step
+    if random_init:
+        return 0
+    return None
+
+
+def linear_stream(layer: int, name: str) -> int:
+    """Generator stream of Linear ``name`` (one of ``LINEAR_NAMES``) in block ``layer``."""
+    return layer * len(LINEAR_NAMES) + LINEAR_NAMES.index(name)
+
+
+def drawn_tensor(seed: int, draw: int, stream: int, shape: tuple[int, ...], device) -> torch.Tensor:
+    """N(0, 0.02²) float32 tensor of ``shape``, element e = 0.02 · counter_normal(e)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    values = counter_normal(mix_key(seed, DRAW_DOMAIN), stream, draw, numel, device=device)
+    return values.mul_(INIT_STD).view(shape)
+
+
+def drawn_block(
+    cfg: ModelConfig, loaded: BlockParams, seed: int, draw: int, layer: int
+) -> BlockParams:
+    """Block ``layer`` of redraw ``draw``: fresh Linear weights, zero biases, loaded LayerNorms."""
+    device, dtype = loaded.attn_w.device, loaded.attn_w.dtype
+    shapes = linear_shapes(cfg)
+
+    def weight(name: str) -> torch.Tensor:
+        return drawn_tensor(seed, draw, linear_stream(layer, name), shapes[name], device).to(dtype)
+
+    def zeros(name: str) -> torch.Tensor:
+        return torch.zeros(shapes[name][0], device=device, dtype=dtype)
+
+    return BlockParams(
+        ln_1_w=loaded.ln_1_w, ln_1_b=loaded.ln_1_b,
+        attn_w=weight("attn.c_attn"), attn_b=zeros("attn.c_attn"),
+        attn_proj_w=weight("attn.c_proj"), attn_proj_b=zeros("attn.c_proj"),
+        ln_2_w=loaded.ln_2_w, ln_2_b=loaded.ln_2_b,
+        fc_w=weight("mlp.c_fc"), fc_b=zeros("mlp.c_fc"),
+        fc_proj_w=weight("mlp.c_proj"), fc_proj_b=zeros("mlp.c_proj"),
+    )
+
+
+class WeightStream:
+    """The block parameters of every step and the ``lm_head`` after it, for one run.
+
+    Loaded weights are moved to ``device``/``dtype`` once; the ``--random-init`` draw is
+    made once and kept; ``--const-reset`` draws are made when asked for and not kept.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state: dict[str, torch.Tensor],
+        *,
+        seed: int,
+        random_init: bool,
+        const_reset: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        self.cfg = cfg
+        self.seed = seed
+        self.random_init = random_init
+        self.const_reset = const_reset
+        on_device = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+        self.wte = on_device["wte.weight"]
+        self.wpe = on_device["wpe.weight"]
+        self.ln_f_w = on_device["ln_f.weight"]
+        self.ln_f_b = on_device["ln_f.bias"]
+        self.loaded = [block_params_from_state(on_device, layer) for layer in range(cfg.n_layer)]
+        self._kept_blocks: dict[int, BlockParams] = {}
+        self._kept_wte: tuple[int, torch.Tensor] | None = None
+
+    def draw_of(self, step: int) -> int | None:
+        return draw_index(step, self.random_init, self.const_reset)
+
+    def block(self, step: int) -> BlockParams:
+        """Parameters of the block applied at step ``step`` (layer ``step % L``)."""
+        layer = step % self.cfg.n_layer
+        draw = self.draw_of(step)
+        if draw is None:
+            return self.loaded[layer]
+        if draw == 0:
+            if layer not in self._kept_blocks:
+                self._kept_blocks[layer] = drawn_block(self.cfg, self.loaded[layer], self.seed, 0, layer)
+            return self._kept_blocks[layer]
+        return drawn_block(self.cfg, self.loaded[layer], self.seed, draw, layer)
+
+    def lm_head_after(self, step: int) -> torch.Tensor:
+        """The ``lm_head`` weight [V, C] (tied to ``wte``) in effect right after step ``step``."""
+        draw = self.draw_of(step + 1)
+        if draw is None:
+            return self.wte
+        if self._kept_wte is None or self._kept_wte[0] != draw:
+            wte = drawn_tensor(self.seed, draw, WTE_STREAM, tuple(self.wte.shape), self.wte.device)
+            self._kept_wte = (draw, wte.to(self.wte.dtype))
+        return self._kept_wte[1]

@@ -1,0 +1,159 @@
+"""The command line end to end on a tiny checkpoint: files, metadata, printing, prompts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SEED
+from gpt2fast import reference
+from gpt2fast.cli import main
+from gpt2fast.config import DEFAULT_PROMPT
+from gpt2fast.tokenizer import gpt2_encoding
+from tiny_models import tiny_config, tiny_state
+
+CFG = tiny_config()
+
+
+def run_cli(args, stdin="", env_cwd=None):
+    """``python -m gpt2fast`` in a subprocess (real exit status, stdin and signals)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2fast", *args], input=stdin, capture_output=True,
+        text=True, cwd=env_cwd, timeout=300,
+    )
+
+
+def test_consensus_run_writes_the_original_files(tiny_checkpoint, tmp_path, capsys):
+    status = main([
+        "--weights", str(tiny_checkpoint), "--size", "2", "--prompt", "The cat sat",
+        "--prompt", "A much longer prompt about cats and dogs", "--matrixerror", "m",
+        "--decode", "1,0,1",
+    ])
+    assert status == 0
+    err, m = np.load("Eplot.npy"), np.load("m.npy")
+    encoding = gpt2_encoding()
+    prompts = ["The cat sat", "A much longer prompt about cats and dogs"]
+    token_lists = [encoding.encode(text) for text in prompts]
+    longest = max(map(len, token_lists))
+    assert err.shape == (2, CFG.n_layer * 2, 2) and err.dtype == np.float32
+    assert m.shape == (2, longest, longest, CFG.n_layer * 2) and m.dtype == np.float32
+    state = tiny_state(CFG, TINY_SEED)
+    out = capsys.readouterr().out
+    for p, tokens in enumerate(token_lists):
+        ref_err, ref_gram, ref_decoded = reference.consensus(CFG, state, tokens, iterations=2,
+                                                             decode_iterations=(0, 1))
+        np.testing.assert_allclose(err[p], ref_err.numpy(), rtol=1e-4, atol=1e-5)
+        t = len(tokens)
+        np.testing.assert_allclose(m[p, :t, :t], ref_gram.numpy(), rtol=1e-4, atol=1e-5)
+        for i in (0, 1):
+            assert f"Decoded output for prompt {p + 1}, iteration {i}:\n> {encoding.decode(ref_decoded[i])}\n" in out
+    assert out.count("Decoded output") == 4
+    meta = json.loads(open("Eplot.json").read())
+    assert meta == json.loads(open("m.json").read())
+    assert meta["complete"] is True and meta["status"] == "complete"
+    assert meta["steps_completed"] == meta["steps_total"] == CFG.n_layer * 2
+    assert meta["flags"]["decode"] == [0, 1] and meta["flags"]["size"] == 2
+    assert [p["tokens"] for p in meta["prompts"]] == token_lists
+    assert meta["model"]["n_layer"] == CFG.n_layer and meta["device"] == "cpu"
+    assert meta["dtype"] == "fp32" and meta["backend"] == "torch"
+    assert meta["weights"]["source"].endswith("model.safetensors") and len(meta["weights"]["sha256"]) == 64
+    assert meta["files"]["err2"]["shape"] == list(m.shape)
+    assert {"torch", "numpy", "python"} <= set(meta["versions"])
+
+
+def test_npy_suffix_is_not_doubled(tiny_checkpoint, tmp_path):
+    assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "x",
+                 "--savefile", "out.npy", "--matrixerror", "mat.npy"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".npy", ".json")) == [
+        "mat.json", "mat.npy", "out.json", "out.npy"]
+
+
+def test_default_prompt_when_stdin_is_empty(tiny_checkpoint, tmp_path):
+    result = run_cli(["--weights", str(tiny_checkpoint), "--size", "1"], stdin="", env_cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "Eplot.npy").shape == (1, CFG.n_layer, 2)
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert meta["prompts"][0]["text"] == DEFAULT_PROMPT and meta["prompts"][0]["length"] == 27
+    assert "consensus" in result.stderr and "steps/s" in result.stderr
+
+
+def test_piped_prompts_stop_at_empty_line(tiny_checkpoint, tmp_path):
+    result = run_cli(["--weights", str(tiny_checkpoint), "--size", "1"],
+                     stdin="first prompt\nsecond one here\n\nnot a prompt\n", env_cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert [p["text"] for p in meta["prompts"]] == ["first prompt", "second one here"]
+    assert np.load(tmp_path / "Eplot.npy").shape[0] == 2
+    assert "Enter prompt" not in result.stdout
+
+
+def test_random_prompts_are_seeded(tiny_checkpoint, tmp_path):
+    def texts(seed):
+        assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--random-prompt", "6",
+                     "--random-prompts", "3", "--seed", str(seed)]) == 0
+        return [p["text"] for p in json.loads(open("Eplot.json").read())["prompts"]]
+
+    first = texts(1)
+    assert len(first) == 3 and len(set(first)) == 3
+    assert texts(1) == first and texts(2) != first
+    assert all(len(text.split(" ")) >= 6 for text in first)
+
+
+def test_prompts_file(tiny_checkpoint, tmp_path):
+    (tmp_path / "prompts.txt").write_text("one\n\ntwo two\n")
+    assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompts-file", "prompts.txt"]) == 0
+    assert [p["text"] for p in json.loads(open("Eplot.json").read())["prompts"]] == ["one", "two two"]
+
+
+def test_generation_prints_the_grown_prompt(tiny_checkpoint, tmp_path, capsys):
+    prompt = "The robots of the city"
+    assert main(["--weights", str(tiny_checkpoint), "--use-model", "14", "--top-k", "1",
+                 "--prompt", prompt]) == 0
+    tokens = gpt2_encoding().encode(prompt)
+    expected = reference.generate(CFG, tiny_state(CFG, TINY_SEED), tokens, max_length=14, top_k=1)
+    assert capsys.readouterr().out == f"> {gpt2_encoding().decode(expected)}\n"
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_generation_truncates_a_long_prompt(tiny_checkpoint, capsys):
+    prompt = "one two three four five six seven"
+    assert main(["--weights", str(tiny_checkpoint), "--use-model", "3", "--prompt", prompt]) == 0
+    assert capsys.readouterr().out == f"> {gpt2_encoding().decode(gpt2_encoding().encode(prompt)[:3])}\n"
+
+
+def test_generation_notes_ignored_flags(tiny_checkpoint, capsys):
+    assert main(["--weights", str(tiny_checkpoint), "--use-model", "8", "--prompt", "a b c",
+                 "--decode", "0", "--matrixerror", "m"]) == 0
+    err = capsys.readouterr().err
+    assert "--decode has no effect" in err and "--matrixerror has no effect" in err
+
+
+@pytest.mark.parametrize("sig,status", [("INT", 130), ("TERM", 143)])
+def test_interrupt_leaves_valid_files(tiny_checkpoint, tmp_path, sig, status):
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--size", "100000",
+         "--prompt", "a b c d", "--matrixerror", "m"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "Eplot.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(getattr(signal, f"SIG{sig}"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert meta["complete"] is False and meta["status"] == "interrupted"
+    done = meta["steps_completed"]
+    assert 0 < done < meta["steps_total"]
+    err, m = np.load(tmp_path / "Eplot.npy"), np.load(tmp_path / "m.npy", mmap_mode="r")
+    assert np.isfinite(err[:, :done]).all() and np.isnan(err[:, done:]).all()
+    assert np.isfinite(m[..., :done]).all() and np.isnan(m[..., done : done + 10]).all()
+    assert "INTERRUPTED" in stderr
