@@ -66,6 +66,7 @@ def load_checkpoint(path: Path, preset: ModelConfig, preset_explicit: bool) -> W
         raw = read_safetensors(file) if file.suffix == ".safetensors" else read_torch(file)
         file_cfg, bias, conv1d = read_config_json(file.parent / CONFIG_FILE), True, True
     state = canonical_names(raw, origin)
+    del raw  # the conversion below then frees each original tensor as it replaces it
     cfg = file_cfg if file_cfg is not None else _preset_with_file_vocab(preset, state)
     state, cfg = fit_vocab(state, cfg, origin)
     if preset_explicit and cfg != preset:
@@ -75,7 +76,8 @@ def load_checkpoint(path: Path, preset: ModelConfig, preset_explicit: bool) -> W
         )
     if not bias:
         state = fill_missing_biases(state, cfg)
-    state = {name: _to_float32(name, tensor, conv1d) for name, tensor in state.items()}
+    for name in list(state):
+        state[name] = _to_float32(name, state[name], conv1d)
     check_state(state, cfg, origin)
     return Weights(config=cfg, state=state, source=origin, sha256=file_sha256(file))
 

@@ -59,10 +59,10 @@ def paths(tmp_path, tiny_checkpoint):
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     mismatched = tmp_path / "mismatched"
     write_hf_safetensors(mismatched, tiny_config(n_layer=1), tiny_state(tiny_config(n_layer=1), 0))
-    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.npy").mkdir()
     (tmp_path / "Eplot.npy").write_bytes(b"an existing result")
     return {"TINY": str(tiny_checkpoint), "CORRUPT": str(corrupt), "MISMATCHED": str(mismatched),
-            "ADIR": str(tmp_path / "adir")}
+            "ADIR": str(tmp_path / "adir.npy")}
 
 
 def snapshot(directory):

@@ -15,7 +15,7 @@ import torch
 from gpt2fast.checkpoints import load_checkpoint
 from gpt2fast.config import VOCAB_SIZE
 from gpt2fast.errors import InputError
-from tests.tiny_models import (
+from tiny_models import (
     build_hf_cache,
     tiny_config,
     tiny_state,

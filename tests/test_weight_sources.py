@@ -15,7 +15,7 @@ import torch
 
 from gpt2fast.weight_sources import hf_cache_dir, resolve_weights, state_sha256
 from gpt2fast.weights import random_state
-from tests.tiny_models import build_hf_cache, tiny_config, tiny_state, write_hf_safetensors
+from tiny_models import build_hf_cache, tiny_config, tiny_state, write_hf_safetensors
 
 CFG = tiny_config(n_positions=64)
 

@@ -1,0 +1,1 @@
+"""Triton kernels, one family per module, each beside its plain-PyTorch reference."""
