@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,7 @@ RANDOM_SPEC = "random"
 HF_ORG = "openai-community"
 DOWNLOAD_FILES = (CONFIG_FILE, "model.safetensors")
 TRUTHY = ("1", "ON", "YES", "TRUE")
+PROBE_TIMEOUT_S = 3.0
 
 
 def resolve_weights(
@@ -59,6 +62,8 @@ def resolve_weights(
     ]
     if is_offline():
         looked.append("WARNING: download skipped because HF_HUB_OFFLINE is set")
+    elif (unreachable := hub_unreachable()) is not None:
+        looked.append(f"WARNING: download skipped: {unreachable}")
     else:
         downloaded, failure = download_checkpoint(cache_dir, repo_ids[0])
         if downloaded is not None:
@@ -116,6 +121,20 @@ def cached_checkpoint(cache_dir: Path, repo_id: str) -> Path | None:
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set to a truthy value (1, on, yes, true)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in TRUTHY
+
+
+def hub_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (one quick TCP connect), or None if it can.
+
+    Without this, ``huggingface_hub`` retries a dead network for about 20 s before failing.
+    """
+    endpoint = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} is not reachable ({reason(exc)})"
+    return None
 
 
 def download_checkpoint(cache_dir: Path, repo_id: str) -> tuple[Path | None, str]:

@@ -83,7 +83,8 @@ class Weights:
     """A model's sizes, its canonical float32 state dict, and where it came from.
 
     source: a human-readable origin (a path, ``hf-cache:...``, ``random(seed=S)``);
-    sha256: hex digest of the checkpoint file's bytes, or of the seed for random weights.
+    sha256: hex digest of the checkpoint file's bytes, or of the tensors themselves for
+    random weights (``weight_sources.state_sha256``).
     """
 
     config: ModelConfig

@@ -157,3 +157,45 @@ def test_interrupt_leaves_valid_files(tiny_checkpoint, tmp_path, sig, status):
     assert np.isfinite(err[:, :done]).all() and np.isnan(err[:, done:]).all()
     assert np.isfinite(m[..., :done]).all() and np.isnan(m[..., done : done + 10]).all()
     assert "INTERRUPTED" in stderr
+
+
+def test_interactive_terminal_asks_like_the_original(tiny_checkpoint, tmp_path):
+    """On a terminal the questions are printed and answered one per line; Enter ends."""
+    import os
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--size", "1"],
+        cwd=tmp_path, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    seen = b""
+
+    def wait_for(text: bytes):
+        nonlocal seen
+        while text not in seen:
+            ready, _, _ = select.select([controller], [], [], 60)
+            assert ready, f"no {text!r} on the terminal; got {seen!r}"
+            seen += os.read(controller, 1024)
+
+    wait_for(b"Enter prompt 1 (or press Enter to finish): ")
+    os.write(controller, b"a first prompt\n")
+    wait_for(b"Enter prompt 2 (or press Enter to finish): ")
+    os.write(controller, b"\n")
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    os.close(controller)
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert [p["text"] for p in meta["prompts"]] == ["a first prompt"]
+
+
+def test_bf16_is_opt_in_and_recorded(tiny_checkpoint):
+    assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b c d e",
+                 "--savefile", "fp32"]) == 0
+    assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b c d e",
+                 "--savefile", "bf16", "--dtype", "bf16"]) == 0
+    assert json.loads(open("bf16.json").read())["dtype"] == "bf16"
+    exact, rough = np.load("fp32.npy"), np.load("bf16.npy")
+    assert not np.array_equal(exact, rough)
+    np.testing.assert_allclose(rough, exact, atol=2e-2)

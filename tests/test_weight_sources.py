@@ -1,7 +1,7 @@
 """Where weights come from: explicit path, "random", the HF cache, a download, random fallback.
 
-Every test points the HF cache at tmp_path and replaces ``hf_hub_download``, so neither the
-real cache nor the network is touched.
+Every test points the HF cache at tmp_path and replaces ``hf_hub_download`` and the
+reachability probe, so neither the real cache nor the network is touched.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import huggingface_hub
 import pytest
 import torch
 
+from gpt2fast import weight_sources
 from gpt2fast.weight_sources import hf_cache_dir, resolve_weights, state_sha256
 from gpt2fast.weights import random_state
 from tiny_models import build_hf_cache, tiny_config, tiny_state, write_hf_safetensors
@@ -37,6 +38,7 @@ def cache(tmp_path, monkeypatch) -> Path:
         pytest.fail(f"hf_hub_download called with {kwargs}")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(weight_sources, "hub_unreachable", lambda: None)
     return root
 
 
@@ -184,3 +186,24 @@ def test_failed_download_falls_back_to_random(cache, monkeypatch):
     failure = [line for line in warn if line.startswith("WARNING: download")]
     assert len(failure) == 1 and "ConnectionError: Name or service not known" in failure[0]
     assert all(line.startswith("WARNING: ") for line in warn)
+
+
+def test_unreachable_hub_skips_the_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    probed = []
+
+    def refuse(address, timeout):
+        probed.append((address, timeout))
+        raise OSError("Name or service not known")
+
+    def no_download(**kwargs):
+        pytest.fail("hf_hub_download must not be tried when the hub is unreachable")
+
+    monkeypatch.setattr(weight_sources.socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    warn = Warnings()
+    weights = resolve_weights(None, "gpt2", CFG, True, 0, warn)
+    assert weights.source == "random(seed=0)"
+    assert probed and probed[0][0][1] == 443 and probed[0][1] <= 5
+    assert any("download skipped" in line and "not reachable" in line for line in warn)
