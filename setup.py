@@ -1,6 +1,46 @@
-"""Packaging for gpt2fast."""
+"""Packaging for gpt2fast: the Python package and the C++ loop driver (``gpt2fast._driver``),
+built through CMake with a C++ compiler alone."""
 
-from setuptools import find_packages, setup
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    """An extension whose sources CMakeLists.txt lists."""
+
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    """Configure and build CMakeLists.txt, placing the module where setuptools expects it."""
+
+    def build_extension(self, ext: Extension) -> None:
+        import pybind11
+
+        output = Path(self.get_ext_fullpath(ext.name)).resolve()
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "cmake", "-S", str(ROOT), "-B", str(build_dir),
+                f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={output.parent}",
+                f"-DPython_EXECUTABLE={sys.executable}",
+                f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                "-DCMAKE_BUILD_TYPE=Release",
+            ],
+            check=True,
+        )
+        jobs = str(max(1, os.cpu_count() or 1))
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+
 
 setup(
     name="gpt2fast",
@@ -8,6 +48,8 @@ setup(
     description="Fast, faithful GPT-2 consensus (rank-collapse) experiments",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2fast", "gpt2fast.*"]),
+    ext_modules=[CMakeExtension("gpt2fast._driver")],
+    cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         # Bounded so that the CPU build torch 2.13.0 satisfies it and pip never replaces it
         # with a newer multi-GB CUDA build; on a GPU machine pip picks the CUDA 2.13 build.

@@ -40,6 +40,7 @@ from .weight_stream import WeightStream
 from .weights import Weights
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -266,11 +267,15 @@ def run_consensus_job(
         check_disk_space(planned)
     except OSError as error:
         raise InputError(f"refusing to start: {error}") from None
-    meta, status = run_consensus(
-        weights, model_name, texts, token_lists, flags, device=device, dtype=dtype,
-        err_path=err_path, gram_path=gram_path,
-        on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids),
-    )
+    try:
+        meta, status = run_consensus(
+            weights, model_name, texts, token_lists, flags, device=device, dtype=dtype,
+            err_path=err_path, gram_path=gram_path,
+            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids),
+        )
+    except OSError as error:
+        print(f"gpt2fast: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_FAILURE
     written = ", ".join(f"{path} {tuple(info['shape'])}" for path, info in
                         ((info["path"], info) for info in meta["files"].values()))
     done = meta["iterations_completed"]

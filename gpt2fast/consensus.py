@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from .backends.torch_backend import TorchEngine
 from .config import ConsensusFlags
+from .driver import drive
 from .interrupts import graceful_stop
-from .loop import run_iterations
 from .metadata import consensus_metadata, now
-from .outputs import ConsensusOutputs, metadata_path, write_json_atomic
+from .outputs import metadata_path, write_json_atomic
 from .precision import matmul_precision, storage_dtype
 from .weight_stream import WeightStream
 from .weights import Weights
@@ -62,14 +62,6 @@ def run_consensus(
         dtype=storage_dtype(dtype),
     )
     engine = TorchEngine(stream, token_lists, flags.noff)
-    outputs = ConsensusOutputs(
-        err_path,
-        gram_path,
-        n_prompts=engine.n_prompts,
-        n_layer=cfg.n_layer,
-        n_iterations=flags.iterations,
-        length=engine.length,
-    )
     steps = cfg.n_layer * flags.iterations
     files = {"err": {"path": str(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
     if gram_path is not None:
@@ -84,7 +76,7 @@ def run_consensus(
         backend=engine.backend, files=files,
     )
     meta["decoded"] = []
-    meta_paths = [metadata_path(path) for path in outputs.paths()]
+    meta_paths = [metadata_path(path) for path in (err_path, gram_path) if path is not None]
     for path in meta_paths:
         write_json_atomic(path, meta)
 
@@ -99,11 +91,17 @@ def run_consensus(
         total=flags.iterations, desc="consensus", unit="it", file=sys.stderr,
         disable=not show_progress, mininterval=0.5,
     ) as bar:
-        completed = run_iterations(
-            engine, flags.iterations, outputs,
-            decode_iterations=frozenset(flags.decode_iterations),
-            on_decode=decode, on_iteration=lambda: bar.update(1), stop=stop,
-        )
+        try:
+            completed = drive(
+                engine, flags.iterations, err_path, gram_path,
+                decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
+                on_progress=lambda done: bar.update(done - bar.n), stop=stop,
+            )
+        except OSError as error:
+            meta.update(status="failed", error=str(error))
+            for path in meta_paths:
+                write_json_atomic(path, meta)
+            raise
     elapsed = time.perf_counter() - started
     finished = completed == flags.iterations
     meta.update(

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """Records the first stop signal; the loop polls ``requested`` between iterations."""
+    """Records the first stop signal and tells the listeners (the running loop)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    def on_request(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a stop is requested (at once if it already was)."""
+        self.listeners.append(listener)
+        if self.requested:
+            listener()
+
+    def request(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal = signum
+            for listener in self.listeners:
+                listener()
 
     @property
     def requested(self) -> bool:
@@ -40,9 +53,9 @@ def graceful_stop() -> Iterator[StopRequest]:
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def first_signal(signum, _frame) -> None:
-        stop.signal = signum
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        stop.request(signum)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, first_signal)

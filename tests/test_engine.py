@@ -9,8 +9,7 @@ import torch
 from gpt2fast import reference
 from gpt2fast.backends.torch_backend import TorchEngine
 from gpt2fast.config import ConsensusFlags
-from gpt2fast.loop import run_iterations
-from gpt2fast.outputs import ConsensusOutputs
+from gpt2fast.driver import drive
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
 
@@ -24,7 +23,7 @@ PROMPTS = [
 
 
 def run_engine(flags: ConsensusFlags, tmp_path, token_lists=PROMPTS, with_gram=True):
-    """Run the engine through the loop into files; return err, err2 and decoded ids."""
+    """Run the engine through the driver into files; return err, err2 and decoded ids."""
     stream = WeightStream(
         CFG, STATE, seed=flags.seed, random_init=flags.random_init,
         const_reset=flags.const_reset, device=torch.device("cpu"), dtype=torch.float32,
@@ -32,13 +31,10 @@ def run_engine(flags: ConsensusFlags, tmp_path, token_lists=PROMPTS, with_gram=T
     engine = TorchEngine(stream, token_lists, flags.noff)
     err_path = tmp_path / "err.npy"
     gram_path = tmp_path / "gram.npy" if with_gram else None
-    outputs = ConsensusOutputs(
-        err_path, gram_path, n_prompts=len(token_lists), n_layer=CFG.n_layer,
-        n_iterations=flags.iterations, length=engine.length,
-    )
     decoded = {}
-    done = run_iterations(
-        engine, flags.iterations, outputs, decode_iterations=frozenset(flags.decode_iterations),
+    done = drive(
+        engine, flags.iterations, err_path, gram_path,
+        decode_iterations=frozenset(flags.decode_iterations),
         on_decode=lambda i, tokens: decoded.__setitem__(i, tokens),
     )
     assert done == flags.iterations

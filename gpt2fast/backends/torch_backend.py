@@ -1,17 +1,21 @@
 """The PyTorch backend: every prompt batched in one right-padded tensor, any device.
 
 One *iteration* applies all L blocks in order and records the consensus metrics after
-each one; the loop over iterations belongs to the caller (``gpt2fast.loop``), which hands
-in the buffers the metrics go to.
+each one; the loop over iterations belongs to the C++ driver (``gpt2fast.driver``), which
+hands in the buffers the metrics go to, or replays the CUDA graph of one iteration.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..metrics import consensus_metrics
 from ..model import block, embed, layer_norm
 from ..weight_stream import WeightStream
+
+GRAPH_WARMUP_ITERATIONS = 2
 
 
 def pad_prompts(token_lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +26,16 @@ def pad_prompts(token_lists: list[list[int]], device) -> tuple[torch.Tensor, tor
         padded[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
     lengths = torch.tensor([len(tokens) for tokens in token_lists], dtype=torch.int64)
     return padded.to(device), lengths.to(device)
+
+
+@dataclass(frozen=True)
+class CapturedIteration:
+    """A CUDA graph of one iteration and the fixed device buffers it writes each replay:
+    err [P, L, 2] and gram [P, L, T, T] (float32; gram is None when not recorded)."""
+
+    graph: torch.cuda.CUDAGraph
+    err: torch.Tensor
+    gram: torch.Tensor | None
 
 
 class TorchEngine:
@@ -50,31 +64,59 @@ class TorchEngine:
         return self.tokens.shape[1]
 
     @torch.no_grad()
-    def iteration(
-        self,
-        index: int,
-        err_out: torch.Tensor,
-        gram_out: torch.Tensor | None,
-        decode: bool,
-    ) -> torch.Tensor | None:
+    def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
         """Apply blocks 0..L-1 once (steps index·L .. index·L + L - 1), writing metrics.
 
         err_out [P, L, 2] float32 receives err after each block; gram_out [P, L, T, T]
-        float32 (or None to skip) receives G. With ``decode``, returns the argmax token at
-        every position [P, T] int64 of ``lm_head(ln_f(x))`` after the last block (one prompt
-        at a time, so the [T, V] logits of only one prompt exist at once).
+        float32 (or None to skip) receives G. Both may live on any device.
         """
-        first_step = index * self.n_layer
+        x = self.x
         for layer in range(self.n_layer):
-            step = first_step + layer
-            self.x = block(self.x, self.stream.block(step), self.n_head, self.noff)
-            err, gram = consensus_metrics(self.x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths)
+            x = block(x, self.stream.block(index * self.n_layer + layer), self.n_head, self.noff)
+            err, gram = consensus_metrics(x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths)
             err_out[:, layer].copy_(err)
             if gram_out is not None:
                 gram_out[:, layer].copy_(gram)
-        if not decode:
-            return None
-        last_step = first_step + self.n_layer - 1
-        lm_head = self.stream.lm_head_after(last_step)
+        self.x = x
+
+    @torch.no_grad()
+    def decode(self, index: int) -> torch.Tensor:
+        """Argmax token [P, T] int64 (CPU) at every position of ``lm_head(ln_f(x))`` after
+        iteration ``index``, one prompt at a time so only one [T, V] logits tensor exists."""
+        lm_head = self.stream.lm_head_after(index * self.n_layer + self.n_layer - 1)
         y = layer_norm(self.x, self.stream.ln_f_w, self.stream.ln_f_b)
         return torch.stack([(rows @ lm_head.T).argmax(-1) for rows in y]).cpu()
+
+    @torch.no_grad()
+    def capture_iteration(self, with_gram: bool) -> CapturedIteration | None:
+        """A CUDA graph of one iteration that updates x in place, or None where a graph
+        cannot stand for every iteration: off CUDA, and under ``--const-reset`` (each step
+        then has its own weights, drawn from Python)."""
+        if self.x.device.type != "cuda" or self.stream.const_reset:
+            return None
+        device = self.x.device
+        err = torch.empty(self.n_prompts, self.n_layer, 2, device=device)
+        gram = None
+        if with_gram:
+            gram = torch.empty(self.n_prompts, self.n_layer, self.length, self.length, device=device)
+        start = self.x.clone()
+        self.x = start.clone()
+        state = self.x
+
+        def iterate_in_place() -> None:
+            self.x = state
+            self.iteration(0, err, gram)
+            state.copy_(self.x)
+            self.x = state
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_ITERATIONS):
+                iterate_in_place()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            iterate_in_place()
+        state.copy_(start)
+        return CapturedIteration(graph=graph, err=err, gram=gram)

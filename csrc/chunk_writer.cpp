@@ -1,0 +1,151 @@
+#include "chunk_writer.h"
+
+#include <cstdlib>
+#include <new>
+#include <stdexcept>
+
+#include "errors.h"
+
+namespace gpt2fast {
+
+namespace {
+
+constexpr size_t kPageBytes = 4096;
+
+HostBuffer allocate_floats(int64_t count) {
+  if (count == 0) return HostBuffer(nullptr);
+  size_t bytes = (static_cast<size_t>(count) * 4 + kPageBytes - 1) / kPageBytes * kPageBytes;
+  void* pointer = nullptr;
+  if (::posix_memalign(&pointer, kPageBytes, bytes) != 0) throw std::bad_alloc();
+  return HostBuffer(static_cast<float*>(pointer));
+}
+
+}  // namespace
+
+void AlignedFree::operator()(float* pointer) const { std::free(pointer); }
+
+ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
+                         const std::string& gram_path)
+    : shape_(shape) {
+  err_file_ = std::make_unique<NpyFile>(
+      err_path, std::vector<int64_t>{shape.n_prompts, shape.steps(), 2});
+  if (shape.with_gram) {
+    gram_file_ = std::make_unique<NpyFile>(
+        gram_path, std::vector<int64_t>{shape.n_prompts, shape.length, shape.length, shape.steps()});
+  }
+  for (int slot = 0; slot < kSlots; ++slot) {
+    err_[slot] = allocate_floats(shape.chunk_iterations * shape.err_floats());
+    gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
+  }
+  row_ = allocate_floats(shape.chunk_iterations * shape.n_layer * 2);
+  thread_ = std::thread([this] { run(); });
+}
+
+ChunkWriter::~ChunkWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ChunkWriter::rethrow_failure() {
+  if (!failure_.empty()) throw WriteError(failure_);
+}
+
+void ChunkWriter::acquire(int slot) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return !busy_[slot] || !failure_.empty(); });
+  rethrow_failure();
+}
+
+void ChunkWriter::submit(int slot, int64_t first, int64_t count, CUevent ready,
+                         CUcontext context) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rethrow_failure();
+    busy_[slot] = true;
+    queue_.push_back(Job{slot, first, count, ready, context});
+  }
+  changed_.notify_all();
+}
+
+void ChunkWriter::finish() {
+  if (finished_) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  finished_ = true;
+  rethrow_failure();
+  err_file_->close();
+  if (gram_file_) gram_file_->close();
+}
+
+void ChunkWriter::run() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      changed_.wait(lock, [&] { return !queue_.empty() || closing_; });
+      if (queue_.empty()) return;
+      job = queue_.front();
+      queue_.pop_front();
+    }
+    std::string failure;
+    try {
+      if (job.ready != nullptr) {
+        const CudaApi& api = cuda_api();
+        api.check(api.cuCtxSetCurrent(job.context), "cuCtxSetCurrent");
+        api.check(api.cuEventSynchronize(job.ready), "cuEventSynchronize");
+      }
+      write_chunk(job);
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      busy_[job.slot] = false;
+      if (!failure.empty()) {
+        failure_ = failure;
+        for (const Job& dropped : queue_) busy_[dropped.slot] = false;
+        queue_.clear();
+      }
+    }
+    changed_.notify_all();
+    if (!failure.empty()) return;
+  }
+}
+
+void ChunkWriter::write_chunk(const Job& job) {
+  const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer, length = shape_.length;
+  const int64_t steps = shape_.steps();
+  const int64_t first_step = job.first * layers;
+  const int64_t run_steps = job.count * layers;
+  const float* err = err_[job.slot].get();
+  float* row = row_.get();
+  for (int64_t p = 0; p < prompts; ++p) {
+    for (int64_t k = 0; k < job.count; ++k) {
+      const float* source = err + (k * prompts + p) * layers * 2;
+      for (int64_t i = 0; i < layers * 2; ++i) row[k * layers * 2 + i] = source[i];
+    }
+    err_file_->write((p * steps + first_step) * 2, row, run_steps * 2);
+  }
+  if (!gram_file_) return;
+  const float* gram = gram_[job.slot].get();
+  const int64_t matrix = length * length;
+  for (int64_t p = 0; p < prompts; ++p) {
+    for (int64_t cell = 0; cell < matrix; ++cell) {
+      for (int64_t k = 0; k < job.count; ++k) {
+        const float* source = gram + ((k * prompts + p) * layers) * matrix + cell;
+        for (int64_t l = 0; l < layers; ++l) row[k * layers + l] = source[l * matrix];
+      }
+      gram_file_->write((p * matrix + cell) * steps + first_step, row, run_steps);
+    }
+  }
+}
+
+}  // namespace gpt2fast

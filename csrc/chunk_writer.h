@@ -1,0 +1,81 @@
+// Two staging slots of metrics and a thread that writes full slots into the .npy files.
+//
+// A slot holds c iterations: err [c, P, L, 2] and G [c, P, L, T, T] (float32, page-aligned
+// host memory). The files keep the original layouts, err (P, L*N, 2) and err2 (P, T, T, L*N),
+// so the writer transposes each chunk: every (p) row of err and every (p, a, b) row of err2
+// receives one contiguous run of c*L steps.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "cuda_api.h"
+#include "npy_file.h"
+#include "run_shape.h"
+
+namespace gpt2fast {
+
+struct AlignedFree {
+  void operator()(float* pointer) const;
+};
+using HostBuffer = std::unique_ptr<float[], AlignedFree>;
+
+class ChunkWriter {
+ public:
+  static constexpr int kSlots = 2;
+
+  // Creates the files (full of NaN). An empty gram_path means no err2 file.
+  ChunkWriter(const RunShape& shape, const std::string& err_path, const std::string& gram_path);
+  ~ChunkWriter();
+  ChunkWriter(const ChunkWriter&) = delete;
+  ChunkWriter& operator=(const ChunkWriter&) = delete;
+
+  float* err_slot(int slot) const { return err_[slot].get(); }
+  float* gram_slot(int slot) const { return gram_[slot].get(); }
+  int64_t err_slot_bytes() const { return shape_.chunk_iterations * shape_.err_floats() * 4; }
+  int64_t gram_slot_bytes() const { return shape_.chunk_iterations * shape_.gram_floats() * 4; }
+
+  // Blocks until `slot` is no longer being written out; rethrows a writer failure.
+  void acquire(int slot);
+  // Queues `slot`, holding iterations [first, first + count), for writing. When `ready` is
+  // not null the writer first waits for that CUDA event (the copies into the slot).
+  void submit(int slot, int64_t first, int64_t count, CUevent ready, CUcontext context);
+  // Writes everything queued and closes the files; rethrows a writer failure. Idempotent.
+  void finish();
+
+ private:
+  struct Job {
+    int slot;
+    int64_t first;
+    int64_t count;
+    CUevent ready;
+    CUcontext context;
+  };
+
+  void run();
+  void write_chunk(const Job& job);
+  void rethrow_failure();  // caller holds mutex_
+
+  RunShape shape_;
+  std::unique_ptr<NpyFile> err_file_;
+  std::unique_ptr<NpyFile> gram_file_;
+  HostBuffer err_[kSlots];
+  HostBuffer gram_[kSlots];
+  HostBuffer row_;  // one err2 row of a chunk, gathered before it is written
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Job> queue_;
+  bool busy_[kSlots] = {false, false};
+  bool closing_ = false;
+  bool finished_ = false;
+  std::string failure_;
+  std::thread thread_;
+};
+
+}  // namespace gpt2fast

@@ -1,0 +1,244 @@
+// gpt2fast._driver: the N-iteration loop of a consensus run, in C++.
+//
+// The backend supplies one iteration as an opaque step: a Python callable (CPU, or any
+// device) that writes the iteration's metrics into a staging slot, or a captured CUDA graph
+// that writes them to fixed device buffers, which the driver copies into pinned slots with
+// no Python per iteration. Full slots go to the ChunkWriter's thread while the next chunk
+// computes. A stop request (the first Ctrl-C / SIGTERM) ends the loop at the next iteration
+// with everything computed so far written.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "chunk_writer.h"
+#include "cuda_api.h"
+#include "errors.h"
+#include "run_shape.h"
+
+namespace py = pybind11;
+
+namespace gpt2fast {
+
+namespace {
+
+constexpr unsigned int kEventDisableTiming = 0x2;
+
+// Pinned registration of the staging slots and the events that mark them filled, for the
+// length of one graph-driven run.
+class CudaStaging {
+ public:
+  CudaStaging(const CudaApi& api, ChunkWriter& writer, std::vector<int64_t>& iteration_values,
+              CUstream stream)
+      : api_(api), stream_(stream) {
+    api.check(api.cuCtxGetCurrent(&context_), "cuCtxGetCurrent");
+    for (int slot = 0; slot < ChunkWriter::kSlots; ++slot) {
+      pin(writer.err_slot(slot), writer.err_slot_bytes());
+      pin(writer.gram_slot(slot), writer.gram_slot_bytes());
+      api.check(api.cuEventCreate(&events_[slot], kEventDisableTiming), "cuEventCreate");
+    }
+    pin(iteration_values.data(), static_cast<int64_t>(iteration_values.size() * 8));
+  }
+  ~CudaStaging() {
+    for (void* pointer : pinned_) api_.cuMemHostUnregister(pointer);
+    for (CUevent event : events_) {
+      if (event != nullptr) api_.cuEventDestroy(event);
+    }
+  }
+  CudaStaging(const CudaStaging&) = delete;
+  CudaStaging& operator=(const CudaStaging&) = delete;
+
+  CUevent event(int slot) const { return events_[slot]; }
+  CUcontext context() const { return context_; }
+  CUstream stream() const { return stream_; }
+
+ private:
+  void pin(void* pointer, int64_t bytes) {
+    if (pointer == nullptr || bytes == 0) return;
+    api_.check(api_.cuMemHostRegister(pointer, static_cast<size_t>(bytes), 0), "cuMemHostRegister");
+    pinned_.push_back(pointer);
+  }
+
+  const CudaApi& api_;
+  CUstream stream_;
+  CUcontext context_ = nullptr;
+  CUevent events_[ChunkWriter::kSlots] = {nullptr, nullptr};
+  std::vector<void*> pinned_;
+};
+
+}  // namespace
+
+class Driver {
+ public:
+  Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
+         int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path)
+      : shape_{n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty()},
+        writer_(shape_, err_path, gram_path) {}
+
+  const RunShape& shape() const { return shape_; }
+  ChunkWriter& writer() { return writer_; }
+  void request_stop() { stop_.store(true); }
+  bool stop_requested() const { return stop_.load(); }
+
+  // Runs the loop with `step(iteration, slot, index_in_chunk)` filling the slot row.
+  int64_t run_callable(const py::function& step, const py::function& decode,
+                       const std::set<int64_t>& decode_iterations, const py::function& on_progress) {
+    return loop(decode, decode_iterations, on_progress, nullptr,
+                [&](int64_t iteration, int slot, int64_t row) { step(iteration, slot, row); });
+  }
+
+  // Runs the loop by launching `graph_exec` on `stream`; the graph leaves one iteration's
+  // err [P, L, 2] at `current_err` and G [P, L, T, T] at `current_gram` (device pointers).
+  // When `iteration_pointer` is not 0, the iteration index (int64) is copied there first.
+  int64_t run_graph(uintptr_t graph_exec, uintptr_t stream, uintptr_t current_err,
+                    uintptr_t current_gram, uintptr_t iteration_pointer, const py::function& decode,
+                    const std::set<int64_t>& decode_iterations, const py::function& on_progress) {
+    const CudaApi& api = cuda_api();
+    std::vector<int64_t> iteration_values(static_cast<size_t>(shape_.n_iterations));
+    for (int64_t i = 0; i < shape_.n_iterations; ++i) iteration_values[static_cast<size_t>(i)] = i;
+    auto cu_stream = reinterpret_cast<CUstream>(stream);
+    CudaStaging staging(api, writer_, iteration_values, cu_stream);
+    const int64_t err_bytes = shape_.err_floats() * 4, gram_bytes = shape_.gram_floats() * 4;
+    auto launch = [&](int64_t iteration, int slot, int64_t row) {
+      if (iteration_pointer != 0) {
+        api.check(api.cuMemcpyHtoDAsync(iteration_pointer, &iteration_values[static_cast<size_t>(iteration)],
+                                        8, cu_stream), "cuMemcpyHtoDAsync");
+      }
+      api.check(api.cuGraphLaunch(reinterpret_cast<CUgraphExec>(graph_exec), cu_stream), "cuGraphLaunch");
+      api.check(api.cuMemcpyDtoHAsync(writer_.err_slot(slot) + row * shape_.err_floats(), current_err,
+                                      static_cast<size_t>(err_bytes), cu_stream), "cuMemcpyDtoHAsync");
+      if (gram_bytes > 0) {
+        api.check(api.cuMemcpyDtoHAsync(writer_.gram_slot(slot) + row * shape_.gram_floats(), current_gram,
+                                        static_cast<size_t>(gram_bytes), cu_stream), "cuMemcpyDtoHAsync");
+      }
+    };
+    int64_t completed = 0;
+    try {
+      completed = loop(decode, decode_iterations, on_progress, &staging, launch);
+    } catch (...) {
+      drain(api, cu_stream);
+      throw;
+    }
+    drain(api, cu_stream);
+    return completed;
+  }
+
+  void finish() {
+    py::gil_scoped_release release;
+    writer_.finish();
+  }
+
+ private:
+  template <typename Launch>
+  int64_t loop(const py::function& decode, const std::set<int64_t>& decode_iterations,
+               const py::function& on_progress, const CudaStaging* staging, Launch&& launch) {
+    const int64_t chunk = shape_.chunk_iterations;
+    int slot = 0;
+    int64_t chunk_start = 0;
+    int64_t completed = 0;
+    writer_.acquire(slot);
+    for (int64_t iteration = 0; iteration < shape_.n_iterations; ++iteration) {
+      const int64_t row = iteration - chunk_start;
+      launch(iteration, slot, row);
+      if (decode_iterations.count(iteration) != 0) decode(iteration);
+      completed = iteration + 1;
+      if (staging == nullptr) on_progress(completed);
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      const bool stopping = stop_.load();
+      if (row + 1 == chunk || completed == shape_.n_iterations || stopping) {
+        CUevent ready = nullptr;
+        CUcontext context = nullptr;
+        if (staging != nullptr) {
+          ready = staging->event(slot);
+          context = staging->context();
+          const CudaApi& api = cuda_api();
+          api.check(api.cuEventRecord(ready, staging->stream()), "cuEventRecord");
+        }
+        writer_.submit(slot, chunk_start, row + 1, ready, context);
+        if (staging != nullptr) on_progress(completed);
+        slot ^= 1;
+        chunk_start = completed;
+        if (completed < shape_.n_iterations && !stopping) {
+          py::gil_scoped_release release;
+          writer_.acquire(slot);
+        }
+      }
+      if (stopping) break;
+    }
+    return completed;
+  }
+
+  // Waits for every queued copy and write that uses the pinned slots.
+  void drain(const CudaApi& api, CUstream stream) {
+    api.cuStreamSynchronize(stream);
+    py::gil_scoped_release release;
+    try {
+      for (int slot = 0; slot < ChunkWriter::kSlots; ++slot) writer_.acquire(slot);
+    } catch (const WriteError&) {
+      // Reported by finish(); here only the waiting matters.
+    }
+  }
+
+  RunShape shape_;
+  ChunkWriter writer_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace gpt2fast
+
+namespace {
+
+py::array_t<float> slot_view(py::object owner, float* data, std::vector<int64_t> shape) {
+  return py::array_t<float>(shape, data, owner);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_driver, m) {
+  using gpt2fast::Driver;
+  m.doc() = "The C++ loop driver of gpt2fast consensus runs (see csrc/driver.cpp).";
+  py::register_exception<gpt2fast::WriteError>(m, "WriteError", PyExc_OSError);
+
+  py::class_<Driver>(m, "Driver")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&>(),
+           py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
+           py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"),
+           "Create the output files (full of NaN) and two staging slots.")
+      .def("err_slot", [](py::object self, int slot) {
+             Driver& driver = self.cast<Driver&>();
+             const auto& s = driver.shape();
+             return slot_view(self, driver.writer().err_slot(slot),
+                              {s.chunk_iterations, s.n_prompts, s.n_layer, 2});
+           }, "Staging slot `slot` for err: float32 [c, P, L, 2], a view that the loop fills.")
+      .def("gram_slot", [](py::object self, int slot) -> py::object {
+             Driver& driver = self.cast<Driver&>();
+             const auto& s = driver.shape();
+             if (!s.with_gram) return py::none();
+             return slot_view(self, driver.writer().gram_slot(slot),
+                              {s.chunk_iterations, s.n_prompts, s.n_layer, s.length, s.length});
+           }, "Staging slot for G: float32 [c, P, L, T, T], or None without an err2 file.")
+      .def("request_stop", &Driver::request_stop, "End the loop after the current iteration.")
+      .def_property_readonly("stop_requested", &Driver::stop_requested)
+      .def("run_callable", &Driver::run_callable, py::arg("step"), py::arg("decode"),
+           py::arg("decode_iterations"), py::arg("on_progress"),
+           "Run step(iteration, slot, row) for each iteration; returns iterations completed.")
+      .def("run_graph", &Driver::run_graph, py::arg("graph_exec"), py::arg("stream"),
+           py::arg("current_err"), py::arg("current_gram"), py::arg("iteration_pointer"),
+           py::arg("decode"), py::arg("decode_iterations"), py::arg("on_progress"),
+           "Launch a captured CUDA graph per iteration; returns iterations completed.")
+      .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
+
+  m.def("cuda_driver_available", [] {
+    try {
+      gpt2fast::cuda_api();
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }, "Whether libcuda can be loaded on this machine.");
+}

@@ -1,0 +1,22 @@
+// Sizes of one consensus run and of its staging chunks.
+#pragma once
+
+#include <cstdint>
+
+namespace gpt2fast {
+
+struct RunShape {
+  int64_t n_prompts;         // P
+  int64_t n_layer;           // L
+  int64_t length;            // T, the longest prompt
+  int64_t n_iterations;      // N
+  int64_t chunk_iterations;  // c, iterations per staging chunk
+  bool with_gram;            // whether err2 (the T x T matrices) is recorded
+
+  int64_t steps() const { return n_layer * n_iterations; }
+  // Floats one iteration adds to a chunk: err [P, L, 2] and G [P, L, T, T].
+  int64_t err_floats() const { return n_prompts * n_layer * 2; }
+  int64_t gram_floats() const { return with_gram ? n_prompts * n_layer * length * length : 0; }
+};
+
+}  // namespace gpt2fast

@@ -1,0 +1,79 @@
+"""A consensus engine run through the C++ loop driver (``gpt2fast._driver``).
+
+The driver owns the N-iteration loop, two staging slots of c iterations each, and a writer
+thread that transposes full slots into the ``.npy`` files (see ``csrc/``). A backend hands
+it one iteration as a step: a captured CUDA graph when the engine can provide one (launched
+from C++, no Python per iteration), else a Python callable that fills a slot row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ._driver import Driver
+from .interrupts import StopRequest
+
+CHUNK_BYTES = 64 << 20
+MAX_CHUNK_ITERATIONS = 64
+
+
+def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool) -> int:
+    """Iterations per staging slot: as many as fit ``CHUNK_BYTES``, between 1 and 64."""
+    per_iteration = 4 * n_prompts * n_layer * (2 + (length * length if wants_gram else 0))
+    return max(1, min(MAX_CHUNK_ITERATIONS, CHUNK_BYTES // per_iteration))
+
+
+def drive(
+    engine,
+    n_iterations: int,
+    err_path: Path,
+    gram_path: Path | None,
+    *,
+    decode_iterations: frozenset[int] = frozenset(),
+    on_decode: Callable[[int, torch.Tensor], None] = lambda index, tokens: None,
+    on_progress: Callable[[int], None] = lambda completed: None,
+    stop: StopRequest | None = None,
+    chunk: int | None = None,
+) -> int:
+    """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``).
+
+    The files are created at once, full of NaN. on_decode(i, tokens [P, T] int64) follows
+    each decode iteration; on_progress(iterations completed) follows each iteration (each
+    chunk on the CUDA-graph path). Returns the number of iterations completed and written,
+    N unless a stop was requested. Raises OSError when a file cannot be written.
+    """
+    wants_gram = gram_path is not None
+    if chunk is None:
+        chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram)
+    driver = Driver(
+        engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
+        str(err_path), str(gram_path) if wants_gram else "",
+    )
+    if stop is not None:
+        stop.on_request(driver.request_stop)
+
+    def decode(index: int) -> None:
+        on_decode(index, engine.decode(index))
+
+    decodes = set(decode_iterations)
+    try:
+        graph = engine.capture_iteration(wants_gram)
+        if graph is not None:
+            return driver.run_graph(
+                graph.graph.raw_cuda_graph_exec(), torch.cuda.current_stream().cuda_stream,
+                graph.err.data_ptr(), graph.gram.data_ptr() if wants_gram else 0, 0,
+                decode, decodes, on_progress,
+            )
+        err_slots = [torch.from_numpy(driver.err_slot(slot)) for slot in (0, 1)]
+        gram_slots = [torch.from_numpy(driver.gram_slot(slot)) if wants_gram else None for slot in (0, 1)]
+
+        def step(index: int, slot: int, row: int) -> None:
+            gram = gram_slots[slot]
+            engine.iteration(index, err_slots[slot][row], None if gram is None else gram[row])
+
+        return driver.run_callable(step, decode, decodes, on_progress)
+    finally:
+        driver.finish()
