@@ -1,0 +1,197 @@
+"""The C++ loop driver on the CPU: chunking, the writer's layouts, stops, failures, memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2fast import _driver
+from gpt2fast.backends.torch_backend import TorchEngine
+from gpt2fast.driver import chunk_iterations, drive
+from gpt2fast.interrupts import StopRequest
+from gpt2fast.weight_stream import WeightStream
+from tiny_models import tiny_config, tiny_state
+
+CFG = tiny_config()
+STATE = tiny_state(CFG, seed=2)
+PROMPTS = [[464, 2068, 7586, 21831, 18045], [50256, 11, 13]]
+
+
+def engine_for(token_lists=PROMPTS, device="cpu"):
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False,
+                          device=torch.device(device), dtype=torch.float32)
+    return TorchEngine(stream, token_lists, noff=False)
+
+
+def plain_loop(n_iterations, token_lists=PROMPTS, decode_iterations=()):
+    """The same engine driven by an obvious Python loop, arrays built in memory."""
+    engine = engine_for(token_lists)
+    n_prompts, length, layers = engine.n_prompts, engine.length, CFG.n_layer
+    err = np.full((n_prompts, layers * n_iterations, 2), np.nan, np.float32)
+    gram = np.full((n_prompts, length, length, layers * n_iterations), np.nan, np.float32)
+    decoded = {}
+    for i in range(n_iterations):
+        err_i = torch.empty(n_prompts, layers, 2)
+        gram_i = torch.empty(n_prompts, layers, length, length)
+        engine.iteration(i, err_i, gram_i)
+        err[:, i * layers : (i + 1) * layers] = err_i.numpy()
+        gram[..., i * layers : (i + 1) * layers] = gram_i.permute(0, 2, 3, 1).numpy()
+        if i in decode_iterations:
+            decoded[i] = engine.decode(i)
+    return err, gram, decoded
+
+
+@pytest.mark.parametrize("n_iterations,chunk", [(1, 4), (5, 2), (7, 3), (6, 6), (4, 1)])
+def test_driver_writes_what_the_plain_loop_computes(tmp_path, n_iterations, chunk):
+    decodes = frozenset({0, n_iterations - 1})
+    decoded = {}
+    progress = []
+    done = drive(engine_for(), n_iterations, tmp_path / "e.npy", tmp_path / "g.npy",
+                 decode_iterations=decodes, on_decode=decoded.__setitem__,
+                 on_progress=progress.append, chunk=chunk)
+    assert done == n_iterations
+    assert progress == list(range(1, n_iterations + 1))
+    want_err, want_gram, want_decoded = plain_loop(n_iterations, decode_iterations=decodes)
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), want_err)
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), want_gram)
+    assert sorted(decoded) == sorted(decodes)
+    for i in decodes:
+        assert torch.equal(decoded[i], want_decoded[i])
+
+
+def test_err_only_run_writes_no_matrix_file(tmp_path):
+    assert drive(engine_for(), 3, tmp_path / "e.npy", None, chunk=2) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), plain_loop(3)[0])
+
+
+def test_stop_request_ends_at_the_next_iteration(tmp_path):
+    stop = StopRequest()
+
+    def progress(done):
+        if done == 5:
+            stop.request(2)
+
+    done = drive(engine_for(), 50, tmp_path / "e.npy", tmp_path / "g.npy", on_progress=progress,
+                 stop=stop, chunk=3)
+    assert done == 5
+    err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
+    want_err, want_gram, _ = plain_loop(5)
+    steps = 5 * CFG.n_layer
+    np.testing.assert_array_equal(err[:, :steps], want_err)
+    np.testing.assert_array_equal(gram[..., :steps], want_gram)
+    assert np.isnan(err[:, steps:]).all() and np.isnan(gram[..., steps:]).all()
+
+
+def test_files_hold_nan_before_any_iteration(tmp_path):
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"))
+    driver.finish()
+    err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
+    assert err.shape == (2, 15, 2) and gram.shape == (2, 4, 4, 15)
+    assert err.dtype == gram.dtype == np.float32 and np.isnan(err).all() and np.isnan(gram).all()
+
+
+def test_slots_are_views_of_the_staging_memory(tmp_path):
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "")
+    slot = driver.err_slot(1)
+    assert slot.shape == (2, 2, 3, 2) and slot.dtype == np.float32
+    assert driver.gram_slot(0) is None
+    slot[...] = 7.0
+    assert (driver.err_slot(1) == 7.0).all() and not np.shares_memory(driver.err_slot(0), slot)
+    driver.finish()
+
+
+def test_full_disk_is_a_clear_error(tmp_path):
+    (tmp_path / "g.npy").symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"cannot write .*g\.npy: No space left on device"):
+        drive(engine_for(), 2, tmp_path / "e.npy", tmp_path / "g.npy")
+
+
+def test_unwritable_path_is_a_clear_error(tmp_path):
+    with pytest.raises(OSError, match=r"cannot create .*no-such-dir/e\.npy"):
+        drive(engine_for(), 2, tmp_path / "no-such-dir" / "e.npy", None)
+
+
+SCRIPT = textwrap.dedent("""
+    import resource, signal, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    from gpt2fast.backends.torch_backend import TorchEngine
+    from gpt2fast.driver import drive
+    from gpt2fast.weight_stream import WeightStream
+    from tiny_models import tiny_config, tiny_state
+    limit = int(sys.argv[1])
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    cfg = tiny_config()
+    stream = WeightStream(cfg, tiny_state(cfg, 0), seed=0, random_init=False, const_reset=False,
+                          device=torch.device("cpu"), dtype=torch.float32)
+    engine = TorchEngine(stream, [list(range(1000, 1000 + int(sys.argv[2])))], noff=False)
+    try:
+        drive(engine, int(sys.argv[3]), "e.npy", "g.npy")
+    except OSError as error:
+        print("OSError:", error)
+        sys.exit(3)
+    print("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+""")
+
+
+def run_script(tmp_path, limit, length, iterations):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+    return subprocess.run([sys.executable, str(script), str(limit), str(length), str(iterations)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_write_failure_mid_run_is_reported(tmp_path):
+    """A file-size limit hit after the NaN fill, while chunks are being written."""
+    result = run_script(tmp_path, limit=0, length=16, iterations=3)
+    assert result.returncode == 0, result.stderr
+    full_size = (tmp_path / "g.npy").stat().st_size
+    result = run_script(tmp_path, limit=full_size - 1, length=16, iterations=3)
+    assert result.returncode == 3, result.stderr
+    assert "cannot create" not in result.stdout
+    assert "OSError: cannot write" in result.stdout and "g.npy: File too large" in result.stdout
+
+
+def test_peak_memory_stays_far_below_the_matrix_file(tmp_path):
+    """err2 of 1 GiB + a bit, written through 2 x 128 MiB of staging: peak RSS (torch
+    included) stays far below the file's size."""
+    length, iterations = 512, 520
+    result = run_script(tmp_path, limit=0, length=length, iterations=iterations)
+    assert result.returncode == 0, result.stderr
+    size = (tmp_path / "g.npy").stat().st_size
+    assert size > 1 << 30
+    peak = int(result.stdout.split("peak_rss_bytes")[1])
+    assert peak < 0.7 * size, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    gram = np.load(tmp_path / "g.npy", mmap_mode="r")
+    assert gram.shape == (1, length, length, CFG.n_layer * iterations)
+    assert np.isfinite(gram[0, :, :, -1]).all() and np.isfinite(gram[0, 100, :, :]).all()
+
+
+def test_chunk_size_keeps_staging_bounded():
+    assert chunk_iterations(1, 12, 27, True) == 256
+    assert chunk_iterations(1, 48, 1024, True) == 1
+    per_iteration = 4 * 8 * 12 * (2 + 256 * 256)
+    assert chunk_iterations(8, 12, 256, True) * per_iteration <= 128 << 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_path_matches_the_cpu_path(tmp_path):
+    engine = engine_for(device="cuda")
+    assert engine.capture_iteration(True) is not None
+    engine = engine_for(device="cuda")
+    decoded = {}
+    assert drive(engine, 7, tmp_path / "e.npy", tmp_path / "g.npy", decode_iterations=frozenset({2}),
+                 on_decode=decoded.__setitem__, chunk=3) == 7
+    want_err, want_gram, want_decoded = plain_loop(7, decode_iterations={2})
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want_err, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), want_gram, rtol=1e-4, atol=1e-5)
+    assert torch.equal(decoded[2], want_decoded[2])
