@@ -199,3 +199,14 @@ def test_bf16_is_opt_in_and_recorded(tiny_checkpoint):
     exact, rough = np.load("fp32.npy"), np.load("bf16.npy")
     assert not np.array_equal(exact, rough)
     np.testing.assert_allclose(rough, exact, atol=2e-2)
+
+
+def test_disk_full_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "m.npy").symlink_to("/dev/full")
+    status = main(["--weights", str(tiny_checkpoint), "--size", "2", "--prompt", "a b",
+                   "--matrixerror", "m"])
+    err = capsys.readouterr().err.strip().split("\n")[-1]
+    assert status == 1
+    assert err.startswith("gpt2fast: error: cannot write") and "No space left on device" in err
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert meta["status"] == "failed" and meta["complete"] is False and "No space" in meta["error"]
