@@ -109,30 +109,28 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> GPT:
 
 
 @torch.no_grad()
-def consensus(
-    cfg: ModelConfig,
-    state: dict[str, torch.Tensor],
-    tokens: list[int],
+def forward(
+    model: GPT,
+    idx: torch.Tensor,
     *,
     iterations: int,
-    noff: bool = False,
-    random_init: bool = False,
-    const_reset: bool = False,
-    seed: int = 0,
+    noff: bool,
+    random_init: bool,
+    const_reset: bool,
+    seed: int,
     decode_iterations: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
-    """One prompt's consensus run, as the original's forward loop.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, list[int]]]:
+    """The original's ``GPT.forward`` for one prompt idx [1, T] int64.
 
-    Returns err [L·N, 2], err2 [T, T, L·N] (float32) and, for each decode iteration i, the
-    argmax token ids of ``lm_head(ln_f(x))`` at every position after iteration i.
+    Returns logits [1, T, V] after the last step, err [L·N, 2], err2 [T, T, L·N] (float32)
+    and, for each decode iteration i, the argmax token ids of ``lm_head(ln_f(x))`` at every
+    position after iteration i.
     """
-    model = build_model(cfg, state)
-    idx = torch.tensor(tokens, dtype=torch.long).unsqueeze(0)
     length = idx.size(1)
     x = model.wte(idx) + model.wpe(torch.arange(length))
     if random_init:
         model.redraw(seed, 0)
-    steps = cfg.n_layer * iterations
+    steps = model.cfg.n_layer * iterations
     err = torch.zeros(steps, 2)
     err2 = torch.zeros(length, length, steps)
     decoded = {}
@@ -152,6 +150,28 @@ def consensus(
             u += 1
         if i in decode_iterations:
             decoded[i] = model.lm_head(model.ln_f(x))[0].argmax(dim=-1).tolist()
+    logits = model.lm_head(model.ln_f(x))
+    return logits, err, err2, decoded
+
+
+def consensus(
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    tokens: list[int],
+    *,
+    iterations: int,
+    noff: bool = False,
+    random_init: bool = False,
+    const_reset: bool = False,
+    seed: int = 0,
+    decode_iterations: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
+    """One prompt's consensus run: err [L·N, 2], err2 [T, T, L·N] and the decoded ids."""
+    _, err, err2, decoded = forward(
+        build_model(cfg, state), torch.tensor([tokens], dtype=torch.long), iterations=iterations,
+        noff=noff, random_init=random_init, const_reset=const_reset, seed=seed,
+        decode_iterations=decode_iterations,
+    )
     return err, err2, decoded
 
 
@@ -170,30 +190,21 @@ def generate(
     top_k: int = 10,
     temperature: float = 1.0,
 ) -> list[int]:
-    """Grow ``tokens`` to ``max_length`` as the original: a full N-iteration forward over the
-    whole sequence per new token, top-k sampling from the last position's softmax.
+    """Grow ``tokens`` to ``max_length`` as the original: the full forward pass (metrics
+    included) over the whole sequence per new token, top-k sampling from the last position.
 
     Returns the first ``max_length`` token ids. Sampling draws from a CPU generator seeded
-    with ``seed``; the loaded weights embed every forward pass (SPEC §5.1), and every
-    redraw comes from the seeded stream, so each pass sees the same weights.
+    with ``seed``; every pass starts from the loaded weights (SPEC §5.1) and takes its
+    redraws from the seeded stream, so each pass sees the same weights.
     """
     generator = torch.Generator().manual_seed(seed)
-    x_tokens = torch.tensor(tokens, dtype=torch.long).unsqueeze(0)
+    x_tokens = torch.tensor([tokens], dtype=torch.long)
     while x_tokens.size(1) < max_length:
-        model = build_model(cfg, state)
-        length = x_tokens.size(1)
-        x = model.wte(x_tokens) + model.wpe(torch.arange(length))
-        if random_init:
-            model.redraw(seed, 0)
-        u = 0
-        for _ in range(iterations):
-            for block in model.h:
-                x = block(x, skip_mlp=noff)
-                if const_reset:
-                    model.redraw(seed, u + 1)
-                u += 1
-        logits = model.lm_head(model.ln_f(x))[:, -1, :] / temperature
-        probs = F.softmax(logits, dim=-1)
+        logits, _, _, _ = forward(
+            build_model(cfg, state), x_tokens, iterations=iterations, noff=noff,
+            random_init=random_init, const_reset=const_reset, seed=seed,
+        )
+        probs = F.softmax(logits[:, -1, :] / temperature, dim=-1)
         topk_probs, topk_indices = torch.topk(probs, top_k, dim=-1)
         choice = torch.multinomial(topk_probs, 1, generator=generator)
         x_tokens = torch.cat((x_tokens, torch.gather(topk_indices, -1, choice)), dim=1)

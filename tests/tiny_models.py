@@ -103,6 +103,27 @@ def write_hf_config(dirpath: Path, cfg: ModelConfig) -> Path:
     return path
 
 
+def write_hf_checkpoint(
+    dirpath: Path,
+    filename: str,
+    tensors: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    with_config: bool,
+) -> Path:
+    """Write ``tensors`` to ``dirpath/filename`` (safetensors or ``torch.save`` by suffix),
+    with a ``config.json`` beside it when asked; returns the weights file."""
+    dirpath = Path(dirpath)
+    dirpath.mkdir(parents=True, exist_ok=True)
+    path = dirpath / filename
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+    else:
+        torch.save(tensors, path)
+    if with_config:
+        write_hf_config(dirpath, cfg)
+    return path
+
+
 def write_hf_safetensors(
     dirpath: Path,
     cfg: ModelConfig,
@@ -112,15 +133,8 @@ def write_hf_safetensors(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``dirpath/model.safetensors`` (and ``config.json``); returns the weights file."""
-    dirpath = Path(dirpath)
-    dirpath.mkdir(parents=True, exist_ok=True)
-    path = dirpath / "model.safetensors"
-    safetensors.torch.save_file(
-        hf_tensors(cfg, state, prefix, dtype), path, metadata={"format": "pt"}
-    )
-    if with_config:
-        write_hf_config(dirpath, cfg)
-    return path
+    tensors = hf_tensors(cfg, state, prefix, dtype)
+    return write_hf_checkpoint(dirpath, "model.safetensors", tensors, cfg, with_config)
 
 
 def write_hf_bin(
@@ -132,13 +146,8 @@ def write_hf_bin(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``dirpath/pytorch_model.bin`` with ``torch.save`` (and ``config.json``); returns it."""
-    dirpath = Path(dirpath)
-    dirpath.mkdir(parents=True, exist_ok=True)
-    path = dirpath / "pytorch_model.bin"
-    torch.save(hf_tensors(cfg, state, prefix, dtype), path)
-    if with_config:
-        write_hf_config(dirpath, cfg)
-    return path
+    tensors = hf_tensors(cfg, state, prefix, dtype)
+    return write_hf_checkpoint(dirpath, "pytorch_model.bin", tensors, cfg, with_config)
 
 
 def write_nanogpt_ckpt(
