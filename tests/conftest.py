@@ -1,10 +1,22 @@
-"""Shared fixtures: every test runs offline, in its own directory, with tiny checkpoints."""
+"""Shared fixtures: every test runs offline, in its own directory, with tiny checkpoints.
+
+Triton kernels run under Triton's interpreter (on CPU tensors) unless the machine has a
+CUDA GPU, where they run compiled. Triton reads TRITON_INTERPRET when it is first imported,
+so it is set here, before any test module imports triton. Ahead-of-time compilation for
+real GPUs needs the compiled mode and runs in a child process (tests/kernels/aot.py).
+"""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from tiny_models import tiny_config, tiny_state, write_hf_safetensors
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
+
+import pytest  # noqa: E402
+
+from tiny_models import tiny_config, tiny_state, write_hf_safetensors  # noqa: E402
 
 TINY_SEED = 7
 
@@ -25,3 +37,10 @@ def tiny_checkpoint(tmp_path_factory):
     cfg = tiny_config()
     write_hf_safetensors(directory, cfg, tiny_state(cfg, TINY_SEED))
     return directory
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where kernel tests put their tensors: the GPU when there is one, else the CPU
+    (then the kernels run under the interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,69 +6,107 @@ wheel) without touching a driver. Register and spill counts are normally read fr
 driver after loading the cubin; without one we take them from ptxas's ``-v`` report, which
 Triton prints when ``TRITON_DUMP_PTXAS_LOG`` is set. The compilation cache would skip
 ptxas (and the report), so these compiles always run the full pipeline.
+
+The test process runs Triton under its interpreter (see tests/conftest.py), where kernels
+cannot be compiled, so ``compile_in_child`` compiles a list of ``AotSpec`` in a child
+Python started without TRITON_INTERPRET (this file run as a script).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
+import json
+import os
 import re
-from dataclasses import dataclass
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import triton
-from triton import knobs
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
-
+REPO = Path(__file__).resolve().parents[2]
+CAPABILITIES = (80, 90)
 _REGISTERS = re.compile(r"Used (\d+) registers")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 @dataclass(frozen=True)
-class AotKernel:
-    """One kernel compiled for one target.
+class AotSpec:
+    """One kernel configuration to compile: ``kernel`` as ``"module:function"``;
+    ``signature`` maps every parameter to a Triton type ("*fp32", "i64", "constexpr", ...);
+    ``constexprs`` holds the constexpr values; ``options`` compile options (num_warps...)."""
 
-    cubin: the ELF binary; n_regs: registers per thread; spill_store_bytes /
-    spill_load_bytes: register spills per thread; stack_bytes: the per-thread stack frame
-    (spills plus local arrays; Triton's runtime ``n_spills`` is this local size / 4).
-    """
+    label: str
+    kernel: str
+    signature: dict
+    constexprs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
-    compiled: triton.compiler.CompiledKernel
-    cubin: bytes
+
+@dataclass(frozen=True)
+class AotResult:
+    """One spec compiled for sm_<capability>: cubin size, registers per thread, spills
+    (bytes per thread) and the per-thread stack frame."""
+
+    label: str
+    capability: int
+    cubin_bytes: int
+    elf: bool
     n_regs: int
     spill_store_bytes: int
     spill_load_bytes: int
     stack_bytes: int
-    ptxas_log: str
+
+    def line(self) -> str:
+        return (f"{self.label} sm_{self.capability}: {self.n_regs} registers, "
+                f"{self.spill_store_bytes} B spill stores, {self.spill_load_bytes} B spill loads, "
+                f"{self.stack_bytes} B stack, cubin {self.cubin_bytes} B")
 
 
-def compile_for(kernel, signature: dict, constexprs: dict, capability: int, **options) -> AotKernel:
-    """Compile ``kernel`` for sm_<capability> (e.g. 80, 90) without a GPU.
+def compile_for(spec: AotSpec, capability: int) -> AotResult:
+    """Compile ``spec`` for sm_<capability> (e.g. 80, 90) in this (compiled-mode) process."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
 
-    signature: every parameter name -> Triton type ("*fp32", "i64", "u64", "constexpr", ...);
-    constexprs: values of the constexpr parameters; options: compile options such as
-    num_warps. Raises TypeError for a kernel decorated under TRITON_INTERPRET=1 (then it is
-    an InterpretedFunction, which cannot be compiled).
-    """
-    if not isinstance(kernel, JITFunction):
-        raise TypeError(f"{kernel!r} is not a JITFunction; was it decorated under TRITON_INTERPRET=1?")
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    module, name = spec.kernel.split(":")
+    kernel = getattr(importlib.import_module(module), name)
+    source = ASTSource(fn=kernel, signature=spec.signature, constexprs=spec.constexprs)
     log = io.StringIO()
     with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         knobs.compilation.always_compile = True
         knobs.nvidia.dump_ptxas_log = True
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=spec.options)
     text = log.getvalue()
     registers, frame = _REGISTERS.search(text), _FRAME.search(text)
     if registers is None or frame is None:
-        raise RuntimeError(f"no register/spill report in the ptxas log:\n{text}")
-    return AotKernel(
-        compiled=compiled,
-        cubin=compiled.asm["cubin"],
-        n_regs=int(registers.group(1)),
-        spill_store_bytes=int(frame.group(2)),
-        spill_load_bytes=int(frame.group(3)),
-        stack_bytes=int(frame.group(1)),
-        ptxas_log=text,
+        raise RuntimeError(f"no register/spill report in the ptxas log of {spec.label}:\n{text}")
+    cubin = compiled.asm["cubin"]
+    return AotResult(
+        label=spec.label, capability=capability, cubin_bytes=len(cubin), elf=cubin[:4] == b"\x7fELF",
+        n_regs=int(registers.group(1)), spill_store_bytes=int(frame.group(2)),
+        spill_load_bytes=int(frame.group(3)), stack_bytes=int(frame.group(1)),
     )
+
+
+def compile_in_child(specs: list[AotSpec]) -> list[AotResult]:
+    """Compile every spec for every capability in ``CAPABILITIES`` in a compiled-mode child."""
+    with tempfile.TemporaryDirectory() as scratch:
+        request, answer = Path(scratch) / "specs.json", Path(scratch) / "results.json"
+        request.write_text(json.dumps([asdict(spec) for spec in specs]))
+        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        child = subprocess.run([sys.executable, __file__, str(request), str(answer)], env=env,
+                               capture_output=True, text=True, timeout=900)
+        if child.returncode != 0:
+            raise RuntimeError(f"AOT compilation failed:\n{child.stderr[-4000:]}")
+        return [AotResult(**result) for result in json.loads(answer.read_text())]
+
+
+if __name__ == "__main__":
+    specs = [AotSpec(**spec) for spec in json.loads(Path(sys.argv[1]).read_text())]
+    results = [asdict(compile_for(spec, capability)) for spec in specs for capability in CAPABILITIES]
+    Path(sys.argv[2]).write_text(json.dumps(results))
