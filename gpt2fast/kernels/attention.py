@@ -1,0 +1,298 @@
+"""Causal multi-head attention over right-padded prompts, and its one-query decode step.
+
+Head dim D = 64 (all GPT-2 sizes), H heads, C = H·D, scale 1/sqrt(D).
+
+``causal_attention``: qkv [P, T, 3C] float32 is the c_attn output; head h reads
+q = qkv[p, :, h·D : h·D+D], k = qkv[p, :, C + h·D : ...], v = qkv[p, :, 2C + h·D : ...] and
+
+    out[p, t, h·D : h·D+D] = Σ_{s ≤ t} softmax_s(q_t · k_s / sqrt(D)) v_s     for t < T_p,
+    out[p, t, :] = 0                                                          for t ≥ T_p,
+
+with T_p = lengths[p] (clamped to [0, T] in the kernel, so no value of ``lengths`` makes it
+read outside qkv). Rows t < T_p equal F.scaled_dot_product_attention(q, k, v,
+is_causal=True) on the padded tensor; the kernel never reads qkv rows t ≥ T_p, so whatever
+the padding holds (NaN included) cannot reach the output. Padding rows are written as
+zeros rather than computed, so the output is fully defined.
+
+One launch: program (m, p·H + h) owns query rows m·BLOCK_M .. m·BLOCK_M + BLOCK_M - 1 of
+prompt p, head h. It keeps the running row maximum, row sum and un-normalised output of a
+flash-attention online softmax while it walks the key blocks 0 .. min(end of its query
+block, T_p); key blocks above the diagonal and query blocks at or past T_p are never
+visited. Both products are ``tl.dot`` with IEEE fp32 inputs by default (``precision="tf32"``
+opts into tensor-core TF32). Tile choice (``causal_config``): prompts up to 128 tokens use
+16×32 tiles (16 query rows, 32 keys; 4 warps) so a 27-token prompt still spreads over 2·H
+programs; longer ones use 64×32 tiles with 8 warps, which read each key/value block once per
+64 queries and give 16·P·H programs at T = 1024. IEEE fp32 ``tl.dot`` runs as FMAs with each
+thread holding whole 64-long operand rows in registers, which bounds the tile: 64×64 with
+8 warps needs 255 registers and spills on sm_80, 64×32 fits in 128 (see the AOT test). The
+choice is a plain function of T rather than ``triton.autotune``: it is deterministic,
+identical under the interpreter, and needs no benchmarking runs (which would also run
+during CUDA-graph capture).
+
+Cost model: from memory, q, k, v and the output are 16·P·T·C bytes (gpt2, T = 1024: 13 MB
+per prompt; the re-reads of K and V by later query blocks come from L2). The causal FLOPs,
+2·P·H·T²·D (gpt2, T = 1024: 1.6 GFLOP per prompt), run on the CUDA cores in IEEE fp32, so
+long prompts are compute-bound (tens of µs on an H100); at the default 27 tokens (1 MFLOP)
+the kernel is launch-bound.
+
+``decode_attention``: q [H, D] (one new token), cache_k / cache_v [H, capacity, D] holding
+positions 0 .. length-1 (the new token's key and value already at length-1), out [H, D]:
+
+    out[h] = Σ_{s < length} softmax_s(q_h · k_{h,s} / sqrt(D)) v_{h,s},
+
+as ``gpt2fast.model.cached_block`` computes it for one new token. The cache is read once,
+2·H·length·D·4 bytes (gpt2-xl at length 1024: 13 MB), so the kernel is memory-bound, and H
+programs alone (12 to 25) would leave most of a GPU's SMs idle. Flash-decoding split:
+the keys are cut into ``splits`` ranges of ``keys_per_split`` (a multiple of DECODE_BLOCK_N;
+at most MAX_SPLITS ranges, so up to 16·H programs); program (s, h) writes its range's
+normalised output o_s [D] and softmax statistics (row maximum m_s, row sum l_s); a second
+launch combines them per head in split order (deterministic):
+
+    out[h] = Σ_s w_s o_s / Σ_s w_s,   w_s = l_s · exp(m_s - max_s m_s).
+
+A single split (length ≤ DECODE_BLOCK_N) writes ``out`` directly and skips the combine. The
+one-row products are elementwise multiply-and-sum in fp32 (no ``tl.dot``), so ``precision``
+does not change the arithmetic there. Cache rows ≥ length are never read.
+
+References: ``causal_attention_reference`` and ``decode_attention_reference`` (torch SDPA,
+as ``gpt2fast.model`` uses it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..model import merge_heads, split_heads
+
+HEAD_DIM = 64
+PRECISIONS = ("ieee", "tf32")
+SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
+CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
+    "short": (16, 32, 4),
+    "long": (64, 32, 8),
+}
+DECODE_BLOCK_N = 64  # keys per tile in decode_attention: a 16 kB key tile with 4 warps
+DECODE_NUM_WARPS = 4
+MAX_SPLITS = 16  # key ranges per head in decode_attention (the combine reads them all at once)
+COMBINE_NUM_WARPS = 1
+
+
+@triton.jit
+def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale,
+                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            INPUT_PRECISION: tl.constexpr):
+    """One (query block, prompt·head) tile of causal attention; see the module docstring.
+
+    qkv_ptr: *fp32 [P, length, 3·n_head·HEAD_DIM]; lengths_ptr: *i64 [P];
+    out_ptr: *fp32 [P, length, n_head·HEAD_DIM]; scale: 1/sqrt(HEAD_DIM).
+    """
+    block_m = tl.program_id(0)
+    prompt = tl.program_id(1) // n_head
+    head = tl.program_id(1) % n_head
+    width = n_head * HEAD_DIM
+    prompt_length = tl.maximum(tl.minimum(tl.load(lengths_ptr + prompt), length), 0).to(tl.int32)
+
+    rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    real_rows = rows < prompt_length
+    q_base = qkv_ptr + prompt.to(tl.int64) * length * 3 * width + head * HEAD_DIM
+    q = tl.load(q_base + rows[:, None] * 3 * width + dims[None, :], mask=real_rows[:, None], other=0.0)
+    q = q * scale
+    k_base = q_base + width
+    v_base = q_base + 2 * width
+
+    row_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+    key_end = tl.where(block_m * BLOCK_M < prompt_length,
+                       tl.minimum((block_m + 1) * BLOCK_M, prompt_length), 0)
+    for start in range(0, key_end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        real_keys = keys < key_end
+        k_t = tl.load(k_base + keys[None, :] * 3 * width + dims[:, None], mask=real_keys[None, :], other=0.0)
+        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION)
+        visible = real_keys[None, :] & (keys[None, :] <= rows[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_max[:, None])
+        rescale = tl.exp(row_max - new_max)
+        v = tl.load(v_base + keys[:, None] * 3 * width + dims[None, :], mask=real_keys[:, None], other=0.0)
+        acc = acc * rescale[:, None] + tl.dot(weights, v, input_precision=INPUT_PRECISION)
+        row_sum = row_sum * rescale + tl.sum(weights, axis=1)
+        row_max = new_max
+
+    row_sum = tl.where(real_rows, row_sum, 1.0)
+    result = tl.where(real_rows[:, None], acc / row_sum[:, None], 0.0)
+    out_base = out_ptr + prompt.to(tl.int64) * length * width + head * HEAD_DIM
+    tl.store(out_base + rows[:, None] * width + dims[None, :], result, mask=(rows < length)[:, None])
+
+
+def causal_config(length: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for prompts padded to ``length`` tokens."""
+    return CAUSAL_CONFIGS["short" if length <= SMALL_T else "long"]
+
+
+def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor, *,
+                     n_head: int, precision: str = "ieee") -> torch.Tensor:
+    """Causal attention of every prompt and head in one launch; writes and returns ``out``.
+
+    qkv [P, T, 3C] float32 contiguous (c_attn output), lengths [P] int64 (T_p; values are
+    clamped to [0, T]), out [P, T, C] float32 contiguous, all on one device; C = n_head·64.
+    Rows t < T_p hold the attention output, rows t ≥ T_p zeros.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if qkv.dim() != 3 or qkv.dtype != torch.float32 or not qkv.is_contiguous():
+        raise ValueError(f"qkv must be a contiguous float32 [P, T, 3C], got {qkv.dtype} {tuple(qkv.shape)}")
+    n_prompts, length, three_width = qkv.shape
+    if n_head <= 0 or three_width != 3 * n_head * HEAD_DIM:
+        raise ValueError(f"qkv's last axis must be 3·n_head·{HEAD_DIM} = {3 * n_head * HEAD_DIM}, got {three_width}")
+    if lengths.shape != (n_prompts,) or lengths.dtype != torch.int64:
+        raise ValueError(f"lengths must be int64 [{n_prompts}], got {lengths.dtype} {tuple(lengths.shape)}")
+    width = n_head * HEAD_DIM
+    if out.shape != (n_prompts, length, width) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 {(n_prompts, length, width)}, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+    if len({qkv.device, lengths.device, out.device}) != 1:
+        raise ValueError("qkv, lengths and out must be on one device")
+    if n_prompts and length:
+        block_m, block_n, num_warps = causal_config(length)
+        grid = (triton.cdiv(length, block_m), n_prompts * n_head)
+        causal_attention_kernel[grid](qkv, lengths, out, length, n_head, 1.0 / math.sqrt(HEAD_DIM),
+                                      HEAD_DIM=HEAD_DIM, BLOCK_M=block_m, BLOCK_N=block_n,
+                                      INPUT_PRECISION=precision, num_warps=num_warps)
+    return out
+
+
+def causal_attention_reference(qkv: torch.Tensor, lengths: torch.Tensor, *, n_head: int) -> torch.Tensor:
+    """What ``causal_attention`` writes, with SDPA as ``gpt2fast.model.block`` calls it:
+    qkv [P, T, 3C], lengths [P] int64 -> [P, T, C], rows t ≥ lengths[p] zero."""
+    q, k, v = split_heads(qkv, n_head)
+    out = merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    positions = torch.arange(qkv.shape[1], device=qkv.device)
+    return out.masked_fill((positions[None, :] >= lengths[:, None])[..., None], 0.0)
+
+
+@triton.jit(do_not_specialize=["length", "keys_per_split"])
+def decode_attention_split_kernel(q_ptr, cache_k_ptr, cache_v_ptr, partial_ptr, stats_ptr,
+                                  length, capacity, keys_per_split, n_splits, scale,
+                                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Softmax-attention of one head's query over one key range; program (split, head).
+
+    q_ptr: *fp32 [H, HEAD_DIM]; cache_k_ptr, cache_v_ptr: *fp32 [H, capacity, HEAD_DIM];
+    partial_ptr: *fp32 [H, n_splits, HEAD_DIM] gets the range's normalised output;
+    stats_ptr: *fp32 [2, H, n_splits] gets its row maximum (stats[0]) and row sum (stats[1]).
+    Keys split·keys_per_split .. min(+keys_per_split, length) - 1; each range is non-empty.
+    """
+    split = tl.program_id(0)
+    head = tl.program_id(1)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + head * HEAD_DIM + dims) * scale
+    k_base = cache_k_ptr + head.to(tl.int64) * capacity * HEAD_DIM
+    v_base = cache_v_ptr + head.to(tl.int64) * capacity * HEAD_DIM
+
+    row_max = tl.full((), float("-inf"), tl.float32)
+    row_sum = tl.zeros((), tl.float32)
+    acc = tl.zeros((HEAD_DIM,), tl.float32)
+    first = split * keys_per_split
+    end = tl.minimum(first + keys_per_split, length)
+    for start in range(first, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        real_keys = keys < end
+        k = tl.load(k_base + keys[:, None] * HEAD_DIM + dims[None, :], mask=real_keys[:, None], other=0.0)
+        v = tl.load(v_base + keys[:, None] * HEAD_DIM + dims[None, :], mask=real_keys[:, None], other=0.0)
+        scores = tl.where(real_keys, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=0))
+        weights = tl.exp(scores - new_max)
+        rescale = tl.exp(row_max - new_max)
+        acc = acc * rescale + tl.sum(weights[:, None] * v, axis=0)
+        row_sum = row_sum * rescale + tl.sum(weights, axis=0)
+        row_max = new_max
+
+    slot = head * n_splits + split
+    tl.store(partial_ptr + slot * HEAD_DIM + dims, acc / row_sum)
+    tl.store(stats_ptr + slot, row_max)
+    tl.store(stats_ptr + tl.num_programs(1) * n_splits + slot, row_sum)
+
+
+@triton.jit
+def decode_attention_combine_kernel(partial_ptr, stats_ptr, out_ptr, n_splits,
+                                    HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr):
+    """out[h] = Σ_s w_s o_s / Σ_s w_s with w_s = l_s·exp(m_s - max m); program h.
+
+    partial_ptr: *fp32 [H, n_splits, HEAD_DIM] (o_s); stats_ptr: *fp32 [2, H, n_splits]
+    (m_s, l_s); out_ptr: *fp32 [H, HEAD_DIM]; n_splits ≤ MAX_SPLITS.
+    """
+    head = tl.program_id(0)
+    splits = tl.arange(0, MAX_SPLITS)
+    dims = tl.arange(0, HEAD_DIM)
+    real = splits < n_splits
+    slots = head * n_splits + splits
+    split_max = tl.load(stats_ptr + slots, mask=real, other=float("-inf"))
+    split_sum = tl.load(stats_ptr + tl.num_programs(0) * n_splits + slots, mask=real, other=0.0)
+    partial = tl.load(partial_ptr + slots[:, None] * HEAD_DIM + dims[None, :], mask=real[:, None], other=0.0)
+    weights = split_sum * tl.exp(split_max - tl.max(split_max, axis=0))
+    out = tl.sum(weights[:, None] * partial, axis=0) / tl.sum(weights, axis=0)
+    tl.store(out_ptr + head * HEAD_DIM + dims, out)
+
+
+def decode_split(length: int) -> tuple[int, int]:
+    """(n_splits, keys_per_split) for ``length`` cached positions: ranges of whole
+    DECODE_BLOCK_N tiles, as many as MAX_SPLITS allows, none empty."""
+    tiles = triton.cdiv(length, DECODE_BLOCK_N)
+    keys_per_split = triton.cdiv(tiles, min(tiles, MAX_SPLITS)) * DECODE_BLOCK_N
+    return triton.cdiv(length, keys_per_split), keys_per_split
+
+
+def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
+                     out: torch.Tensor, *, precision: str = "ieee") -> torch.Tensor:
+    """One new token's attention over a key/value cache; writes and returns ``out``.
+
+    q [H, 64], cache_k and cache_v [H, capacity, 64], out [H, 64]: float32, contiguous, one
+    device; 1 ≤ length ≤ capacity. ``precision`` is accepted for a uniform interface: the
+    one-row products run in IEEE fp32 in either mode.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if q.dim() != 2 or q.shape[1] != HEAD_DIM:
+        raise ValueError(f"q must be [H, {HEAD_DIM}], got {tuple(q.shape)}")
+    n_head = q.shape[0]
+    if cache_k.dim() != 3 or cache_k.shape[0] != n_head or cache_k.shape[2] != HEAD_DIM \
+            or cache_v.shape != cache_k.shape:
+        raise ValueError(f"cache_k and cache_v must both be [{n_head}, capacity, {HEAD_DIM}], "
+                         f"got {tuple(cache_k.shape)} and {tuple(cache_v.shape)}")
+    if out.shape != q.shape:
+        raise ValueError(f"out must be {tuple(q.shape)}, got {tuple(out.shape)}")
+    tensors = (q, cache_k, cache_v, out)
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+        raise ValueError("q, cache_k, cache_v and out must be contiguous float32")
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("q, cache_k, cache_v and out must be on one device")
+    capacity = cache_k.shape[1]
+    if not 1 <= length <= capacity:
+        raise ValueError(f"length must be in [1, {capacity}] (the cache capacity), got {length}")
+    if n_head == 0:
+        return out
+    n_splits, keys_per_split = decode_split(length)
+    partial = out if n_splits == 1 else torch.empty((n_head, n_splits, HEAD_DIM), device=q.device)
+    stats = torch.empty((2, n_head, n_splits), device=q.device)
+    decode_attention_split_kernel[(n_splits, n_head)](
+        q, cache_k, cache_v, partial, stats, length, capacity, keys_per_split, n_splits,
+        1.0 / math.sqrt(HEAD_DIM), HEAD_DIM=HEAD_DIM, BLOCK_N=DECODE_BLOCK_N, num_warps=DECODE_NUM_WARPS)
+    if n_splits > 1:
+        decode_attention_combine_kernel[(n_head,)](partial, stats, out, n_splits, HEAD_DIM=HEAD_DIM,
+                                                   MAX_SPLITS=MAX_SPLITS, num_warps=COMBINE_NUM_WARPS)
+    return out
+
+
+def decode_attention_reference(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                               length: int) -> torch.Tensor:
+    """What ``decode_attention`` writes, with SDPA as ``gpt2fast.model.cached_block`` calls it
+    for one new token: q [H, D], cache_k/cache_v [H, capacity, D] -> [H, D]."""
+    attended = F.scaled_dot_product_attention(q[None, :, None], cache_k[None, :, :length], cache_v[None, :, :length])
+    return attended[0, :, 0]

@@ -1,0 +1,248 @@
+"""The consensus metric after a block, for all prompts at once, in three launches.
+
+With y = ln_f(x) (LayerNorm, eps 1e-5, affine w, b [C]) and unit rows ŷ_t = y_t / ||y_t||,
+per prompt p of T_p tokens (right-padded to a common T, 1 <= T_p <= T):
+
+    G = Ŷ Ŷᵀ                                    [T_p, T_p] cosine similarities
+    err[p, 0] = (1 / T_p)  Σ_{t < T_p} |G[0, t]|
+    err[p, 1] = (1 / T_p²) Σ_{s, t < T_p} G[s, t]
+
+and G is NaN outside the T_p × T_p block of its [T, T] slot. The pipeline:
+
+1. ``unit_rows_kernel``, grid (T, P): one row per program, LayerNorm then ŷ_t into a float32
+   scratch [P, T, C] (padded rows t >= T_p are neither read nor written);
+2. ``gram_tiles_kernel``, grid (T / BT, T / BT, P): one BT × BT tile of G per program, a K
+   loop of ``tl.dot`` over C; writes the tile (NaN outside the block) and two partial sums
+   per tile (|G[0, t]| over the tile's part of row 0, and all valid entries of the tile) to
+   a float32 scratch [P, tiles, 2]; tiles wholly outside the block skip the K loop;
+3. ``finalize_kernel``, grid (P,): sums each prompt's partials in a fixed order and divides.
+
+No atomics anywhere, so the result is bitwise deterministic; nothing reads lengths on the
+host, so the pipeline needs no host sync and can be captured in a CUDA graph. The two
+scratch buffers are allocated by the launcher with ``torch.empty`` (the caching allocator,
+or the graph's private pool under capture).
+
+Performance model (H100): per block this reads x (P·T·C floats) and writes G (P·T² floats),
+both tiny next to the block's weights (gpt2: 28 MB, gpt2-xl: 123 MB per block); the Gram
+product is 2·T_p²·C flops per prompt (27 tokens: ~1 MFLOP, latency-bound; T = 1024,
+C = 1600: 3.4 GFLOP, about 5% of the block's own flops at that length). The point is one
+launch per stage for all prompts, no host sync, and small tiles at small T so that a
+27-token prompt still spreads over several SMs.
+
+Configurations are picked by plain heuristics (``gram_block`` on T, ``BLOCK_C`` the next
+power of two of C), not ``triton.autotune``: autotuning would launch benchmark runs inside
+CUDA-graph capture and cannot run under the interpreter. Every configuration the launcher
+can pick for GPT-2 sizes is in the tests' AOT specs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..metrics import consensus_metrics
+from ..model import LAYERNORM_EPS
+
+MAX_C = 2048
+FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
+PRECISIONS = ("ieee", "tf32")
+
+
+@dataclass(frozen=True)
+class GramConfig:
+    """Tiling of ``gram_tiles_kernel``: square BT × BT tiles of G, a K step of BK columns of C.
+
+    An fp32 "ieee" ``tl.dot`` runs on the FMA units and holds each thread's rows and columns
+    of the K step in registers, so BK shrinks as BT grows: every config compiles without
+    spills for sm_80 and sm_90 (at most 128 registers), tf32 included."""
+
+    block_t: int
+    block_k: int
+    num_warps: int
+
+
+GRAM_CONFIGS = (GramConfig(16, 32, 4), GramConfig(32, 32, 8), GramConfig(64, 16, 8))
+
+
+def gram_block(length: int) -> GramConfig:
+    """The Gram tiling for T = ``length``: at most 16 tiles per prompt up to T = 64 (small T
+    is latency-bound, so spread it), 64 tiles up to T = 256, 64 × 64 tiles beyond."""
+    if length <= 64:
+        return GRAM_CONFIGS[0]
+    if length <= 256:
+        return GRAM_CONFIGS[1]
+    return GRAM_CONFIGS[2]
+
+
+def unit_rows_warps(block_c: int) -> int:
+    """Warps of ``unit_rows_kernel`` for a row block of ``block_c``: 8 elements per thread
+    from C = 1024 up, capped at 8 warps."""
+    return min(max(block_c // 256, 1), 8)
+
+
+@triton.jit
+def unit_rows_kernel(x_ptr, w_ptr, b_ptr, lengths_ptr, unit_ptr, T, C, eps, BLOCK_C: tl.constexpr):
+    """unit[p, t] = ŷ_t of LayerNorm(x[p, t]) for t < lengths[p].
+
+    x: *fp32 or *bf16 [P, T, C] contiguous; w, b: [C] (same dtype); lengths: *i64 [P];
+    unit: *fp32 [P, T, C] contiguous. Arithmetic in float32.
+    """
+    t = tl.program_id(0)
+    p = tl.program_id(1)
+    if t < tl.load(lengths_ptr + p):
+        row = (p.to(tl.int64) * T + t) * C
+        c = tl.arange(0, BLOCK_C)
+        in_row = c < C
+        x = tl.load(x_ptr + row + c, mask=in_row, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / C
+        centred = tl.where(in_row, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / C + eps)
+        w = tl.load(w_ptr + c, mask=in_row, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + c, mask=in_row, other=0.0).to(tl.float32)
+        y = tl.where(in_row, centred * rstd * w + b, 0.0)
+        tl.store(unit_ptr + row + c, y / tl.sqrt(tl.sum(y * y, axis=0)), mask=in_row)
+
+
+@triton.jit
+def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, T, C,
+                      stride_gp, stride_gs, stride_gt,
+                      WRITE_GRAM: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """Tile (s-block, t-block) of G = Ŷ Ŷᵀ for prompt p, plus its two partial sums.
+
+    unit: *fp32 [P, T, C] contiguous (rows t < lengths[p] hold ŷ_t); lengths: *i64 [P];
+    gram: *fp32 [P, T, T] with strides (stride_gp, stride_gs, stride_gt), written only when
+    WRITE_GRAM; partial: *fp32 [P, tiles, 2] contiguous, tile = s_block · n_blocks + t_block:
+    [.., 0] = Σ |G[0, t]| over the tile's valid part of row 0, [.., 1] = Σ of its valid entries.
+    """
+    t_block = tl.program_id(0)
+    s_block = tl.program_id(1)
+    p = tl.program_id(2)
+    n_blocks = tl.num_programs(0)
+    length = tl.load(lengths_ptr + p).to(tl.int32)
+    s = s_block * BT + tl.arange(0, BT)
+    t = t_block * BT + tl.arange(0, BT)
+    s_valid = s < length
+    t_valid = t < length
+    prompt = unit_ptr + p.to(tl.int64) * T * C
+    k = tl.arange(0, BK)
+    live = (s_block * BT < length) & (t_block * BT < length)
+    k_end = tl.where(live, C, 0)
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for k0 in range(0, k_end, BK):
+        in_k = k0 + k < C
+        a = tl.load(prompt + s[:, None] * C + (k0 + k)[None, :],
+                    mask=s_valid[:, None] & in_k[None, :], other=0.0)
+        b = tl.load(prompt + t[None, :] * C + (k0 + k)[:, None],
+                    mask=t_valid[None, :] & in_k[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    pair = s_valid[:, None] & t_valid[None, :]
+    if WRITE_GRAM:
+        in_slot = (s < T)[:, None] & (t < T)[None, :]
+        out = gram_ptr + p.to(tl.int64) * stride_gp + s[:, None] * stride_gs + t[None, :] * stride_gt
+        tl.store(out, tl.where(pair, acc, float("nan")), mask=in_slot)
+    first_row = tl.sum(tl.sum(tl.where(pair & (s == 0)[:, None], tl.abs(acc), 0.0), axis=1), axis=0)
+    whole = tl.sum(tl.sum(tl.where(pair, acc, 0.0), axis=1), axis=0)
+    tile = (p.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
+    tl.store(partial_ptr + 2 * tile, first_row)
+    tl.store(partial_ptr + 2 * tile + 1, whole)
+
+
+@triton.jit
+def finalize_kernel(partial_ptr, lengths_ptr, err_ptr, n_tiles, stride_ep, stride_ek,
+                    BLOCK: tl.constexpr):
+    """err[p] = (Σ partial[p, :, 0] / T_p, Σ partial[p, :, 1] / T_p²), summed in a fixed order.
+
+    partial: *fp32 [P, n_tiles, 2] contiguous; lengths: *i64 [P]; err: *fp32 [P, 2] with
+    strides (stride_ep, stride_ek).
+    """
+    p = tl.program_id(0)
+    partials = partial_ptr + p.to(tl.int64) * n_tiles * 2
+    first_row = tl.zeros((BLOCK,), dtype=tl.float32)
+    whole = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_tiles, BLOCK):
+        tile = start + tl.arange(0, BLOCK)
+        in_range = tile < n_tiles
+        first_row += tl.load(partials + 2 * tile, mask=in_range, other=0.0)
+        whole += tl.load(partials + 2 * tile + 1, mask=in_range, other=0.0)
+    count = tl.load(lengths_ptr + p).to(tl.float32)
+    out = err_ptr + p.to(tl.int64) * stride_ep
+    tl.store(out, tl.sum(first_row, axis=0) / count)
+    tl.store(out + stride_ek, tl.sum(whole, axis=0) / (count * count))
+
+
+def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths: torch.Tensor,
+           err_out: torch.Tensor, gram_out: torch.Tensor | None, precision: str) -> None:
+    if x.dim() != 3 or x.dtype not in (torch.float32, torch.bfloat16) or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous float32 or bfloat16 [P, T, C] tensor, "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    n_prompts, length, width = x.shape
+    if width > MAX_C:
+        raise ValueError(f"C = {width} exceeds the largest supported width {MAX_C}")
+    for name, vector in (("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b)):
+        if vector.shape != (width,) or vector.dtype != x.dtype or not vector.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {x.dtype} [{width}] vector, "
+                             f"got {vector.dtype} {tuple(vector.shape)}")
+    if lengths.shape != (n_prompts,) or lengths.dtype != torch.int64 or not lengths.is_contiguous():
+        raise ValueError(f"lengths must be a contiguous int64 [{n_prompts}] vector, "
+                         f"got {lengths.dtype} {tuple(lengths.shape)}")
+    if err_out.shape != (n_prompts, 2) or err_out.dtype != torch.float32:
+        raise ValueError(f"err_out must be a float32 [{n_prompts}, 2] tensor, "
+                         f"got {err_out.dtype} {tuple(err_out.shape)}")
+    if gram_out is not None and (gram_out.shape != (n_prompts, length, length)
+                                 or gram_out.dtype != torch.float32):
+        raise ValueError(f"gram_out must be a float32 [{n_prompts}, {length}, {length}] tensor, "
+                         f"got {gram_out.dtype} {tuple(gram_out.shape)}")
+    tensors = [x, ln_f_w, ln_f_b, lengths, err_out] + ([] if gram_out is None else [gram_out])
+    if any(tensor.device != x.device for tensor in tensors):
+        raise ValueError("x, ln_f_w, ln_f_b, lengths, err_out and gram_out must share a device")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor,
+                     lengths: torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | None,
+                     *, precision: str = "ieee") -> None:
+    """Write the consensus metric of x into err_out (and G into gram_out).
+
+    x [P, T, C] contiguous float32 or bfloat16, C <= 2048; ln_f_w, ln_f_b [C], x's dtype;
+    lengths [P] int64 with 1 <= T_p <= T (not checked: that would need a host sync);
+    err_out [P, 2] float32, any strides (e.g. ``err_slot[row][:, layer]``); gram_out None or
+    [P, T, T] float32, any strides (e.g. ``gram_slot[row][:, layer]``), NaN outside each
+    prompt's block. ``precision`` is the ``tl.dot`` input precision: "ieee" (exact fp32,
+    default) or "tf32" (tensor cores, ~3e-4 relative error in G). Allocates two float32
+    scratch buffers, [P, T, C] and [P, tiles, 2], with ``torch.empty``.
+    """
+    _check(x, ln_f_w, ln_f_b, lengths, err_out, gram_out, precision)
+    n_prompts, length, width = x.shape
+    if n_prompts == 0:
+        return
+    unit = torch.empty(n_prompts, length, width, dtype=torch.float32, device=x.device)
+    block_c = triton.next_power_of_2(width)
+    unit_rows_kernel[(length, n_prompts)](x, ln_f_w, ln_f_b, lengths, unit, length, width, LAYERNORM_EPS,
+                                          BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
+    config = gram_block(length)
+    n_blocks = triton.cdiv(length, config.block_t)
+    partial = torch.empty(n_prompts, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
+    gram = partial if gram_out is None else gram_out
+    gram_strides = (0, 0, 0) if gram_out is None else gram_out.stride()
+    gram_tiles_kernel[(n_blocks, n_blocks, n_prompts)](
+        unit, lengths, gram, partial, length, width, *gram_strides,
+        WRITE_GRAM=gram_out is not None, BT=config.block_t, BK=config.block_k, PRECISION=precision,
+        num_warps=config.num_warps)
+    finalize_kernel[(n_prompts,)](partial, lengths, err_out, n_blocks * n_blocks, *err_out.stride(),
+                                  BLOCK=FINALIZE_BLOCK, num_warps=4)
+
+
+def consensus_metric_reference(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor,
+                               lengths: torch.Tensor, err_out: torch.Tensor,
+                               gram_out: torch.Tensor | None, *, precision: str = "ieee") -> None:
+    """``consensus_metric`` in PyTorch (``gpt2fast.metrics.consensus_metrics``), same
+    arguments and outputs; ``precision`` is accepted and ignored (always fp32)."""
+    err, gram = consensus_metrics(x, ln_f_w, ln_f_b, lengths)
+    err_out.copy_(err)
+    if gram_out is not None:
+        gram_out.copy_(gram)

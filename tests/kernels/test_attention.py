@@ -1,0 +1,230 @@
+"""causal_attention and decode_attention against their SDPA references, and compiled for
+sm_80 / sm_90.
+
+The launches run under Triton's interpreter on CPU tensors (or compiled on a GPU when there
+is one, see tests/conftest.py); the ahead-of-time compilation runs in a child process.
+Inputs that must not be read (prompt padding, cache rows past the length) hold NaN, and
+outputs start as NaN, so a leak or an unwritten element fails the comparison.
+
+Accuracy: fp32 results agree with SDPA to 1e-5 relative to the output's scale (max |out|):
+with peaked softmax rows both sit ~1e-6 of that scale from a float64 evaluation, so an
+elementwise relative bound alone would fail on outputs that cancel to near zero.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aot import AotSpec, compile_in_child
+from gpt2fast.kernels.attention import (
+    CAUSAL_CONFIGS,
+    COMBINE_NUM_WARPS,
+    DECODE_BLOCK_N,
+    DECODE_NUM_WARPS,
+    HEAD_DIM,
+    MAX_SPLITS,
+    PRECISIONS,
+    causal_attention,
+    causal_attention_reference,
+    causal_config,
+    decode_attention,
+    decode_attention_reference,
+    decode_split,
+)
+
+N_HEAD = 2
+WIDTH = N_HEAD * HEAD_DIM
+LENGTHS = (1, 7, 27, 64, 130)
+DECODE_LENGTHS = (1, 7, 64, 130, 1100)
+QKV_SCALE = 2.0  # scores q·k/8 of standard deviation ~4: peaked softmax rows
+MODULE = "gpt2fast.kernels.attention"
+CAUSAL_SIGNATURE = {"qkv_ptr": "*fp32", "lengths_ptr": "*i64", "out_ptr": "*fp32", "length": "i32",
+                    "n_head": "i32", "scale": "fp32", "HEAD_DIM": "constexpr", "BLOCK_M": "constexpr",
+                    "BLOCK_N": "constexpr", "INPUT_PRECISION": "constexpr"}
+AOT_SPECS = [
+    AotSpec(
+        label=f"causal_attention_kernel {name} {block_m}x{block_n} {precision} (D=64, any C=64·H: 768, 1600)",
+        kernel=f"{MODULE}:causal_attention_kernel",
+        signature=CAUSAL_SIGNATURE,
+        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": precision},
+        options={"num_warps": num_warps},
+    )
+    for name, (block_m, block_n, num_warps) in CAUSAL_CONFIGS.items()
+    for precision in PRECISIONS
+] + [
+    AotSpec(
+        label=f"decode_attention_split_kernel BLOCK_N={DECODE_BLOCK_N} (D=64)",
+        kernel=f"{MODULE}:decode_attention_split_kernel",
+        signature={"q_ptr": "*fp32", "cache_k_ptr": "*fp32", "cache_v_ptr": "*fp32", "partial_ptr": "*fp32",
+                   "stats_ptr": "*fp32", "length": "i32", "capacity": "i32", "keys_per_split": "i32",
+                   "n_splits": "i32", "scale": "fp32", "HEAD_DIM": "constexpr", "BLOCK_N": "constexpr"},
+        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_N": DECODE_BLOCK_N},
+        options={"num_warps": DECODE_NUM_WARPS},
+    ),
+    AotSpec(
+        label=f"decode_attention_combine_kernel MAX_SPLITS={MAX_SPLITS} (D=64)",
+        kernel=f"{MODULE}:decode_attention_combine_kernel",
+        signature={"partial_ptr": "*fp32", "stats_ptr": "*fp32", "out_ptr": "*fp32", "n_splits": "i32",
+                   "HEAD_DIM": "constexpr", "MAX_SPLITS": "constexpr"},
+        constexprs={"HEAD_DIM": HEAD_DIM, "MAX_SPLITS": MAX_SPLITS},
+        options={"num_warps": COMBINE_NUM_WARPS},
+    ),
+]
+
+
+def assert_close_fp32(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """Elementwise within ``rel`` relative or ``rel``·max|expected| absolute; NaN fails."""
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * float(expected.abs().max()))
+
+
+def prompt_lengths(length: int) -> list[int]:
+    """Ragged prompts padded to ``length``: a full one, a one-token one, and about half."""
+    return [length, 1, length // 2 + 1]
+
+
+def random_qkv(n_prompts: int, length: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return QKV_SCALE * torch.randn(n_prompts, length, 3 * WIDTH, generator=generator)
+
+
+def run_causal(qkv: torch.Tensor, lengths: torch.Tensor, device: torch.device, precision: str = "ieee"):
+    """causal_attention on ``qkv`` with its padding rows replaced by NaN, output poisoned."""
+    poisoned = qkv.clone()
+    for p, prompt_length in enumerate(lengths.tolist()):
+        poisoned[p, max(prompt_length, 0):] = float("nan")
+    out = torch.full(qkv.shape[:2] + (WIDTH,), float("nan"), device=device)
+    causal_attention(poisoned.to(device), lengths.to(device), out, n_head=N_HEAD, precision=precision)
+    return out.cpu()
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_causal_matches_sdpa(device, length):
+    lengths = torch.tensor(prompt_lengths(length))
+    qkv = random_qkv(len(lengths), length, seed=length)
+    out = run_causal(qkv, lengths, device)
+    assert_close_fp32(out, causal_attention_reference(qkv, lengths, n_head=N_HEAD))
+    for p, prompt_length in enumerate(lengths.tolist()):
+        assert torch.count_nonzero(out[p, prompt_length:]) == 0
+
+
+def test_causal_uses_both_tile_configurations():
+    assert {causal_config(length) for length in LENGTHS} == set(CAUSAL_CONFIGS.values())
+
+
+def test_causal_tf32_is_close(device):
+    lengths = torch.tensor(prompt_lengths(27))
+    qkv = random_qkv(len(lengths), 27, seed=3)
+    out = run_causal(qkv, lengths, device, precision="tf32")
+    assert_close_fp32(out, causal_attention_reference(qkv, lengths, n_head=N_HEAD), rel=1e-2)
+
+
+def test_causal_clamps_lengths_outside_the_padded_length(device):
+    length = 20
+    qkv = random_qkv(3, length, seed=5)
+    out = torch.full((3, length, WIDTH), float("nan"), device=device)
+    causal_attention(qkv.to(device), torch.tensor([0, length + 9, -2**32 + 5], device=device), out, n_head=N_HEAD)
+    expected = causal_attention_reference(qkv, torch.tensor([0, length, 0]), n_head=N_HEAD)
+    assert_close_fp32(out.cpu(), expected)
+
+
+def test_causal_of_nothing_launches_nothing():
+    for shape in ((0, 5), (2, 0)):
+        out = torch.empty(shape + (WIDTH,))
+        assert causal_attention(torch.empty(shape + (3 * WIDTH,)), torch.zeros(shape[0], dtype=torch.int64),
+                                out, n_head=N_HEAD) is out
+
+
+@pytest.mark.parametrize(
+    "qkv, lengths, out, n_head, precision",
+    [
+        (torch.empty(2, 4, 3 * WIDTH, dtype=torch.float64), torch.ones(2, dtype=torch.int64),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 6 * WIDTH)[..., ::2], torch.ones(2, dtype=torch.int64),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), 3, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH + 3), torch.ones(2, dtype=torch.int64),
+         torch.empty(2, 4, WIDTH + 1), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int32), torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(3, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 5, WIDTH), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64),
+         torch.empty(2, WIDTH, 4).transpose(1, 2), N_HEAD, "ieee"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x3"),
+    ],
+)
+def test_causal_rejects_bad_arguments(qkv, lengths, out, n_head, precision):
+    with pytest.raises(ValueError):
+        causal_attention(qkv, lengths, out, n_head=n_head, precision=precision)
+
+
+def random_cache(length: int, capacity: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """q [H, D] and caches [H, capacity, D] whose rows ≥ length are NaN."""
+    generator = torch.Generator().manual_seed(seed)
+    q = QKV_SCALE * torch.randn(N_HEAD, HEAD_DIM, generator=generator)
+    cache_k, cache_v = (QKV_SCALE * torch.randn(N_HEAD, capacity, HEAD_DIM, generator=generator) for _ in range(2))
+    cache_k[:, length:] = float("nan")
+    cache_v[:, length:] = float("nan")
+    return q, cache_k, cache_v
+
+
+@pytest.mark.parametrize("length", DECODE_LENGTHS)
+def test_decode_matches_sdpa(device, length):
+    q, cache_k, cache_v = random_cache(length, length + 5, seed=length)
+    out = torch.full((N_HEAD, HEAD_DIM), float("nan"), device=device)
+    decode_attention(q.to(device), cache_k.to(device), cache_v.to(device), length, out)
+    expected = decode_attention_reference(q, cache_k, cache_v, length)
+    assert_close_fp32(out.cpu(), expected)
+
+
+def test_decode_equals_the_last_causal_row(device):
+    length = 27
+    qkv = random_qkv(1, length, seed=11)
+    causal = run_causal(qkv, torch.tensor([length]), device)
+    k, v = (qkv[0, :, i * WIDTH:(i + 1) * WIDTH].reshape(length, N_HEAD, HEAD_DIM).transpose(0, 1).contiguous()
+            for i in (1, 2))
+    q = qkv[0, -1, :WIDTH].reshape(N_HEAD, HEAD_DIM)
+    out = torch.full((N_HEAD, HEAD_DIM), float("nan"), device=device)
+    decode_attention(q.to(device), k.to(device), v.to(device), length, out)
+    assert_close_fp32(out.cpu().reshape(WIDTH), causal[0, -1])
+
+
+def test_decode_split_covers_the_keys_in_whole_tiles():
+    counts = set()
+    for length in range(1, 1025):
+        n_splits, keys_per_split = decode_split(length)
+        assert 1 <= n_splits <= MAX_SPLITS and keys_per_split % DECODE_BLOCK_N == 0
+        assert (n_splits - 1) * keys_per_split < length <= n_splits * keys_per_split
+        counts.add(n_splits)
+    assert counts == set(range(1, MAX_SPLITS + 1))
+
+
+@pytest.mark.parametrize(
+    "q, cache_k, cache_v, length, out, precision",
+    [
+        (torch.empty(2, 32), torch.empty(2, 9, 32), torch.empty(2, 9, 32), 4, torch.empty(2, 32), "ieee"),
+        (torch.empty(2, 64), torch.empty(3, 9, 64), torch.empty(3, 9, 64), 4, torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 8, 64), 4, torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(1, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64, dtype=torch.float64), torch.empty(2, 9, 64), 4,
+         torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(9, 2, 64).transpose(0, 1), torch.empty(2, 9, 64), 4,
+         torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 0, torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 10, torch.empty(2, 64), "ieee"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(2, 64), "fp16"),
+    ],
+)
+def test_decode_rejects_bad_arguments(q, cache_k, cache_v, length, out, precision):
+    with pytest.raises(ValueError):
+        decode_attention(q, cache_k, cache_v, length, out, precision=precision)
+
+
+def test_attention_kernels_compile_ahead_of_time():
+    results = compile_in_child(AOT_SPECS)
+    assert len(results) == 2 * len(AOT_SPECS)
+    for result in results:
+        print("\n" + result.line())
+        assert result.elf and result.cubin_bytes > 0
+        assert 0 < result.n_regs <= 255
+        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0

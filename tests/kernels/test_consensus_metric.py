@@ -1,0 +1,218 @@
+"""consensus_metric against its PyTorch reference, and compiled for sm_80 / sm_90.
+
+The launches run under Triton's interpreter on CPU tensors (or compiled on a GPU when there
+is one, see tests/conftest.py); the ahead-of-time compilation runs in a child process.
+Outputs are written, as the driver does, through strided views into [P, L, 2] and
+[P, L, T, T] buffers at one layer; the other layers must stay untouched.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aot import AotSpec, compile_in_child
+from gpt2fast.kernels.consensus_metric import (
+    FINALIZE_BLOCK,
+    GRAM_CONFIGS,
+    consensus_metric,
+    consensus_metric_reference,
+    gram_block,
+    unit_rows_warps,
+)
+
+N_LAYER = 3
+LAYER = 1
+SENTINEL = -3.0  # the target layer's G slot starts finite, so a missing NaN write shows
+
+
+def _unit_rows_spec(label: str, dtype: str, block_c: int) -> AotSpec:
+    pointer = "*" + dtype
+    return AotSpec(
+        label=f"unit_rows_kernel {label}",
+        kernel="gpt2fast.kernels.consensus_metric:unit_rows_kernel",
+        signature={"x_ptr": pointer, "w_ptr": pointer, "b_ptr": pointer, "lengths_ptr": "*i64",
+                   "unit_ptr": "*fp32", "T": "i32", "C": "i32", "eps": "fp32", "BLOCK_C": "constexpr"},
+        constexprs={"BLOCK_C": block_c},
+        options={"num_warps": unit_rows_warps(block_c)},
+    )
+
+
+def _gram_spec(config, precision: str, write_gram: bool) -> AotSpec:
+    return AotSpec(
+        label=f"gram_tiles_kernel BT={config.block_t} BK={config.block_k} {precision}"
+              f"{'' if write_gram else ' no-gram'}",
+        kernel="gpt2fast.kernels.consensus_metric:gram_tiles_kernel",
+        signature={"unit_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
+                   "T": "i32", "C": "i32", "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32",
+                   "WRITE_GRAM": "constexpr", "BT": "constexpr", "BK": "constexpr", "PRECISION": "constexpr"},
+        constexprs={"WRITE_GRAM": write_gram, "BT": config.block_t, "BK": config.block_k,
+                    "PRECISION": precision},
+        options={"num_warps": config.num_warps},
+    )
+
+
+AOT_SPECS = [
+    _unit_rows_spec("C=128 (tests)", "fp32", 128),
+    _unit_rows_spec("C=200 (tests)", "fp32", 256),
+    _unit_rows_spec("C=768/1024", "fp32", 1024),
+    _unit_rows_spec("C=1280/1600", "fp32", 2048),
+    _unit_rows_spec("C=768/1024 bf16", "bf16", 1024),
+    _unit_rows_spec("C=1280/1600 bf16", "bf16", 2048),
+    *[_gram_spec(config, precision, write_gram) for config in GRAM_CONFIGS
+      for precision in ("ieee", "tf32") for write_gram in (True, False)],
+    AotSpec(
+        label="finalize_kernel",
+        kernel="gpt2fast.kernels.consensus_metric:finalize_kernel",
+        signature={"partial_ptr": "*fp32", "lengths_ptr": "*i64", "err_ptr": "*fp32", "n_tiles": "i32",
+                   "stride_ep": "i32", "stride_ek": "i32", "BLOCK": "constexpr"},
+        constexprs={"BLOCK": FINALIZE_BLOCK},
+        options={"num_warps": 4},
+    ),
+]
+
+
+def _inputs(device, lengths, width, dtype=torch.float32, seed=0):
+    """x [P, T, C] with a common offset (so cosines are not all near zero), ln_f w and b."""
+    generator = torch.Generator().manual_seed(seed)
+    length = max(lengths)
+    offset = torch.randn(width, generator=generator)
+    x = torch.randn(len(lengths), length, width, generator=generator) + offset
+    w = 1.0 + 0.1 * torch.randn(width, generator=generator)
+    b = 0.1 * torch.randn(width, generator=generator)
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    return [t.to(device=device, dtype=dtype) for t in (x, w, b)] + [lengths.to(device)]
+
+
+def _slots(device, n_prompts, length, with_gram):
+    """Poisoned [P, L, 2] and [P, L, T, T] buffers (NaN; the target G slot holds SENTINEL)."""
+    err = torch.full((n_prompts, N_LAYER, 2), float("nan"), device=device)
+    gram = None
+    if with_gram:
+        gram = torch.full((n_prompts, N_LAYER, length, length), float("nan"), device=device)
+        gram[:, LAYER] = SENTINEL
+    return err, gram
+
+
+def _run(launcher, x, w, b, lengths, with_gram, **kwargs):
+    """Call ``launcher`` on views at LAYER, as the driver does; return the whole buffers."""
+    err, gram = _slots(x.device, x.shape[0], x.shape[1], with_gram)
+    launcher(x, w, b, lengths, err[:, LAYER], None if gram is None else gram[:, LAYER], **kwargs)
+    return err.cpu(), None if gram is None else gram.cpu()
+
+
+def _check_against_reference(x, w, b, lengths, with_gram=True, rtol=1e-5, atol=1e-6, **kwargs):
+    err, gram = _run(consensus_metric, x, w, b, lengths, with_gram, **kwargs)
+    expected_err, expected_gram = _run(consensus_metric_reference, x, w, b, lengths, with_gram)
+    others = [layer for layer in range(N_LAYER) if layer != LAYER]
+    assert err[:, others].isnan().all()
+    assert not err[:, LAYER].isnan().any()
+    torch.testing.assert_close(err[:, LAYER], expected_err[:, LAYER], rtol=rtol, atol=atol)
+    if with_gram:
+        assert gram[:, others].isnan().all()
+        outside = expected_gram[:, LAYER].isnan()
+        assert torch.equal(gram[:, LAYER].isnan(), outside)
+        assert outside.sum() == sum(x.shape[1] ** 2 - n ** 2 for n in lengths.tolist())
+        torch.testing.assert_close(gram[:, LAYER], expected_gram[:, LAYER], rtol=rtol, atol=atol,
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("length", (1, 7, 27, 64, 130))
+def test_matches_reference_on_ragged_prompts(device, length):
+    x, w, b, lengths = _inputs(device, [length, 1, length // 2 + 1], 128, seed=length)
+    _check_against_reference(x, w, b, lengths)
+
+
+def test_matches_reference_with_the_largest_tiles(device):
+    x, w, b, lengths = _inputs(device, [260, 131], 32, seed=6)
+    _check_against_reference(x, w, b, lengths)
+
+
+def test_matches_reference_at_width_not_a_power_of_two(device):
+    x, w, b, lengths = _inputs(device, [27, 5, 14], 200, seed=1)
+    _check_against_reference(x, w, b, lengths)
+
+
+def test_writes_through_any_strides(device):
+    x, w, b, lengths = _inputs(device, [27, 14, 1], 128, seed=7)
+    n_prompts, length = x.shape[:2]
+    err = torch.full((2, n_prompts), float("nan"), device=device).t()
+    gram = torch.full((length, length, n_prompts), SENTINEL, device=device).permute(2, 0, 1)
+    consensus_metric(x, w, b, lengths, err, gram)
+    expected_err, expected_gram = (torch.empty(n_prompts, 2), torch.empty(n_prompts, length, length))
+    consensus_metric_reference(x.cpu(), w.cpu(), b.cpu(), lengths.cpu(), expected_err, expected_gram)
+    torch.testing.assert_close(err.cpu(), expected_err, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gram.cpu(), expected_gram, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("length", (7, 64))
+def test_without_gram_writes_err_only(device, length):
+    x, w, b, lengths = _inputs(device, [length, length // 2 + 1], 128, seed=2)
+    _check_against_reference(x, w, b, lengths, with_gram=False)
+
+
+def test_bfloat16_input_accumulates_in_float32(device):
+    x, w, b, lengths = _inputs(device, [27, 9], 128, dtype=torch.bfloat16, seed=3)
+    _check_against_reference(x, w, b, lengths)
+
+
+def test_tf32_precision_is_close(device):
+    x, w, b, lengths = _inputs(device, [27, 9], 128, seed=4)
+    _check_against_reference(x, w, b, lengths, rtol=1e-2, atol=1e-3, precision="tf32")
+
+
+def test_repeated_runs_are_bitwise_identical(device):
+    x, w, b, lengths = _inputs(device, [40, 17, 2], 128, seed=5)
+    first, second = (_run(consensus_metric, x, w, b, lengths, True) for _ in range(2))
+    assert torch.equal(first[0].nan_to_num(), second[0].nan_to_num())
+    assert torch.equal(first[1].nan_to_num(), second[1].nan_to_num())
+
+
+def test_gram_tiles_grow_with_length():
+    assert [gram_block(n).block_t for n in (1, 64, 65, 256, 257, 1024)] == [16, 16, 32, 32, 64, 64]
+    assert (1024 // gram_block(1024).block_t) ** 2 <= FINALIZE_BLOCK
+
+
+def _bad(**changes):
+    x, w, b, lengths = _inputs("cpu", [5, 3], 16)
+    arguments = dict(x=x, ln_f_w=w, ln_f_b=b, lengths=lengths, err_out=torch.empty(2, 2),
+                     gram_out=torch.empty(2, 5, 5))
+    arguments.update(changes)
+    return arguments
+
+
+@pytest.mark.parametrize(
+    "arguments, precision",
+    [
+        (_bad(x=torch.empty(2, 5, 16, dtype=torch.float64)), "ieee"),
+        (_bad(x=torch.empty(2, 16, 5).transpose(1, 2)), "ieee"),
+        (_bad(x=torch.empty(2, 5, 16), ln_f_w=torch.empty(15)), "ieee"),
+        (_bad(x=torch.empty(2, 5, 2049), ln_f_w=torch.empty(2049), ln_f_b=torch.empty(2049)), "ieee"),
+        (_bad(ln_f_b=torch.empty(16, dtype=torch.bfloat16)), "ieee"),
+        (_bad(lengths=torch.tensor([5, 3], dtype=torch.int32)), "ieee"),
+        (_bad(lengths=torch.tensor([5, 3, 1])), "ieee"),
+        (_bad(err_out=torch.empty(2, 3)), "ieee"),
+        (_bad(err_out=torch.empty(2, 2, dtype=torch.float64)), "ieee"),
+        (_bad(gram_out=torch.empty(2, 5, 4)), "ieee"),
+        (_bad(), "tf32x3"),
+    ],
+)
+def test_rejects_bad_arguments(arguments, precision):
+    with pytest.raises(ValueError):
+        consensus_metric(**arguments, precision=precision)
+
+
+def test_no_prompts_launches_nothing():
+    consensus_metric(torch.empty(0, 4, 16), torch.empty(16), torch.empty(16),
+                     torch.empty(0, dtype=torch.int64), torch.empty(0, 2), torch.empty(0, 4, 4))
+
+
+def test_kernels_compile_ahead_of_time():
+    results = compile_in_child(AOT_SPECS)
+    assert len(results) == 2 * len(AOT_SPECS)
+    for result in results:
+        print("\n" + result.line(), end="")
+        assert result.elf and result.cubin_bytes > 0
+        assert 0 < result.n_regs <= 255
+        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0
+    print()

@@ -1,0 +1,305 @@
+"""ln_linear and linear_residual against their PyTorch references, and compiled for sm_80 / sm_90.
+
+The launches run under Triton's interpreter on CPU tensors (or compiled on a GPU when there
+is one, see tests/conftest.py); the ahead-of-time compilation runs in child processes. fp32
+results are compared with a float64 reference (relative error 1e-5); outputs are filled
+with NaN first, so an element the kernels fail to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import triton
+
+from aot import AotSpec, compile_in_child
+from gpt2fast import philox, weight_stream
+from gpt2fast.kernels.linear import (
+    AUTOTUNED,
+    BLOCK_M_RANGE,
+    CONFIGS,
+    DRAWN_CONFIGS,
+    FINISH_BLOCK_M,
+    FINISH_BLOCK_N,
+    FINISH_NUM_WARPS,
+    K_ALIGN,
+    MAX_SPLIT,
+    block_m,
+    linear_residual,
+    linear_residual_reference,
+    ln_linear,
+    ln_linear_reference,
+    split_k,
+)
+
+ROWS = (1, 7, 27, 64, 130)
+SHAPES = ((128, 384), (128, 512), (512, 128))  # (K, N): the tiny model's c_attn, c_fc, c_proj
+RAGGED = (520, 72)  # K and N off every tile size; K is split in two ragged slices (288 + 232)
+SEED, DRAW, STREAM = 1234, 5, 6
+KEY = philox.mix_key(SEED, weight_stream.DRAW_DOMAIN)
+
+
+def _params(rows: int, k: int, n: int, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Random x [rows, k] (rows with offset means, for LayerNorm), LayerNorm and Linear parameters."""
+    g = torch.Generator().manual_seed(rows * 100_003 + k * 101 + n)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    params = {
+        "x": rand(rows, k) * 2 + rand(rows, 1) * 3,
+        "ln_w": 1 + 0.1 * rand(k), "ln_b": 0.1 * rand(k),
+        "weight": 0.02 * rand(n, k), "bias": 0.1 * rand(n),
+        "residual": rand(rows, n),
+    }
+    return {name: t.to(device=device, dtype=dtype) for name, t in params.items()}
+
+
+def _nan(rows: int, n: int, device, dtype=torch.float32) -> torch.Tensor:
+    return torch.full((rows, n), float("nan"), device=device, dtype=dtype)
+
+
+def _double(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.cpu().double() for name, t in p.items()}
+
+
+def _assert_fp32_close(out: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _drawn_weight(n: int, k: int) -> torch.Tensor:
+    return weight_stream.drawn_tensor(SEED, DRAW, STREAM, (n, k), "cpu").double()
+
+
+@pytest.mark.parametrize("k, n, gelu", [(*SHAPES[0], False), (*SHAPES[1], True), (*SHAPES[2], False)])
+@pytest.mark.parametrize("rows", ROWS)
+def test_ln_linear_matches_reference(device, rows, k, n, gelu):
+    p = _params(rows, k, n, device)
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], _nan(rows, n, device), gelu=gelu)
+    d = _double(p)
+    _assert_fp32_close(out, ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], d["weight"], d["bias"], gelu=gelu))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("k, n", SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_linear_residual_matches_reference(device, rows, k, n, in_place):
+    p = _params(rows, k, n, device)
+    expected = linear_residual_reference(**{name: t for name, t in _double(p).items() if "ln" not in name})
+    out = p["residual"] if in_place else _nan(rows, n, device)
+    returned = linear_residual(p["x"], p["weight"], p["bias"], p["residual"], out)
+    assert returned is out
+    _assert_fp32_close(out, expected)
+
+
+@pytest.mark.parametrize("rows", (1, 130))
+def test_ln_linear_drawn_weights_equal_drawn_tensor(device, rows):
+    k, n = SHAPES[1]
+    p = _params(rows, k, n, device)
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], None, None, _nan(rows, n, device), gelu=True,
+                    drawn=(KEY, STREAM, DRAW))
+    d = _double(p)
+    expected = ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], _drawn_weight(n, k), torch.zeros(n).double(),
+                                   gelu=True)
+    _assert_fp32_close(out, expected)
+
+
+@pytest.mark.parametrize("rows", (27,))
+def test_linear_residual_drawn_weights_equal_drawn_tensor(device, rows):
+    k, n = SHAPES[2]
+    p = _params(rows, k, n, device)
+    d = _double(p)
+    expected = linear_residual_reference(d["x"], _drawn_weight(n, k), torch.zeros(n).double(), d["residual"])
+    linear_residual(p["x"], p["weight"], p["bias"], p["residual"], p["residual"], drawn=(KEY, STREAM, DRAW))
+    _assert_fp32_close(p["residual"], expected)
+
+
+@pytest.mark.parametrize(
+    "config, drawn", [(c, False) for c in CONFIGS] + [(c, True) for c in DRAWN_CONFIGS],
+    ids=[f"{c.kwargs}-{c.num_warps}w" for c in CONFIGS] + [f"drawn-{c.kwargs}-{c.num_warps}w" for c in DRAWN_CONFIGS],
+)
+def test_every_config_on_ragged_split_shapes(device, config, drawn):
+    (k, n), rows = RAGGED, 27
+    assert split_k(rows, n, k, 132)[0] == 2
+    p = _params(rows, k, n, device)
+    d = _double(p)
+    if drawn:
+        d["weight"], d["bias"] = _drawn_weight(n, k), torch.zeros(n).double()
+    options = dict(config=config, drawn=(KEY, STREAM, DRAW) if drawn else None)
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], _nan(rows, n, device), gelu=True,
+                    **options)
+    _assert_fp32_close(out, ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], d["weight"], d["bias"], gelu=True))
+    out = linear_residual(p["x"], p["weight"], p["bias"], p["residual"], _nan(rows, n, device), **options)
+    _assert_fp32_close(out, linear_residual_reference(d["x"], d["weight"], d["bias"], d["residual"]))
+
+
+@pytest.mark.parametrize("k, n", [SHAPES[1], SHAPES[2]])
+@pytest.mark.parametrize("rows", (7, 64))
+def test_bf16_matches_the_bf16_reference(device, rows, k, n):
+    p = _params(rows, k, n, device, torch.bfloat16)
+    c = {name: t.cpu() for name, t in p.items()}
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], _nan(rows, n, device, torch.bfloat16),
+                    gelu=True)
+    expected = ln_linear_reference(c["x"], c["ln_w"], c["ln_b"], c["weight"], c["bias"], gelu=True)
+    torch.testing.assert_close(out.cpu().float(), expected.float(), rtol=1e-2, atol=1e-2)
+    expected = linear_residual_reference(c["x"], c["weight"], c["bias"], c["residual"])
+    linear_residual(p["x"], p["weight"], p["bias"], p["residual"], p["residual"])
+    torch.testing.assert_close(p["residual"].cpu().float(), expected.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_tf32_precision_stays_close(device):
+    rows, (k, n) = 27, SHAPES[2]
+    p = _params(rows, k, n, device)
+    d = _double(p)
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], _nan(rows, n, device), precision="tf32")
+    expected = ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], d["weight"], d["bias"])
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_autotuner_keeps_an_in_place_residual_right(device, monkeypatch):
+    """The CUDA path's autotuner runs every config several times on the same ``out``; restoring
+    it between runs keeps an in-place residual update right. Timings are faked (no GPU here)."""
+    tuner = AUTOTUNED[False]
+    ranks = iter(range(len(CONFIGS), 0, -1))  # the last config benchmarked is the "fastest"
+
+    def bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        return [float(next(ranks))] * len(quantiles)
+
+    monkeypatch.setitem(tuner.__dict__, "do_bench", bench)  # replaces the cached_property
+    monkeypatch.setattr(tuner, "cache", {})
+    rows, (k, n) = 27, SHAPES[2]
+    p = _params(rows, k, n, device)
+    d = _double(p)
+    x, w, b, res = p["x"], p["weight"], p["bias"], p["residual"]
+    tuner[lambda meta: (1, triton.cdiv(n, meta["BLOCK_N"]), 1)](
+        x, w, b, x, x, res, res, res, rows, n, k, k, 0, 0, 0, LN=False, GELU=False, RESIDUAL=True, DRAWN=False,
+        PARTIAL=False, PRECISION="ieee", BLOCK_M=block_m(rows),
+    )
+    assert tuner.best_config is CONFIGS[-1]
+    _assert_fp32_close(res, linear_residual_reference(d["x"], d["weight"], d["bias"], d["residual"]))
+
+
+def test_split_k_plans_real_shapes():
+    assert split_k(27, 768, 3072, 132) == (11, 288)  # gpt2 mlp c_proj: 12 column tiles
+    assert split_k(27, 6400, 1600, 132) == (2, 800)  # gpt2-xl c_fc: 100 column tiles
+    assert split_k(27, 384, 128, 132) == (1, 128)  # K too narrow to split
+    for rows in ROWS:
+        assert BLOCK_M_RANGE[0] <= block_m(rows) <= BLOCK_M_RANGE[1] and block_m(rows) >= min(rows, 64)
+        for n in (100, 768, 1600, 2304, 3072, 4800, 6400):
+            for k in (1, 100, 768, 1600, 3072, 6400):
+                splits, k_per_split = split_k(rows, n, k, 132)
+                assert 1 <= splits <= MAX_SPLIT and k_per_split % K_ALIGN == 0
+                assert (splits - 1) * k_per_split < k <= splits * k_per_split
+
+
+def test_no_rows_launch_nothing(device):
+    p = _params(1, 128, 384, device)
+    out = torch.empty(0, 384, device=device)
+    assert ln_linear(p["x"][:0], p["ln_w"], p["ln_b"], p["weight"], p["bias"], out) is out
+
+
+def _bad_calls():
+    """(name, call) pairs that must raise ValueError, built on valid CPU arguments."""
+    k, n, rows = 128, 384, 7
+    p = _params(rows, k, n, "cpu")
+    x, lw, lb, w, b, res = p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], p["residual"]
+    out = torch.empty(rows, n)
+    wide = torch.empty(rows, 2 * k)
+    shared = torch.zeros(rows * (k + n))
+    x_in_shared = shared[: rows * k].view(rows, k)
+    out_over_x = shared[rows * k - 1 : rows * (k + n) - 1].view(rows, n)
+    res_shifted = shared[1 : rows * n + 1].view(rows, n)
+    out_shared = shared[: rows * n].view(rows, n)
+    return [
+        ("non-contiguous x", lambda: ln_linear(wide[:, ::2], lw, lb, w, b, out)),
+        ("transposed weight", lambda: linear_residual(x, w.t().contiguous().t(), b, res, out)),
+        ("float64 x", lambda: ln_linear(x.double(), lw, lb, w, b, out)),
+        ("float16 everything", lambda: linear_residual(x.half(), w.half(), b.half(), res.half(), out.half())),
+        ("weight of the wrong shape", lambda: ln_linear(x, lw, lb, w[:, :64].contiguous(), b, out)),
+        ("bias of the wrong length", lambda: ln_linear(x, lw, lb, w, b[:10].contiguous(), out)),
+        ("ln_w of the wrong length", lambda: ln_linear(x, lw[:64].contiguous(), lb, w, b, out)),
+        ("no LayerNorm", lambda: ln_linear(x, None, None, w, b, out)),
+        ("out of the wrong shape", lambda: ln_linear(x, lw, lb, w, b, torch.empty(rows, n + 1))),
+        ("x vector", lambda: ln_linear(x[0], lw, lb, w, b, out)),
+        ("mixed dtypes", lambda: ln_linear(x, lw.bfloat16(), lb, w, b, out)),
+        ("no weight", lambda: linear_residual(x, None, None, res, out)),
+        ("out overlapping x", lambda: linear_residual(x_in_shared, w, b, res, out_over_x)),
+        ("out overlapping the weight", lambda: ln_linear(x, lw, lb, w, b, w.view(-1)[: rows * n].view(rows, n))),
+        ("residual partly overlapping out", lambda: linear_residual(x, w, b, res_shifted, out_shared)),
+        ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x3")),
+        ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0))),
+        ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1))),
+        ("unknown config", lambda: ln_linear(x, lw, lb, w, b, out, config=object())),
+        ("drawn config for stored weights", lambda: ln_linear(x, lw, lb, w, b, out, config=DRAWN_CONFIGS[0])),
+    ]
+
+
+@pytest.mark.parametrize("name, call", _bad_calls(), ids=[name for name, _ in _bad_calls()])
+def test_rejects_bad_arguments(name, call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def _gemm_spec(label: str, config, block_m: int, dtype: str = "fp32", **flags) -> AotSpec:
+    """fused_linear_kernel for one config, BLOCK_M, dtype and variant (flags override LN + GELU)."""
+    pointer = f"*{dtype}"
+    signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "ln_w_ptr", "ln_b_ptr", "res_ptr", "out_ptr")}
+    signature |= {"part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32",
+                  "key": "u64", "stream": "u32", "step": "u64"}
+    constexprs = dict(LN=True, GELU=True, RESIDUAL=False, DRAWN=False, PARTIAL=False, PRECISION="ieee")
+    constexprs |= flags | {"BLOCK_M": block_m, **config.kwargs}
+    signature |= {name: "constexpr" for name in constexprs}
+    return AotSpec(
+        label=f"fused_linear_kernel {label} BLOCK_M={block_m} {config.kwargs} warps={config.num_warps}",
+        kernel="gpt2fast.kernels.linear:fused_linear_kernel", signature=signature, constexprs=constexprs,
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+    )
+
+
+def _finish_spec(label: str, dtype: str = "fp32", **flags) -> AotSpec:
+    pointer = f"*{dtype}"
+    constexprs = flags | {"BLOCK_M": FINISH_BLOCK_M, "BLOCK_N": FINISH_BLOCK_N}
+    signature = {"part_ptr": "*fp32", "b_ptr": pointer, "res_ptr": pointer, "out_ptr": pointer,
+                 "M": "i32", "N": "i32", "splits": "i32"} | {name: "constexpr" for name in constexprs}
+    return AotSpec(label=f"split_k_finish_kernel {label}", kernel="gpt2fast.kernels.linear:split_k_finish_kernel",
+                   signature=signature, constexprs=constexprs, options={"num_warps": FINISH_NUM_WARPS})
+
+
+# Every autotuner config with the heaviest fp32 variant (LayerNorm + GELU) and the residual
+# one, and every drawn config, at BLOCK_M = 64 (most registers); the other BLOCK_M and variants
+# once. Sizes are runtime arguments: BLOCK_M = 32 is the real M = 27 of gpt2 and gpt2-xl alike.
+AOT_SPECS = (
+    [_gemm_spec("ln+gelu", c, 64) for c in CONFIGS]
+    + [_gemm_spec("residual", c, 64, LN=False, GELU=False, RESIDUAL=True) for c in CONFIGS]
+    + [_gemm_spec("drawn ln+gelu", c, 64, DRAWN=True) for c in DRAWN_CONFIGS]
+    + [_gemm_spec("drawn residual partial", c, 64, LN=False, GELU=False, DRAWN=True, PARTIAL=True)
+       for c in DRAWN_CONFIGS]
+    + [
+        _gemm_spec("ln+gelu", CONFIGS[1], 16),
+        _gemm_spec("ln+gelu", CONFIGS[1], 32),
+        _gemm_spec("ln partial", CONFIGS[1], 64, GELU=False, PARTIAL=True),
+        _gemm_spec("tf32 ln+gelu", CONFIGS[1], 64, PRECISION="tf32"),
+        _gemm_spec("bf16 ln+gelu", CONFIGS[1], 64, dtype="bf16"),
+        _gemm_spec("bf16 residual", CONFIGS[1], 64, dtype="bf16", LN=False, GELU=False, RESIDUAL=True),
+        _finish_spec("bias+gelu", HAS_BIAS=True, GELU=True, RESIDUAL=False),
+        _finish_spec("residual", HAS_BIAS=False, GELU=False, RESIDUAL=True),
+        _finish_spec("bf16 bias+residual", dtype="bf16", HAS_BIAS=True, GELU=False, RESIDUAL=True),
+    ]
+)
+
+
+def test_kernels_compile_ahead_of_time():
+    halves = [AOT_SPECS[0::2], AOT_SPECS[1::2]]
+    with ThreadPoolExecutor(len(halves)) as pool:
+        results = [r for rs in pool.map(compile_in_child, halves) for r in rs]
+    assert len(results) == 2 * len(AOT_SPECS)
+    for result in sorted(results, key=lambda r: (r.label, r.capability)):
+        print("\n" + result.line(), end="")
+        assert result.elf and result.cubin_bytes > 0
+        assert 0 < result.n_regs <= 255
+        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0, result.line()
+    print()

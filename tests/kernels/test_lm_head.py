@@ -1,0 +1,272 @@
+"""lm_head_argmax and lm_head_logits against their PyTorch references, and compiled for
+sm_80 / sm_90.
+
+The interpreter is slow, so vocabularies are small slices (V <= 1031, C = 128, plus a
+ragged C = 80); ties are planted with integer-valued data, where every logit is exact in
+float32 whatever the summation order, so the tie rule (lowest index) is what is tested.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aot import AotSpec, compile_in_child
+from gpt2fast import weight_stream
+from gpt2fast.kernels import lm_head
+from gpt2fast.kernels.lm_head import (
+    ARGMAX_BLOCK_K,
+    ARGMAX_BLOCK_V,
+    ARGMAX_WARPS,
+    COMBINE_BLOCK,
+    LOGITS_BLOCK_K,
+    LOGITS_BLOCK_V,
+    NUM_WARPS,
+    PRECISIONS,
+    argmax_config,
+    lm_head_argmax,
+    lm_head_argmax_reference,
+    lm_head_logits,
+    lm_head_logits_reference,
+)
+from gpt2fast.philox import mix_key
+
+WIDTH = 128
+VOCABS = (1, 7, 300, 1031)
+ROWS = (1, 7, 27, 64, 130)
+FEW_PROGRAMS = 3  # forces splits of several vocab tiles: the running max and the combine
+REAL_WIDTHS = (768, 1600)
+EDGES = (0, ARGMAX_BLOCK_V - 1, ARGMAX_BLOCK_V, 2 * ARGMAX_BLOCK_V - 1, 5 * ARGMAX_BLOCK_V, 1029, 1030)
+# A tie partner per edge: in another tile (first/last, neighbours) or in the same tile.
+TIE_PARTNERS = (1028, ARGMAX_BLOCK_V + 1, ARGMAX_BLOCK_V + 26, ARGMAX_BLOCK_V + 36, 5 * ARGMAX_BLOCK_V - 1,
+                1025, 67)
+
+
+def partials_spec(width: int, config: tuple[int, int, str], drawn: bool) -> AotSpec:
+    block_m, num_warps, precision = config
+    return AotSpec(
+        label=f"argmax_partials_kernel C={width} BLOCK_M={block_m} {precision}{' drawn' if drawn else ''}",
+        kernel="gpt2fast.kernels.lm_head:argmax_partials_kernel",
+        signature={"y_ptr": "*fp32", "wte_ptr": "*fp32", "best_ptr": "*fp32", "index_ptr": "*i32",
+                   "n_rows": "i32", "n_vocab": "i32", "tiles_per_split": "i32",
+                   "key": "u64", "stream": "u32", "step": "u64", "N_EMBD": "constexpr",
+                   "DRAWN": "constexpr", "PRECISION": "constexpr", "BLOCK_M": "constexpr",
+                   "BLOCK_V": "constexpr", "BLOCK_K": "constexpr"},
+        constexprs={"N_EMBD": width, "DRAWN": drawn, "PRECISION": precision, "BLOCK_M": block_m,
+                    "BLOCK_V": ARGMAX_BLOCK_V, "BLOCK_K": ARGMAX_BLOCK_K},
+        options={"num_warps": num_warps},
+    )
+
+
+def logits_spec(width: int, drawn: bool) -> AotSpec:
+    return AotSpec(
+        label=f"logits_kernel C={width}{' drawn' if drawn else ''}",
+        kernel="gpt2fast.kernels.lm_head:logits_kernel",
+        signature={"y_ptr": "*fp32", "wte_ptr": "*fp32", "out_ptr": "*fp32", "n_vocab": "i32",
+                   "key": "u64", "stream": "u32", "step": "u64", "N_EMBD": "constexpr",
+                   "DRAWN": "constexpr", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr"},
+        constexprs={"N_EMBD": width, "DRAWN": drawn, "BLOCK_V": LOGITS_BLOCK_V, "BLOCK_K": LOGITS_BLOCK_K},
+        options={"num_warps": NUM_WARPS},
+    )
+
+
+# Every configuration the launchers can pick (argmax_config over every row-block size,
+# precision and drawn/loaded head), at gpt2-xl's width, and the exact-float32 ones at
+# gpt2's too. C is the only shape compiled in.
+ARGMAX_CONFIGS = sorted({(argmax_config(rows, precision, drawn), drawn)
+                         for rows in ARGMAX_WARPS for precision in PRECISIONS for drawn in (False, True)})
+AOT_SPECS = [
+    *(partials_spec(1600, config, drawn) for config, drawn in ARGMAX_CONFIGS),
+    *(partials_spec(768, config, drawn) for config, drawn in ARGMAX_CONFIGS if config[2] == "ieee"),
+    *(logits_spec(width, drawn) for width in REAL_WIDTHS for drawn in (False, True)),
+    AotSpec(
+        label="argmax_combine_kernel",
+        kernel="gpt2fast.kernels.lm_head:argmax_combine_kernel",
+        signature={"best_ptr": "*fp32", "index_ptr": "*i32", "out_ptr": "*i64", "n_rows": "i32",
+                   "splits": "i32", "BLOCK": "constexpr"},
+        constexprs={"BLOCK": COMBINE_BLOCK},
+        options={"num_warps": NUM_WARPS},
+    ),
+]
+
+
+def poisoned_ids(rows: int, device) -> torch.Tensor:
+    return torch.full((rows,), -7, dtype=torch.int64, device=device)
+
+
+def argmax_of(y: torch.Tensor, wte: torch.Tensor, **options) -> torch.Tensor:
+    return lm_head_argmax(y, wte, poisoned_ids(y.shape[0], y.device), **options).cpu()
+
+
+def integer_valued(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    """Small integers as float32: every dot product of width 128 is exact, in any order."""
+    return torch.randint(-3, 4, shape, generator=generator).float()
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_argmax_matches_reference(device, vocab, rows):
+    generator = torch.Generator().manual_seed(vocab * 1000 + rows)
+    y = torch.randn(rows, WIDTH, generator=generator).to(device)
+    wte = torch.randn(vocab, WIDTH, generator=generator).to(device)
+    assert torch.equal(argmax_of(y, wte), lm_head_argmax_reference(y, wte).cpu())
+
+
+@pytest.mark.parametrize("programs", [lm_head.TARGET_PROGRAMS, FEW_PROGRAMS])
+@pytest.mark.parametrize("vocab, rows", [(300, 27), (1031, 64), (1031, 130)])
+def test_argmax_ties_go_to_the_lowest_index(device, monkeypatch, programs, vocab, rows):
+    monkeypatch.setattr(lm_head, "TARGET_PROGRAMS", programs)
+    generator = torch.Generator().manual_seed(vocab + rows + programs)
+    y = integer_valued(generator, rows, WIDTH)
+    wte = integer_valued(generator, vocab, WIDTH)
+    for low in range(0, vocab - 1, 97):  # duplicates across tiles, splits and the last tile
+        wte[vocab - 1 - low // 2] = wte[low]
+    logits = y @ wte.T
+    assert ((logits == logits.max(-1, keepdim=True).values).sum(-1) > 1).any(), "no tie was planted"
+    expected = lm_head_argmax_reference(y, wte)
+    assert torch.equal(argmax_of(y.to(device), wte.to(device)), expected)
+
+
+@pytest.mark.parametrize("programs", [lm_head.TARGET_PROGRAMS, FEW_PROGRAMS])
+def test_argmax_finds_maxima_at_tile_edges(device, monkeypatch, programs):
+    monkeypatch.setattr(lm_head, "TARGET_PROGRAMS", programs)
+    generator = torch.Generator().manual_seed(programs)
+    vocab, planted = 1031, len(EDGES)
+    y = torch.randn(2 * planted, WIDTH, generator=generator)
+    wte = torch.randn(vocab, WIDTH, generator=generator)
+    expected = torch.empty(2 * planted, dtype=torch.int64)
+    for row, (edge, partner) in enumerate(zip(EDGES, TIE_PARTNERS)):
+        wte[edge] = 4 * y[row]  # a clear maximum of row `row` ...
+        wte[partner] = wte[edge]  # ... and of row `planted + row`, tied with another tile
+        y[planted + row] = y[row]
+        expected[row] = expected[planted + row] = min(edge, partner)
+    assert torch.equal(lm_head_argmax_reference(y, wte), expected)
+    for precision in PRECISIONS:
+        assert torch.equal(argmax_of(y.to(device), wte.to(device), precision=precision), expected)
+
+
+@pytest.mark.parametrize("programs", [lm_head.TARGET_PROGRAMS, FEW_PROGRAMS])
+def test_argmax_treats_nan_as_torch_does(device, monkeypatch, programs):
+    monkeypatch.setattr(lm_head, "TARGET_PROGRAMS", programs)
+    generator = torch.Generator().manual_seed(11)
+    y = torch.randn(7, WIDTH, generator=generator)
+    wte = torch.randn(1031, WIDTH, generator=generator)
+    wte[900, 3] = float("nan")
+    wte[300, 5] = float("nan")
+    y[2] = float("nan")
+    wte[1000] = 10 * y[4]  # a larger number after the first NaN does not win
+    expected = lm_head_argmax_reference(y, wte)
+    assert expected.tolist() == [300, 300, 0, 300, 300, 300, 300]
+    assert torch.equal(argmax_of(y.to(device), wte.to(device)), expected)
+
+
+def test_argmax_with_a_ragged_width(device):
+    generator = torch.Generator().manual_seed(80)
+    y = torch.randn(27, 80, generator=generator).to(device)
+    wte = torch.randn(300, 80, generator=generator).to(device)
+    assert torch.equal(argmax_of(y, wte), lm_head_argmax_reference(y, wte).cpu())
+
+
+def drawn_args(seed: int, draw: int) -> tuple[int, int, int]:
+    return mix_key(seed, weight_stream.DRAW_DOMAIN), weight_stream.WTE_STREAM, draw
+
+
+@pytest.mark.parametrize("seed, draw", [(0, 1), (2024, 2**33 + 3)])
+def test_drawn_head_is_the_weight_stream_redraw(device, seed, draw):
+    vocab, rows = 300, 27
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randn(rows, WIDTH, generator=generator).to(device)
+    redraw = weight_stream.drawn_tensor(seed, draw, weight_stream.WTE_STREAM, (vocab, WIDTH), device)
+    shape_only = torch.full((1, WIDTH), float("nan"), device=device).expand(vocab, WIDTH)
+    drawn = drawn_args(seed, draw)
+    ids = argmax_of(y, shape_only, drawn=drawn)
+    assert torch.equal(ids, lm_head_argmax_reference(y, redraw).cpu())
+    assert torch.equal(ids, lm_head_argmax_reference(y, shape_only, drawn=drawn).cpu())
+    logits = lm_head_logits(y[3], shape_only, torch.full((vocab,), float("nan"), device=device), drawn=drawn)
+    expected = lm_head_logits_reference(y[3], redraw)
+    torch.testing.assert_close(logits.cpu(), expected.cpu(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [WIDTH, 80])
+@pytest.mark.parametrize("vocab", VOCABS)
+def test_logits_match_reference(device, vocab, width):
+    generator = torch.Generator().manual_seed(vocab + width)
+    y = torch.randn(width, generator=generator).to(device)
+    wte = torch.randn(vocab, width, generator=generator).to(device)
+    out = torch.full((vocab,), float("nan"), device=device)
+    assert lm_head_logits(y, wte, out) is out
+    exact = lm_head_logits_reference(y.double(), wte.double())
+    torch.testing.assert_close(out.cpu().double(), exact.cpu(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu(), lm_head_logits_reference(y, wte).cpu(), rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_of_no_rows_launches_nothing():
+    out = torch.empty(0, dtype=torch.int64)
+    assert lm_head_argmax(torch.empty(0, WIDTH), torch.empty(7, WIDTH), out) is out
+
+
+def ids_arguments() -> dict:
+    return {"y": torch.zeros(3, WIDTH), "wte": torch.zeros(7, WIDTH),
+            "out_ids": torch.empty(3, dtype=torch.int64)}
+
+
+def logits_arguments() -> dict:
+    return {"y": torch.zeros(WIDTH), "wte": torch.zeros(7, WIDTH), "out": torch.empty(7)}
+
+
+BAD_HEAD_ARGUMENTS = [
+    ("wte", torch.empty(7, 64)),
+    ("wte", torch.empty(0, WIDTH)),
+    ("wte", torch.empty(7, WIDTH, dtype=torch.float64)),
+    ("wte", torch.empty(WIDTH, 7).T),
+    ("precision", "tf32x3"),
+    ("drawn", (2**64, 0, 0)),
+    ("drawn", (0, 2**32, 0)),
+    ("drawn", (0, 0, -1)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        *BAD_HEAD_ARGUMENTS,
+        ("y", torch.empty(3, WIDTH, dtype=torch.float64)),
+        ("y", torch.empty(3, 2 * WIDTH)[:, ::2]),
+        ("y", torch.empty(WIDTH)),
+        ("out_ids", torch.empty(3, dtype=torch.int32)),
+        ("out_ids", torch.empty(4, dtype=torch.int64)),
+    ],
+)
+def test_argmax_rejects_bad_arguments(name, bad):
+    arguments = ids_arguments()
+    lm_head_argmax(**arguments)
+    arguments[name] = bad
+    with pytest.raises(ValueError):
+        lm_head_argmax(**arguments)
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        *BAD_HEAD_ARGUMENTS,
+        ("y", torch.empty(2, WIDTH)),
+        ("out", torch.empty(7, dtype=torch.float64)),
+        ("out", torch.empty(8)),
+    ],
+)
+def test_logits_reject_bad_arguments(name, bad):
+    arguments = logits_arguments()
+    lm_head_logits(**arguments)
+    arguments[name] = bad
+    with pytest.raises(ValueError):
+        lm_head_logits(**arguments)
+
+
+def test_head_kernels_compile_ahead_of_time():
+    results = compile_in_child(AOT_SPECS)
+    assert len(results) == 2 * len(AOT_SPECS)
+    for result in results:
+        print("\n" + result.line())
+        assert result.elf and result.cubin_bytes > 0
+        assert 0 < result.n_regs <= 255
+        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0, result.line()
