@@ -27,6 +27,7 @@ from .config import (
     VOCAB_SIZE,
     ConsensusFlags,
 )
+from .backends import BACKENDS, resolve_backend
 from .consensus import run_consensus
 from .errors import InputError
 from .generate import available_memory, cache_bytes, generate
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0, help="generation: softmax temperature (default 1)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto = cuda when available (default auto)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto = triton on CUDA (fp32/tf32), torch elsewhere (default auto)")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES,
                         help="arithmetic: fp32 (default, faithful), tf32 or bf16 (faster, opt-in)")
     return parser
@@ -220,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     validate(args)
     generating = args.use_model is not None
     device = resolve_device(args.device, args.dtype)
+    backend = resolve_backend(args.backend, device, args.dtype)
     if generating:
         for flag in ("decode", "matrixerror", "savefile"):
             if getattr(args, flag) is not None:
@@ -250,12 +254,13 @@ def run(args: argparse.Namespace) -> int:
     if generating:
         return run_generation(args, weights, encoding, texts, token_lists, flags, device)
     return run_consensus_job(weights, model_name, encoding, texts, token_lists, flags, device,
-                             args.dtype, err_path, gram_path)
+                             args.dtype, backend, err_path, gram_path)
 
 
 def run_consensus_job(
     weights: Weights, model_name: str, encoding, texts: list[str], token_lists: list[list[int]],
-    flags: ConsensusFlags, device: torch.device, dtype: str, err_path: Path, gram_path: Path | None,
+    flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, err_path: Path,
+    gram_path: Path | None,
 ) -> int:
     """Check the disk, run, and report where the files went."""
     n_prompts, length = len(token_lists), max(len(tokens) for tokens in token_lists)
@@ -270,7 +275,7 @@ def run_consensus_job(
     try:
         meta, status = run_consensus(
             weights, model_name, texts, token_lists, flags, device=device, dtype=dtype,
-            err_path=err_path, gram_path=gram_path,
+            backend=backend, err_path=err_path, gram_path=gram_path,
             on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids),
         )
     except OSError as error:

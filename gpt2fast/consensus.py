@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backends.torch_backend import TorchEngine
+from .backends import make_engine
 from .config import ConsensusFlags
 from .driver import drive
 from .interrupts import graceful_stop
@@ -40,6 +40,7 @@ def run_consensus(
     *,
     device: torch.device,
     dtype: str,
+    backend: str = "torch",
     err_path: Path,
     gram_path: Path | None,
     on_decode: Callable[[int, int, list[int]], None],
@@ -47,6 +48,7 @@ def run_consensus(
 ) -> tuple[dict, int]:
     """Run every prompt through N iterations in one batch and write the files.
 
+    backend is a resolved name (``gpt2fast.backends.resolve_backend``).
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
     each prompt, with that prompt's T_p argmax ids. Returns the final metadata (also
     written beside each array) and the exit status: 0, or 128 + signal after a stop.
@@ -61,7 +63,7 @@ def run_consensus(
         device=device,
         dtype=storage_dtype(dtype),
     )
-    engine = TorchEngine(stream, token_lists, flags.noff)
+    engine = make_engine(backend, stream, token_lists, flags.noff, dtype)
     steps = cfg.n_layer * flags.iterations
     files = {"err": {"path": str(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
     if gram_path is not None:

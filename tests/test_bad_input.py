@@ -46,6 +46,8 @@ BAD_INVOCATIONS = [
     ("temperature-nan", ["--temperature", "nan"], "--temperature"),
     ("seed-negative", ["--seed", "-1"], "--seed"),
     ("tf32-on-cpu", ["--dtype", "tf32", "--device", "cpu"], "tf32"),
+    ("triton-in-bf16", ["--backend", "triton", "--dtype", "bf16"], "--backend triton"),
+    ("unknown-backend", ["--backend", "jax"], "--backend"),
     ("output-too-big-for-disk", ["--weights", "TINY", "--size", "100000000000", "--prompt", "a"], "refusing"),
 ]
 if not torch.cuda.is_available():
@@ -95,3 +97,13 @@ def test_process_exit_status_and_single_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("gpt2fast: error: --size")
     assert (tmp_path / "Eplot.npy").read_bytes() == b"keep me"
+
+
+def test_triton_backend_without_gpu_or_interpreter(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --backend triton is valid here")
+    assert main(["--backend", "triton", "--size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend triton needs a CUDA GPU" in err
+    assert list(tmp_path.iterdir()) == []

@@ -210,3 +210,13 @@ def test_disk_full_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_
     assert err.startswith("gpt2fast: error: cannot write") and "No space left on device" in err
     meta = json.loads((tmp_path / "Eplot.json").read_text())
     assert meta["status"] == "failed" and meta["complete"] is False and "No space" in meta["error"]
+
+
+def test_triton_backend_from_the_command_line(tiny_checkpoint):
+    """Under the interpreter (tests/conftest.py) the Triton backend runs on the CPU."""
+    common = ["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b c d e", "--prompt", "f"]
+    assert main(common + ["--backend", "triton", "--savefile", "tri"]) == 0
+    assert main(common + ["--backend", "torch", "--savefile", "tor"]) == 0
+    assert json.loads(open("tri.json").read())["backend"] == "triton"
+    assert json.loads(open("tor.json").read())["backend"] == "torch"
+    np.testing.assert_allclose(np.load("tri.npy"), np.load("tor.npy"), rtol=1e-4, atol=1e-5)

@@ -1,1 +1,38 @@
-"""Backends that run consensus iterations; each offers the interface of ``torch_backend.TorchEngine``."""
+"""Backends that run consensus iterations behind one interface (see ``TorchEngine``):
+``torch`` (PyTorch ops, any device) and ``triton`` (fused Triton kernels, CUDA)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import InputError
+from ..weight_stream import WeightStream
+
+BACKENDS = ("auto", "torch", "triton")
+TRITON_PRECISION = {"fp32": "ieee", "tf32": "tf32"}
+
+
+def resolve_backend(name: str, device: torch.device, dtype: str) -> str:
+    """``auto`` -> triton on CUDA for fp32/tf32, else torch; refuse what triton cannot run."""
+    if name == "auto":
+        return "triton" if device.type == "cuda" and dtype in TRITON_PRECISION else "torch"
+    if name == "triton":
+        if dtype not in TRITON_PRECISION:
+            raise InputError(f"--backend triton computes in fp32 or tf32, not {dtype}; use --backend torch")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise InputError("--backend triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's "
+                             "slow CPU interpreter, for testing)")
+    return name
+
+
+def make_engine(backend: str, stream: WeightStream, token_lists: list[list[int]], noff: bool, dtype: str):
+    """The engine of a resolved backend name for these prompts."""
+    if backend == "triton":
+        from .triton_backend import TritonEngine
+
+        return TritonEngine(stream, token_lists, noff, TRITON_PRECISION[dtype])
+    from .torch_backend import TorchEngine
+
+    return TorchEngine(stream, token_lists, noff)

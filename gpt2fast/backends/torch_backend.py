@@ -94,29 +94,39 @@ class TorchEngine:
         then has its own weights, drawn from Python)."""
         if self.x.device.type != "cuda" or self.stream.const_reset:
             return None
-        device = self.x.device
-        err = torch.empty(self.n_prompts, self.n_layer, 2, device=device)
-        gram = None
-        if with_gram:
-            gram = torch.empty(self.n_prompts, self.n_layer, self.length, self.length, device=device)
-        start = self.x.clone()
-        self.x = start.clone()
-        state = self.x
+        return capture_in_place(self, with_gram)
 
-        def iterate_in_place() -> None:
-            self.x = state
-            self.iteration(0, err, gram)
-            state.copy_(self.x)
-            self.x = state
 
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_ITERATIONS):
-                iterate_in_place()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+@torch.no_grad()
+def capture_in_place(engine, with_gram: bool) -> CapturedIteration:
+    """Capture ``engine.iteration`` as a CUDA graph whose replay advances ``engine.x`` in place.
+
+    The iteration index is frozen at 0, so this stands for every iteration only when the
+    weights do not change between iterations. Warm-up runs on a side stream (as CUDA-graph
+    capture requires) and x is restored afterwards, so capturing changes no state.
+    """
+    device = engine.x.device
+    err = torch.empty(engine.n_prompts, engine.n_layer, 2, device=device)
+    gram = None
+    if with_gram:
+        gram = torch.empty(engine.n_prompts, engine.n_layer, engine.length, engine.length, device=device)
+    state = engine.x
+    start = state.clone()
+
+    def iterate_in_place() -> None:
+        engine.iteration(0, err, gram)
+        if engine.x is not state:
+            state.copy_(engine.x)
+            engine.x = state
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP_ITERATIONS):
             iterate_in_place()
-        state.copy_(start)
-        return CapturedIteration(graph=graph, err=err, gram=gram)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        iterate_in_place()
+    state.copy_(start)
+    return CapturedIteration(graph=graph, err=err, gram=gram)

@@ -1,0 +1,56 @@
+"""The Triton backend end to end (kernels under the interpreter here) against the torch backend.
+
+The model is the tiny one with a 512-token vocabulary: the engines never use the tokenizer,
+and the interpreter's cost of the LM head grows with the vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2fast.backends.torch_backend import TorchEngine
+from gpt2fast.backends.triton_backend import TritonEngine
+from gpt2fast.config import ConsensusFlags
+from gpt2fast.driver import drive
+from gpt2fast.weight_stream import WeightStream
+from tiny_models import tiny_config, tiny_state
+
+CFG = dataclasses.replace(tiny_config(), vocab_size=512)
+STATE = tiny_state(CFG, seed=4)
+PROMPTS = [[464, 208, 7, 211, 18, 62, 262], [511], [318, 257, 13, 286, 262, 100]]
+FLAG_COMBINATIONS = list(itertools.product([False, True], repeat=3))
+
+
+def run(engine_class, flags: ConsensusFlags, tmp_path, device):
+    stream = WeightStream(CFG, STATE, seed=flags.seed, random_init=flags.random_init,
+                          const_reset=flags.const_reset, device=device, dtype=torch.float32)
+    engine = engine_class(stream, PROMPTS, flags.noff)
+    name = engine_class.backend
+    decoded = {}
+    drive(engine, flags.iterations, tmp_path / f"{name}-e.npy", tmp_path / f"{name}-g.npy",
+          decode_iterations=frozenset(flags.decode_iterations), on_decode=decoded.__setitem__)
+    return np.load(tmp_path / f"{name}-e.npy"), np.load(tmp_path / f"{name}-g.npy"), decoded
+
+
+@pytest.mark.parametrize("number", range(len(FLAG_COMBINATIONS)))
+def test_triton_backend_matches_torch_backend(number, tmp_path, device):
+    """Every combination of --noff, --random-init, --const-reset, with N = 1, 2, 3 in turn,
+    ragged prompts and decoding after the first and the last iteration."""
+    noff, random_init, const_reset = FLAG_COMBINATIONS[number]
+    iterations = 1 + number % 3
+    flags = ConsensusFlags(iterations=iterations, noff=noff, random_init=random_init,
+                           const_reset=const_reset, seed=number,
+                           decode_iterations=tuple(sorted({0, iterations - 1})))
+    err, gram, decoded = run(TritonEngine, flags, tmp_path, device)
+    want_err, want_gram, want_decoded = run(TorchEngine, flags, tmp_path, device)
+    np.testing.assert_allclose(err, want_err, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gram, want_gram, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(np.isnan(gram), np.isnan(want_gram))
+    for i in flags.decode_iterations:
+        for p, tokens in enumerate(PROMPTS):
+            assert decoded[i][p, : len(tokens)].tolist() == want_decoded[i][p, : len(tokens)].tolist()
