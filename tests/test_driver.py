@@ -162,15 +162,15 @@ def test_write_failure_mid_run_is_reported(tmp_path):
 
 
 def test_peak_memory_stays_far_below_the_matrix_file(tmp_path):
-    """err2 of 1 GiB + a bit, written through 2 x 128 MiB of staging: peak RSS (torch
-    included) stays far below the file's size."""
-    length, iterations = 512, 520
+    """A 2 GiB err2 file written through 2 x 128 MiB of staging: the whole process (torch
+    included) peaks under 1 GiB, half the file (issue 3's bound)."""
+    length, iterations = 512, 1040
     result = run_script(tmp_path, limit=0, length=length, iterations=iterations)
     assert result.returncode == 0, result.stderr
     size = (tmp_path / "g.npy").stat().st_size
-    assert size > 1 << 30
+    assert size > 2 << 30
     peak = int(result.stdout.split("peak_rss_bytes")[1])
-    assert peak < 0.7 * size, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
     gram = np.load(tmp_path / "g.npy", mmap_mode="r")
     assert gram.shape == (1, length, length, CFG.n_layer * iterations)
     assert np.isfinite(gram[0, :, :, -1]).all() and np.isfinite(gram[0, 100, :, :]).all()
