@@ -27,7 +27,7 @@ from .config import (
     VOCAB_SIZE,
     ConsensusFlags,
 )
-from .backends import BACKENDS, resolve_backend
+from .backends import BACKENDS, make_generation, resolve_backend
 from .consensus import run_consensus
 from .errors import InputError
 from .generate import available_memory, cache_bytes, generate
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         const_reset=args.const_reset, seed=args.seed, decode_iterations=decode,
     )
     if generating:
-        return run_generation(args, weights, encoding, texts, token_lists, flags, device)
+        return run_generation(args, weights, encoding, texts, token_lists, flags, device, backend)
     return run_consensus_job(weights, model_name, encoding, texts, token_lists, flags, device,
                              args.dtype, backend, err_path, gram_path)
 
@@ -293,7 +293,7 @@ def run_consensus_job(
 
 def run_generation(
     args: argparse.Namespace, weights: Weights, encoding, texts: list[str],
-    token_lists: list[list[int]], flags: ConsensusFlags, device: torch.device,
+    token_lists: list[list[int]], flags: ConsensusFlags, device: torch.device, backend: str,
 ) -> int:
     """``--use-model``: grow each prompt to M tokens and print it as the original did."""
     cfg = weights.config
@@ -316,8 +316,8 @@ def run_generation(
     ) as bar:
         for tokens in token_lists:
             grown = generate(
-                stream, tokens, max_length=args.use_model, iterations=flags.iterations,
-                noff=flags.noff, top_k=args.top_k, temperature=args.temperature,
+                make_generation(backend, stream, flags.noff, flags.iterations, args.dtype), tokens,
+                max_length=args.use_model, top_k=args.top_k, temperature=args.temperature,
                 generator=generator, on_token=lambda: bar.update(1), stop=stop,
             )
             tqdm.write(f"> {encoding.decode(grown)}", file=sys.stdout)

@@ -4,8 +4,10 @@ The original grew a sequence one token at a time and recomputed the whole N-iter
 forward pass for every new token. Causal attention makes that wasteful: the keys and
 values a position produces at step u (iteration i, layer l) never change once computed,
 because they depend only on earlier positions and on step u's weights (a redraw is a
-pure function of the seed and the step). So each step keeps a cache [1, H, M, D] of keys
-and of values, the prompt fills it once, and every new token runs the N·L steps on one row.
+pure function of the seed and the step). So each step keeps a cache of keys and of values
+for M positions, the prompt fills it once, and every new token runs the N·L steps on one
+row. The backends hold the caches and run the steps; this module holds the growth loop and
+the original's sampling rule.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from .interrupts import StopRequest
-from .model import cached_block, embed, layer_norm
-from .weight_stream import WeightStream
 
 
 def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, element_size: int) -> int:
@@ -46,12 +46,10 @@ def sample_top_k(
 
 @torch.no_grad()
 def generate(
-    stream: WeightStream,
+    runner,
     tokens: list[int],
     *,
     max_length: int,
-    iterations: int,
-    noff: bool,
     top_k: int,
     temperature: float,
     generator: torch.Generator,
@@ -60,28 +58,19 @@ def generate(
 ) -> list[int]:
     """Grow ``tokens`` until it holds ``max_length`` ids; return its first ``max_length``.
 
+    runner: a backend's cached forward pass (``TorchGeneration`` or ``TritonGeneration``):
+    ``runner.start(capacity)`` makes empty caches, ``runner.advance(ids, start)`` runs the
+    N·L steps over the new ids at positions start.. and returns the last row's logits [V].
     on_token() is called after each new token; a requested ``stop`` ends growth early.
     """
     tokens = list(tokens)
     if len(tokens) >= max_length:
         return tokens[:max_length]
-    cfg = stream.cfg
-    steps = iterations * cfg.n_layer
-    device, dtype = stream.wte.device, stream.wte.dtype
-    cache_shape = (steps, 1, cfg.n_head, max_length, cfg.head_dim)
-    cache_k = torch.empty(cache_shape, device=device, dtype=dtype)
-    cache_v = torch.empty(cache_shape, device=device, dtype=dtype)
-    lm_head = stream.lm_head_after(steps - 1)
-    new_ids = torch.tensor([tokens], dtype=torch.int64, device=device)
-    start = 0
+    runner.start(max_length)
+    logits = runner.advance(tokens, 0)
     while True:
-        x = embed(new_ids, stream.wte, stream.wpe, start)
-        for step in range(steps):
-            x = cached_block(x, stream.block(step), cfg.n_head, noff, cache_k[step], cache_v[step], start)
-        last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b)
-        tokens.append(sample_top_k(last @ lm_head.T, top_k, temperature, generator))
+        tokens.append(sample_top_k(logits, top_k, temperature, generator))
         on_token()
         if len(tokens) >= max_length or (stop is not None and stop.requested):
             return tokens
-        start = len(tokens) - 1
-        new_ids = torch.tensor([[tokens[-1]]], dtype=torch.int64, device=device)
+        logits = runner.advance(tokens[-1:], len(tokens) - 1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gpt2fast import reference
+from gpt2fast.backends.torch_backend import TorchGeneration
 from gpt2fast.generate import cache_bytes, generate, sample_top_k
 from gpt2fast.model import block, cached_block, embed
 from gpt2fast.weight_stream import WeightStream
@@ -54,9 +55,8 @@ def test_greedy_generation_matches_reference(iterations, noff, random_init, cons
         random_init=random_init, const_reset=const_reset, seed=4, top_k=1,
     )
     got = generate(
-        stream_for(random_init, const_reset, seed=4), PROMPT, max_length=length,
-        iterations=iterations, noff=noff, top_k=1, temperature=1.0,
-        generator=torch.Generator().manual_seed(4),
+        TorchGeneration(stream_for(random_init, const_reset, seed=4), noff, iterations), PROMPT,
+        max_length=length, top_k=1, temperature=1.0, generator=torch.Generator().manual_seed(4),
     )
     assert got == expected
     assert len(got) == length and got[: len(PROMPT)] == PROMPT
@@ -64,13 +64,13 @@ def test_greedy_generation_matches_reference(iterations, noff, random_init, cons
 
 def test_sampled_generation_matches_reference_for_a_seed():
     expected = reference.generate(CFG, STATE, PROMPT, max_length=10, seed=9, top_k=10, temperature=1.5)
-    got = generate(stream_for(), PROMPT, max_length=10, iterations=1, noff=False, top_k=10,
+    got = generate(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=10, top_k=10,
                    temperature=1.5, generator=torch.Generator().manual_seed(9))
     assert got == expected
 
 
 def test_prompt_at_or_over_the_length_is_truncated():
-    assert generate(stream_for(), PROMPT, max_length=3, iterations=1, noff=False, top_k=10,
+    assert generate(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=3, top_k=10,
                     temperature=1.0, generator=torch.Generator()) == PROMPT[:3]
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.backends.triton_backend import TritonEngine
+from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
+from gpt2fast.backends.triton_backend import TritonEngine, TritonGeneration
 from gpt2fast.config import ConsensusFlags
 from gpt2fast.driver import drive
+from gpt2fast.generate import generate
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
 
@@ -54,3 +55,33 @@ def test_triton_backend_matches_torch_backend(number, tmp_path, device):
     for i in flags.decode_iterations:
         for p, tokens in enumerate(PROMPTS):
             assert decoded[i][p, : len(tokens)].tolist() == want_decoded[i][p, : len(tokens)].tolist()
+
+
+@pytest.mark.parametrize("number", range(len(FLAG_COMBINATIONS)))
+def test_triton_generation_matches_torch_generation(number, device):
+    """Greedy generation with the key/value cache, every flag combination, N = 1, 2, 3."""
+    noff, random_init, const_reset = FLAG_COMBINATIONS[number]
+    iterations = 1 + number % 3
+
+    def grow(generation_class):
+        stream = WeightStream(CFG, STATE, seed=number, random_init=random_init, const_reset=const_reset,
+                              device=device, dtype=torch.float32)
+        return generate(generation_class(stream, noff, iterations), PROMPTS[0], max_length=9, top_k=1,
+                        temperature=1.0, generator=torch.Generator().manual_seed(0))
+
+    grown = grow(TritonGeneration)
+    assert grown == grow(TorchGeneration)
+    assert len(grown) == 9 and grown[: len(PROMPTS[0])] == PROMPTS[0]
+
+
+def test_triton_generation_logits_match(device):
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=device,
+                          dtype=torch.float32)
+    triton_run, torch_run = TritonGeneration(stream, False, 2), TorchGeneration(stream, False, 2)
+    for run in (triton_run, torch_run):
+        run.start(12)
+    torch.testing.assert_close(triton_run.advance(PROMPTS[2], 0), torch_run.advance(PROMPTS[2], 0),
+                               rtol=1e-4, atol=1e-5)
+    start = len(PROMPTS[2])
+    torch.testing.assert_close(triton_run.advance([7], start), torch_run.advance([7], start),
+                               rtol=1e-4, atol=1e-5)

@@ -36,3 +36,14 @@ def make_engine(backend: str, stream: WeightStream, token_lists: list[list[int]]
     from .torch_backend import TorchEngine
 
     return TorchEngine(stream, token_lists, noff)
+
+
+def make_generation(backend: str, stream: WeightStream, noff: bool, iterations: int, dtype: str):
+    """Generation's cached forward pass for a resolved backend name."""
+    if backend == "triton":
+        from .triton_backend import TritonGeneration
+
+        return TritonGeneration(stream, noff, iterations, TRITON_PRECISION[dtype])
+    from .torch_backend import TorchGeneration
+
+    return TorchGeneration(stream, noff, iterations)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..metrics import consensus_metrics
-from ..model import block, embed, layer_norm
+from ..model import block, cached_block, embed, layer_norm
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -130,3 +130,32 @@ def capture_in_place(engine, with_gram: bool) -> CapturedIteration:
         iterate_in_place()
     state.copy_(start)
     return CapturedIteration(graph=graph, err=err, gram=gram)
+
+
+class TorchGeneration:
+    """Generation's cached forward pass on the torch backend: per step u a key and a value
+    cache [1, H, capacity, D] (``model.cached_block``)."""
+
+    def __init__(self, stream: WeightStream, noff: bool, iterations: int):
+        self.stream = stream
+        self.noff = noff
+        self.steps = iterations * stream.cfg.n_layer
+        self.cache_k = self.cache_v = None
+
+    def start(self, capacity: int) -> None:
+        cfg, wte = self.stream.cfg, self.stream.wte
+        shape = (self.steps, 1, cfg.n_head, capacity, cfg.head_dim)
+        self.cache_k = torch.empty(shape, device=wte.device, dtype=wte.dtype)
+        self.cache_v = torch.empty(shape, device=wte.device, dtype=wte.dtype)
+
+    @torch.no_grad()
+    def advance(self, ids: list[int], start: int) -> torch.Tensor:
+        """Run all steps over ``ids`` at positions start..; logits [V] of the last one."""
+        stream = self.stream
+        new_ids = torch.tensor([ids], dtype=torch.int64, device=stream.wte.device)
+        x = embed(new_ids, stream.wte, stream.wpe, start)
+        for step in range(self.steps):
+            x = cached_block(x, stream.block(step), stream.cfg.n_head, self.noff,
+                             self.cache_k[step], self.cache_v[step], start)
+        last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b)
+        return last @ stream.lm_head_after(self.steps - 1).T

@@ -1,30 +1,89 @@
 """The Triton backend: the torch backend's iteration with every operation a fused kernel.
 
-Per block (M = P·T rows, all prompts at once):
+Per block, on rows x [M, C] (all prompts at once, M = P·T; or generation's new rows):
     qkv    = ln_linear(x, ln_1, c_attn)                  [M, 3C]
-    att    = causal_attention(qkv, lengths)              [P, T, C]
+    att    = attention(qkv)                              [M, C]  causal, or over a cache
     x      = linear_residual(att, attn.c_proj, x)        in place
-    hidden = ln_linear(x, ln_2, c_fc, gelu)              [M, 4C]   (skipped with --noff)
+    hidden = ln_linear(x, ln_2, c_fc, gelu)              [M, 4C]  (skipped with --noff)
     x      = linear_residual(hidden, mlp.c_proj, x)      in place
-    metric = consensus_metric(x, ln_f, lengths)          err, G into the driver's slot
-Under ``--const-reset`` the Linear weights of every step after the first are generated
-inside the GEMM kernels from the counter-based stream (``weight_stream``), never stored.
+and after each block of a consensus iteration consensus_metric(x, ln_f) writes err and G
+into the driver's slot. Under ``--const-reset`` the Linear weights of every step after the
+first are generated inside the GEMM kernels from the counter-based stream
+(``weight_stream``), never stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..kernels.attention import causal_attention
+from ..kernels.attention import causal_attention, decode_attention
 from ..kernels.consensus_metric import consensus_metric
 from ..kernels.embedding import embed
 from ..kernels.linear import linear_residual, ln_linear
-from ..kernels.lm_head import lm_head_argmax
+from ..kernels.lm_head import lm_head_argmax, lm_head_logits
 from ..model import BlockParams, layer_norm
 from ..philox import mix_key
 from ..weight_stream import DRAW_DOMAIN, WTE_STREAM, WeightStream, linear_stream
 from ..weights import LINEAR_NAMES
 from .torch_backend import CapturedIteration, capture_in_place, pad_prompts
+
+Drawn = tuple[int, int, int] | None
+
+
+def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, Drawn]]:
+    """The block of step ``step`` and, per Linear, the in-kernel draw (key, stream, draw)
+    that replaces its stored weight under --const-reset (None: use the stored one)."""
+    layer = step % stream.cfg.n_layer
+    draw = stream.draw_of(step)
+    if draw is None or draw == 0:
+        return stream.block(step), dict.fromkeys(LINEAR_NAMES)
+    return stream.loaded[layer], {name: (key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
+
+
+def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, Drawn]:
+    """``lm_head`` right after step ``step``: its stored weight, or its in-kernel draw."""
+    draw = stream.draw_of(step + 1)
+    if draw is None or draw == 0:
+        return stream.lm_head_after(step), None
+    return stream.wte, (key, WTE_STREAM, draw)
+
+
+def apply_block(
+    x: torch.Tensor,
+    p: BlockParams,
+    drawn: dict[str, Drawn],
+    attend: Callable[[torch.Tensor, torch.Tensor], None],
+    qkv: torch.Tensor,
+    attended: torch.Tensor,
+    hidden: torch.Tensor,
+    noff: bool,
+    precision: str,
+) -> None:
+    """One block on rows x [M, C] float32, in place. attend(qkv [M, 3C], out [M, C]) is the
+    attention; qkv, attended [M, C] and hidden [M, 4C] are scratch buffers."""
+
+    def stored(weight: torch.Tensor, bias: torch.Tensor, name: str) -> tuple:
+        return (None, None) if drawn[name] is not None else (weight, bias)
+
+    ln_linear(x, p.ln_1_w, p.ln_1_b, *stored(p.attn_w, p.attn_b, "attn.c_attn"), qkv,
+              precision=precision, drawn=drawn["attn.c_attn"])
+    attend(qkv, attended)
+    linear_residual(attended, *stored(p.attn_proj_w, p.attn_proj_b, "attn.c_proj"), x, x,
+                    precision=precision, drawn=drawn["attn.c_proj"])
+    if noff:
+        return
+    ln_linear(x, p.ln_2_w, p.ln_2_b, *stored(p.fc_w, p.fc_b, "mlp.c_fc"), hidden, gelu=True,
+              precision=precision, drawn=drawn["mlp.c_fc"])
+    linear_residual(hidden, *stored(p.fc_proj_w, p.fc_proj_b, "mlp.c_proj"), x, x,
+                    precision=precision, drawn=drawn["mlp.c_proj"])
+
+
+def check_float32(stream: WeightStream) -> None:
+    if stream.wte.dtype != torch.float32:
+        raise ValueError("the Triton backend computes in float32 (fp32 or tf32)")
+
 
 class TritonEngine:
     """All prompts' hidden states x [P, T, C] float32 and the kernels that move them.
@@ -37,8 +96,7 @@ class TritonEngine:
 
     def __init__(self, stream: WeightStream, token_lists: list[list[int]], noff: bool,
                  precision: str = "ieee"):
-        if stream.wte.dtype != torch.float32:
-            raise ValueError("the Triton backend computes in float32 (fp32 or tf32)")
+        check_float32(stream)
         self.stream = stream
         self.noff = noff
         self.precision = precision
@@ -50,7 +108,7 @@ class TritonEngine:
         self.x = torch.empty(self.n_prompts, self.length, width, device=device)
         embed(self.tokens, stream.wte, stream.wpe, self.x)
         self.qkv = torch.empty(rows, 3 * width, device=device)
-        self.attended = torch.empty(self.n_prompts, self.length, width, device=device)
+        self.attended = torch.empty(rows, width, device=device)
         self.hidden = torch.empty(rows, 4 * width, device=device)
         self.key = mix_key(stream.seed, DRAW_DOMAIN)
 
@@ -62,44 +120,19 @@ class TritonEngine:
     def length(self) -> int:
         return self.tokens.shape[1]
 
-    def _linears(self, step: int) -> tuple[BlockParams, dict[str, tuple[int, int, int] | None]]:
-        """The block of step ``step`` and, per Linear, the in-kernel draw (key, stream, draw)
-        that replaces its stored weight under --const-reset (None: use the stored one)."""
-        layer = step % self.n_layer
-        draw = self.stream.draw_of(step)
-        if draw is None or draw == 0:
-            return self.stream.block(step), dict.fromkeys(LINEAR_NAMES)
-        drawn = {name: (self.key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
-        return self.stream.loaded[layer], drawn
-
-    def _block(self, step: int) -> None:
-        p, drawn = self._linears(step)
-        x = self.x.view(-1, self.x.shape[-1])
-        precision = self.precision
-
-        def weights(weight, bias, name):
-            return (None, None) if drawn[name] is not None else (weight, bias)
-
-        w, b = weights(p.attn_w, p.attn_b, "attn.c_attn")
-        ln_linear(x, p.ln_1_w, p.ln_1_b, w, b, self.qkv, precision=precision, drawn=drawn["attn.c_attn"])
-        causal_attention(self.qkv.view(self.n_prompts, self.length, -1), self.lengths, self.attended,
-                         n_head=self.n_head, precision=precision)
-        w, b = weights(p.attn_proj_w, p.attn_proj_b, "attn.c_proj")
-        linear_residual(self.attended.view(x.shape), w, b, x, x, precision=precision,
-                        drawn=drawn["attn.c_proj"])
-        if self.noff:
-            return
-        w, b = weights(p.fc_w, p.fc_b, "mlp.c_fc")
-        ln_linear(x, p.ln_2_w, p.ln_2_b, w, b, self.hidden, gelu=True, precision=precision,
-                  drawn=drawn["mlp.c_fc"])
-        w, b = weights(p.fc_proj_w, p.fc_proj_b, "mlp.c_proj")
-        linear_residual(self.hidden, w, b, x, x, precision=precision, drawn=drawn["mlp.c_proj"])
+    def _attend(self, qkv: torch.Tensor, out: torch.Tensor) -> None:
+        shape = (self.n_prompts, self.length, -1)
+        causal_attention(qkv.view(shape), self.lengths, out.view(shape), n_head=self.n_head,
+                         precision=self.precision)
 
     @torch.no_grad()
     def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
         """Apply blocks 0..L-1 once and write the metrics after each (see TorchEngine)."""
+        rows = self.x.view(-1, self.x.shape[-1])
         for layer in range(self.n_layer):
-            self._block(index * self.n_layer + layer)
+            p, drawn = step_weights(self.stream, self.key, index * self.n_layer + layer)
+            apply_block(rows, p, drawn, self._attend, self.qkv, self.attended, self.hidden,
+                        self.noff, self.precision)
             consensus_metric(self.x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths,
                              err_out[:, layer], None if gram_out is None else gram_out[:, layer],
                              precision=self.precision)
@@ -107,15 +140,10 @@ class TritonEngine:
     @torch.no_grad()
     def decode(self, index: int) -> torch.Tensor:
         """Argmax token [P, T] int64 (CPU) of ``lm_head(ln_f(x))`` after iteration ``index``."""
-        last_step = index * self.n_layer + self.n_layer - 1
-        draw = self.stream.draw_of(last_step + 1)
+        wte, drawn = head_draw(self.stream, self.key, index * self.n_layer + self.n_layer - 1)
         y = layer_norm(self.x, self.stream.ln_f_w, self.stream.ln_f_b).reshape(-1, self.x.shape[-1])
         ids = torch.empty(y.shape[0], dtype=torch.int64, device=y.device)
-        if draw is None or draw == 0:
-            lm_head_argmax(y.contiguous(), self.stream.lm_head_after(last_step), ids, precision=self.precision)
-        else:
-            lm_head_argmax(y.contiguous(), self.stream.wte, ids, precision=self.precision,
-                           drawn=(self.key, WTE_STREAM, draw))
+        lm_head_argmax(y.contiguous(), wte, ids, precision=self.precision, drawn=drawn)
         return ids.view(self.n_prompts, self.length).cpu()
 
     @torch.no_grad()
@@ -124,3 +152,61 @@ class TritonEngine:
         if self.x.device.type != "cuda" or self.stream.const_reset:
             return None
         return capture_in_place(self, with_gram)
+
+
+class TritonGeneration:
+    """Generation's cached forward pass with the Triton kernels: per step u a key and a
+    value cache [H, capacity, D]; the prompt runs causal attention, each new token the
+    single-query ``decode_attention`` over the cache."""
+
+    def __init__(self, stream: WeightStream, noff: bool, iterations: int, precision: str = "ieee"):
+        check_float32(stream)
+        self.stream = stream
+        self.noff = noff
+        self.precision = precision
+        self.steps = iterations * stream.cfg.n_layer
+        self.key = mix_key(stream.seed, DRAW_DOMAIN)
+
+    def start(self, capacity: int) -> None:
+        cfg, device = self.stream.cfg, self.stream.wte.device
+        shape = (self.steps, cfg.n_head, capacity, cfg.head_dim)
+        self.cache_k = torch.empty(shape, device=device)
+        self.cache_v = torch.empty(shape, device=device)
+        self.qkv = torch.empty(capacity, 3 * cfg.n_embd, device=device)
+        self.attended = torch.empty(capacity, cfg.n_embd, device=device)
+        self.hidden = torch.empty(capacity, 4 * cfg.n_embd, device=device)
+
+    @torch.no_grad()
+    def advance(self, ids: list[int], start: int) -> torch.Tensor:
+        """Run all steps over ``ids`` at positions start..; logits [V] of the last one."""
+        stream, cfg = self.stream, self.stream.cfg
+        rows = len(ids)
+        if start != 0 and rows != 1:
+            raise ValueError("advance takes the whole prompt at start 0 or one token after it")
+        device = stream.wte.device
+        x = torch.empty(1, rows, cfg.n_embd, device=device)
+        embed(torch.tensor([ids], dtype=torch.int64, device=device), stream.wte, stream.wpe, x, start=start)
+        heads = (rows, cfg.n_head, cfg.head_dim)
+        for step in range(self.steps):
+            cache_k, cache_v = self.cache_k[step], self.cache_v[step]
+
+            def attend(qkv: torch.Tensor, out: torch.Tensor) -> None:
+                width = cfg.n_embd
+                cache_k[:, start : start + rows] = qkv[:, width : 2 * width].view(heads).transpose(0, 1)
+                cache_v[:, start : start + rows] = qkv[:, 2 * width :].view(heads).transpose(0, 1)
+                if start == 0:
+                    lengths = torch.tensor([rows], dtype=torch.int64, device=device)
+                    causal_attention(qkv.view(1, rows, -1), lengths, out.view(1, rows, -1),
+                                     n_head=cfg.n_head, precision=self.precision)
+                else:
+                    decode_attention(qkv[0, :width].view(cfg.n_head, cfg.head_dim), cache_k, cache_v,
+                                     start + 1, out.view(cfg.n_head, cfg.head_dim), precision=self.precision)
+
+            p, drawn = step_weights(stream, self.key, step)
+            apply_block(x.view(rows, -1), p, drawn, attend, self.qkv[:rows], self.attended[:rows],
+                        self.hidden[:rows], self.noff, self.precision)
+        wte, drawn = head_draw(stream, self.key, self.steps - 1)
+        last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b).contiguous()
+        logits = torch.empty(wte.shape[0], device=device)
+        lm_head_logits(last, wte, logits, precision=self.precision, drawn=drawn)
+        return logits
