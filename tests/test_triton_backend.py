@@ -85,3 +85,18 @@ def test_triton_generation_logits_match(device):
     start = len(PROMPTS[2])
     torch.testing.assert_close(triton_run.advance([7], start), torch_run.advance([7], start),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_cuda_graph_path_matches_the_torch_backend(tmp_path):
+    """On a GPU the driver replays a captured CUDA graph of the Triton iteration."""
+    flags = ConsensusFlags(iterations=5, decode_iterations=(0, 4))
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False,
+                          device=torch.device("cuda"), dtype=torch.float32)
+    assert TritonEngine(stream, PROMPTS, False).capture_iteration(True) is not None
+    err, gram, decoded = run(TritonEngine, flags, tmp_path, torch.device("cuda"))
+    want_err, want_gram, want_decoded = run(TorchEngine, flags, tmp_path, torch.device("cpu"))
+    np.testing.assert_allclose(err, want_err, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gram, want_gram, rtol=1e-4, atol=1e-5)
+    for i in flags.decode_iterations:
+        assert torch.equal(decoded[i], want_decoded[i])
