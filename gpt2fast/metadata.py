@@ -30,7 +30,7 @@ def now() -> str:
 def prompt_records(texts: list[str], token_lists: list[list[int]]) -> list[dict]:
     return [
         {"text": text, "tokens": tokens, "length": len(tokens)}
-        for text, tokens in zip(texts, token_lists)
+        for text, tokens in zip(texts, token_lists, strict=True)
     ]
 
 

@@ -15,6 +15,7 @@ first are generated inside the GEMM kernels from the counter-based stream
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -176,6 +177,24 @@ class TritonGeneration:
         self.attended = torch.empty(capacity, cfg.n_embd, device=device)
         self.hidden = torch.empty(capacity, 4 * cfg.n_embd, device=device)
 
+    def _attend(self, step: int, start: int, qkv: torch.Tensor, out: torch.Tensor) -> None:
+        """Attention of rows qkv [n, 3C] at positions start.. of step ``step``: store their
+        keys and values in the step's cache, then attend causally (the prompt, start 0) or
+        from the one new row over the whole cache."""
+        cfg = self.stream.cfg
+        rows, width = qkv.shape[0], cfg.n_embd
+        heads = (rows, cfg.n_head, cfg.head_dim)
+        cache_k, cache_v = self.cache_k[step], self.cache_v[step]
+        cache_k[:, start : start + rows] = qkv[:, width : 2 * width].view(heads).transpose(0, 1)
+        cache_v[:, start : start + rows] = qkv[:, 2 * width :].view(heads).transpose(0, 1)
+        if start == 0:
+            lengths = torch.tensor([rows], dtype=torch.int64, device=qkv.device)
+            causal_attention(qkv.view(1, rows, -1), lengths, out.view(1, rows, -1), n_head=cfg.n_head,
+                             precision=self.precision)
+        else:
+            decode_attention(qkv[0, :width].view(cfg.n_head, cfg.head_dim), cache_k, cache_v, start + 1,
+                             out.view(cfg.n_head, cfg.head_dim), precision=self.precision)
+
     @torch.no_grad()
     def advance(self, ids: list[int], start: int) -> torch.Tensor:
         """Run all steps over ``ids`` at positions start..; logits [V] of the last one."""
@@ -186,25 +205,10 @@ class TritonGeneration:
         device = stream.wte.device
         x = torch.empty(1, rows, cfg.n_embd, device=device)
         embed(torch.tensor([ids], dtype=torch.int64, device=device), stream.wte, stream.wpe, x, start=start)
-        heads = (rows, cfg.n_head, cfg.head_dim)
         for step in range(self.steps):
-            cache_k, cache_v = self.cache_k[step], self.cache_v[step]
-
-            def attend(qkv: torch.Tensor, out: torch.Tensor) -> None:
-                width = cfg.n_embd
-                cache_k[:, start : start + rows] = qkv[:, width : 2 * width].view(heads).transpose(0, 1)
-                cache_v[:, start : start + rows] = qkv[:, 2 * width :].view(heads).transpose(0, 1)
-                if start == 0:
-                    lengths = torch.tensor([rows], dtype=torch.int64, device=device)
-                    causal_attention(qkv.view(1, rows, -1), lengths, out.view(1, rows, -1),
-                                     n_head=cfg.n_head, precision=self.precision)
-                else:
-                    decode_attention(qkv[0, :width].view(cfg.n_head, cfg.head_dim), cache_k, cache_v,
-                                     start + 1, out.view(cfg.n_head, cfg.head_dim), precision=self.precision)
-
             p, drawn = step_weights(stream, self.key, step)
-            apply_block(x.view(rows, -1), p, drawn, attend, self.qkv[:rows], self.attended[:rows],
-                        self.hidden[:rows], self.noff, self.precision)
+            apply_block(x.view(rows, -1), p, drawn, partial(self._attend, step, start), self.qkv[:rows],
+                        self.attended[:rows], self.hidden[:rows], self.noff, self.precision)
         wte, drawn = head_draw(stream, self.key, self.steps - 1)
         last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b).contiguous()
         logits = torch.empty(wte.shape[0], device=device)

@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,23 @@ def compile_in_child(specs: list[AotSpec]) -> list[AotResult]:
         if child.returncode != 0:
             raise RuntimeError(f"AOT compilation failed:\n{child.stderr[-4000:]}")
         return [AotResult(**result) for result in json.loads(answer.read_text())]
+
+
+def check_compiles(specs: list[AotSpec], workers: int = 1) -> list[AotResult]:
+    """Compile ``specs`` for every capability (split over ``workers`` children), print one
+    line per result, and assert each gives an ELF cubin, a register count within the
+    hardware's 255, and no register spills."""
+    shares = [list(specs[start::workers]) for start in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        results = [result for share in pool.map(compile_in_child, shares) for result in share]
+    assert len(results) == len(CAPABILITIES) * len(specs)
+    for result in sorted(results, key=lambda r: (r.label, r.capability)):
+        print("\n" + result.line(), end="")
+        assert result.elf and result.cubin_bytes > 0, result.line()
+        assert 0 < result.n_regs <= 255, result.line()
+        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0, result.line()
+    print()
+    return results
 
 
 if __name__ == "__main__":

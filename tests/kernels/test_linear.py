@@ -8,13 +8,12 @@ with NaN first, so an element the kernels fail to write fails the comparison.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import triton
 
-from aot import AotSpec, compile_in_child
+from aot import AotSpec, check_compiles
 from gpt2fast import philox, weight_stream
 from gpt2fast.kernels.linear import (
     AUTOTUNED,
@@ -293,13 +292,4 @@ AOT_SPECS = (
 
 
 def test_kernels_compile_ahead_of_time():
-    halves = [AOT_SPECS[0::2], AOT_SPECS[1::2]]
-    with ThreadPoolExecutor(len(halves)) as pool:
-        results = [r for rs in pool.map(compile_in_child, halves) for r in rs]
-    assert len(results) == 2 * len(AOT_SPECS)
-    for result in sorted(results, key=lambda r: (r.label, r.capability)):
-        print("\n" + result.line(), end="")
-        assert result.elf and result.cubin_bytes > 0
-        assert 0 < result.n_regs <= 255
-        assert result.spill_store_bytes == 0 and result.spill_load_bytes == 0, result.line()
-    print()
+    check_compiles(AOT_SPECS, workers=2)
