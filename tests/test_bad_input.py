@@ -99,10 +99,9 @@ def test_process_exit_status_and_single_line(tmp_path):
     assert (tmp_path / "Eplot.npy").read_bytes() == b"keep me"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --backend triton is valid")
 def test_triton_backend_without_gpu_or_interpreter(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: --backend triton is valid here")
     assert main(["--backend", "triton", "--size", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--backend triton needs a CUDA GPU" in err

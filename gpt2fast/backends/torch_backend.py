@@ -53,15 +53,8 @@ class TorchEngine:
         self.n_layer = stream.cfg.n_layer
         self.n_head = stream.cfg.n_head
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
+        self.n_prompts, self.length = self.tokens.shape
         self.x = embed(self.tokens, stream.wte, stream.wpe)
-
-    @property
-    def n_prompts(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def length(self) -> int:
-        return self.tokens.shape[1]
 
     @torch.no_grad()
     def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:

@@ -104,6 +104,7 @@ class TritonEngine:
         cfg = stream.cfg
         self.n_layer, self.n_head, width = cfg.n_layer, cfg.n_head, cfg.n_embd
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
+        self.n_prompts, self.length = self.tokens.shape
         rows = self.tokens.numel()
         device = stream.wte.device
         self.x = torch.empty(self.n_prompts, self.length, width, device=device)
@@ -112,14 +113,6 @@ class TritonEngine:
         self.attended = torch.empty(rows, width, device=device)
         self.hidden = torch.empty(rows, 4 * width, device=device)
         self.key = mix_key(stream.seed, DRAW_DOMAIN)
-
-    @property
-    def n_prompts(self) -> int:
-        return self.tokens.shape[0]
-
-    @property
-    def length(self) -> int:
-        return self.tokens.shape[1]
 
     def _attend(self, qkv: torch.Tensor, out: torch.Tensor) -> None:
         shape = (self.n_prompts, self.length, -1)
