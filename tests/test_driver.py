@@ -139,7 +139,11 @@ SCRIPT = textwrap.dedent("""
     except OSError as error:
         print("OSError:", error)
         sys.exit(3)
-    print("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM belongs to this program's own address space; ru_maxrss would also count the
+    # parent's resident memory at fork time, which Linux carries across execve.
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print("peak_rss_bytes", peak * 1024)
 """)
 
 
