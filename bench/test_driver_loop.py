@@ -54,19 +54,12 @@ def python_loop(engine: TorchEngine, n_iterations: int, err_path, gram_path) -> 
     gram_file.flush()
 
 
-def test_python_loop(benchmark, stream, tokens, tmp_path):
+@pytest.mark.parametrize("role,loop", [("gpt2fast", drive), ("baseline", python_loop)],
+                         ids=["driver", "python-loop"])
+def test_loop(benchmark, stream, tokens, tmp_path, role, loop):
     benchmark.group = CASE
-    benchmark.extra_info["role"] = "baseline"
+    benchmark.extra_info["role"] = role
     benchmark.pedantic(
-        lambda: python_loop(TorchEngine(stream, tokens, False), ITERATIONS, tmp_path / "e.npy", tmp_path / "g.npy"),
-        rounds=3, warmup_rounds=1,
-    )
-
-
-def test_driver(benchmark, stream, tokens, tmp_path):
-    benchmark.group = CASE
-    benchmark.extra_info["role"] = "gpt2fast"
-    benchmark.pedantic(
-        lambda: drive(TorchEngine(stream, tokens, False), ITERATIONS, tmp_path / "e.npy", tmp_path / "g.npy"),
-        rounds=3, warmup_rounds=1,
+        lambda: loop(TorchEngine(stream, tokens, False), ITERATIONS, tmp_path / "e.npy", tmp_path / "g.npy"),
+        rounds=6, warmup_rounds=1,
     )
