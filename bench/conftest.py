@@ -2,7 +2,9 @@
 
 Each benchmark sets ``benchmark.group`` to its case and ``benchmark.extra_info["role"]`` to
 ``"baseline"`` or ``"gpt2fast"``; the summary divides the baseline's mean time by
-gpt2fast's for every case where both ran.
+gpt2fast's for every case where both ran. A gpt2fast benchmark that also records
+``floor_s`` (the hardware floor of its whole run, ``roofline.py``), ``units`` and ``unit``
+gets a line comparing its time per unit with the floor per unit.
 """
 
 from __future__ import annotations
@@ -10,13 +12,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hardware import Ceilings, measure  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
+    ratios = ratio_lines(session)
+    if ratios:
+        terminalreporter.section("gpt2fast / baseline")
+        for line in ratios:
+            terminalreporter.write_line(line)
+    floors = roofline_lines(session)
+    if floors:
+        terminalreporter.section("gpt2fast / hardware floor")
+        for line in floors:
+            terminalreporter.write_line(line)
+
+
+def ratio_lines(session) -> list[str]:
+    """The table of mean times per case where both roles ran, with baseline / gpt2fast."""
     cases: dict[str, dict[str, float]] = {}
     for bench in session.benchmarks:
         role = bench.extra_info.get("role")
@@ -25,11 +46,31 @@ def pytest_terminal_summary(terminalreporter, config):
     rows = [(case, times) for case, times in sorted(cases.items())
             if {"baseline", "gpt2fast"} <= set(times)]
     if not rows:
-        return
-    terminalreporter.section("gpt2fast / baseline")
-    terminalreporter.write_line(f"{'case':<44} {'baseline s':>11} {'gpt2fast s':>11} {'speed-up':>9}")
+        return []
+    lines = [f"{'case':<48} {'baseline s':>11} {'gpt2fast s':>11} {'speed-up':>9}"]
     for case, times in rows:
-        terminalreporter.write_line(
-            f"{case:<44} {times['baseline']:>11.3f} {times['gpt2fast']:>11.3f} "
-            f"{times['baseline'] / times['gpt2fast']:>8.2f}x"
-        )
+        lines.append(f"{case:<48} {times['baseline']:>11.3f} {times['gpt2fast']:>11.3f} "
+                     f"{times['baseline'] / times['gpt2fast']:>8.2f}x")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def ceilings() -> Ceilings:
+    """The bandwidth and float32 FLOP rate of the device the benchmarks run on."""
+    return measure(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def roofline_lines(session) -> list[str]:
+    """One line per gpt2fast benchmark that recorded a floor: achieved time against it."""
+    lines = []
+    for bench in session.benchmarks:
+        info = bench.extra_info
+        if info.get("role") != "gpt2fast" or "floor_s" not in info or bench.stats is None:
+            continue
+        achieved = bench.stats.mean / info["units"]
+        floor = info["floor_s"] / info["units"]
+        rate = f", {info['new_tokens'] / bench.stats.mean:.1f} tokens/s" if "new_tokens" in info else ""
+        lines.append(f"{bench.group:<48} {achieved * 1e3:>10.3f} ms/{info['unit']} "
+                     f"floor {floor * 1e3:.3f} ms ({info['bound']}, {info['card']}) "
+                     f"achieved/floor {achieved / floor:.2f}{rate}")
+    return lines

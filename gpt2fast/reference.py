@@ -86,7 +86,7 @@ class GPT(nn.Module):
         weight = self.wte.weight
         if self.current_draw is not None:
             seed, draw = self.current_draw
-            weight = drawn_tensor(seed, draw, WTE_STREAM, tuple(weight.shape), "cpu")
+            weight = drawn_tensor(seed, draw, WTE_STREAM, tuple(weight.shape), weight.device)
         return y @ weight.T
 
     @torch.no_grad()
@@ -96,16 +96,17 @@ class GPT(nn.Module):
             for name in LINEAR_NAMES:
                 linear = block.get_submodule(name)
                 stream = linear_stream(layer, name)
-                linear.weight.copy_(drawn_tensor(seed, draw, stream, tuple(linear.weight.shape), "cpu"))
+                shape = tuple(linear.weight.shape)
+                linear.weight.copy_(drawn_tensor(seed, draw, stream, shape, linear.weight.device))
                 linear.bias.zero_()
         self.current_draw = (seed, draw)
 
 
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> GPT:
-    """A float32 CPU ``GPT`` holding the canonical state dict ``state``."""
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> GPT:
+    """A float32 ``GPT`` on ``device`` holding the canonical state dict ``state``."""
     model = GPT(cfg)
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -127,7 +128,7 @@ def forward(
     position after iteration i.
     """
     length = idx.size(1)
-    x = model.wte(idx) + model.wpe(torch.arange(length))
+    x = model.wte(idx) + model.wpe(torch.arange(length, device=idx.device))
     if random_init:
         model.redraw(seed, 0)
     steps = model.cfg.n_layer * iterations
@@ -165,10 +166,13 @@ def consensus(
     const_reset: bool = False,
     seed: int = 0,
     decode_iterations: tuple[int, ...] = (),
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, dict[int, list[int]]]:
-    """One prompt's consensus run: err [L·N, 2], err2 [T, T, L·N] and the decoded ids."""
+    """One prompt's consensus run on ``device``: err [L·N, 2], err2 [T, T, L·N] (CPU) and
+    the decoded ids."""
     _, err, err2, decoded = forward(
-        build_model(cfg, state), torch.tensor([tokens], dtype=torch.long), iterations=iterations,
+        build_model(cfg, state, device), torch.tensor([tokens], dtype=torch.long, device=device),
+        iterations=iterations,
         noff=noff, random_init=random_init, const_reset=const_reset, seed=seed,
         decode_iterations=decode_iterations,
     )
@@ -189,6 +193,7 @@ def generate(
     seed: int = 0,
     top_k: int = 10,
     temperature: float = 1.0,
+    device: str | torch.device = "cpu",
 ) -> list[int]:
     """Grow ``tokens`` to ``max_length`` as the original: the full forward pass (metrics
     included) over the whole sequence per new token, top-k sampling from the last position.
@@ -198,14 +203,14 @@ def generate(
     redraws from the seeded stream, so each pass sees the same weights.
     """
     generator = torch.Generator().manual_seed(seed)
-    x_tokens = torch.tensor([tokens], dtype=torch.long)
+    x_tokens = torch.tensor([tokens], dtype=torch.long, device=device)
     while x_tokens.size(1) < max_length:
         logits, _, _, _ = forward(
-            build_model(cfg, state), x_tokens, iterations=iterations, noff=noff,
+            build_model(cfg, state, device), x_tokens, iterations=iterations, noff=noff,
             random_init=random_init, const_reset=const_reset, seed=seed,
         )
         probs = F.softmax(logits[:, -1, :] / temperature, dim=-1)
         topk_probs, topk_indices = torch.topk(probs, top_k, dim=-1)
-        choice = torch.multinomial(topk_probs, 1, generator=generator)
+        choice = torch.multinomial(topk_probs.cpu(), 1, generator=generator).to(device)
         x_tokens = torch.cat((x_tokens, torch.gather(topk_indices, -1, choice)), dim=1)
     return x_tokens[0, :max_length].tolist()
