@@ -121,7 +121,18 @@ class TritonEngine:
 
     @torch.no_grad()
     def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
-        """Apply blocks 0..L-1 once and write the metrics after each (see TorchEngine)."""
+        """Apply blocks 0..L-1 once and write the metrics after each (see TorchEngine).
+
+        The metric kernel writes on x's device: slots elsewhere (the driver's host slots on
+        the callable path) are filled from device buffers once per iteration."""
+        if err_out.device != self.x.device:
+            err = torch.empty(err_out.shape, device=self.x.device)
+            gram = None if gram_out is None else torch.empty(gram_out.shape, device=self.x.device)
+            self.iteration(index, err, gram)
+            err_out.copy_(err)
+            if gram_out is not None:
+                gram_out.copy_(gram)
+            return
         rows = self.x.view(-1, self.x.shape[-1])
         for layer in range(self.n_layer):
             p, drawn = step_weights(self.stream, self.key, index * self.n_layer + layer)

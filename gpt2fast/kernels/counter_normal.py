@@ -39,10 +39,10 @@ def counter_words(key, stream, step, group):
     """
     c0 = group.to(tl.uint32)
     zero = c0 * 0
-    step = tl.to_tensor(step).to(tl.uint64)
-    c1 = zero + tl.to_tensor(stream).to(tl.uint32)
-    c2 = zero + step.to(tl.uint32)
-    c3 = zero + (step >> 32).to(tl.uint32)
+    step = zero.to(tl.uint64) + step
+    c1 = (zero + stream).to(tl.uint32)
+    c2 = step.to(tl.uint32)
+    c3 = (step >> 32).to(tl.uint32)
     return tl.philox(key, c0, c1, c2, c3)
 
 

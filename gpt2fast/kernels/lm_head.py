@@ -66,8 +66,8 @@ from .counter_normal import counter_normal
 
 PRECISIONS = ("ieee", "tf32")
 ARGMAX_BLOCK_V = 64
-ARGMAX_BLOCK_K = 8  # wider K tiles spill on sm_80 (the FMA dot keeps K slices per thread)
-ARGMAX_WARPS = {16: 4, 32: 8, 64: 8}  # BLOCK_M -> num_warps: <= 128 registers, no spills
+ARGMAX_BLOCK_K = 16  # tl.dot needs K >= 16 (Triton 3.6 refuses 8); see ARGMAX_WARPS for spills
+ARGMAX_WARPS = {16: 8, 32: 8, 64: 8}  # BLOCK_M -> num_warps: no spills on sm_80, sm_90
 DRAWN_CONFIG = (64, 8, "ieee")  # (BLOCK_M, num_warps, precision) of every drawn argmax
 TARGET_PROGRAMS = 1024  # argmax programs per call: ~8 per H100 SM, and bounded partials
 COMBINE_BLOCK = 128

@@ -77,9 +77,10 @@ def test_embed_of_no_tokens_launches_nothing():
     assert embed(torch.empty(2, 0, dtype=torch.int64), wte, wpe, out) is out
 
 
-def good_arguments() -> dict:
-    return {"tokens": torch.zeros(1, 3, dtype=torch.int64), "wte": torch.zeros(9, 8),
-            "wpe": torch.zeros(16, 8), "out": torch.empty(1, 3, 8), "start": 0}
+def good_arguments(device="cpu") -> dict:
+    return {"tokens": torch.zeros(1, 3, dtype=torch.int64, device=device),
+            "wte": torch.zeros(9, 8, device=device), "wpe": torch.zeros(16, 8, device=device),
+            "out": torch.empty(1, 3, 8, device=device), "start": 0}
 
 
 @pytest.mark.parametrize(
@@ -97,9 +98,10 @@ def good_arguments() -> dict:
         ("start", -1),
     ],
 )
-def test_embed_rejects_bad_arguments(name, bad):
+def test_embed_rejects_bad_arguments(name, bad, device):
+    """The checks run before any launch, so the bad call is made with CPU tensors."""
+    embed(**good_arguments(device))
     arguments = good_arguments()
-    embed(**arguments)
     arguments[name] = bad
     with pytest.raises(ValueError):
         embed(**arguments)

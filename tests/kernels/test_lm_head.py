@@ -205,13 +205,14 @@ def test_argmax_of_no_rows_launches_nothing():
     assert lm_head_argmax(torch.empty(0, WIDTH), torch.empty(7, WIDTH), out) is out
 
 
-def ids_arguments() -> dict:
-    return {"y": torch.zeros(3, WIDTH), "wte": torch.zeros(7, WIDTH),
-            "out_ids": torch.empty(3, dtype=torch.int64)}
+def ids_arguments(device="cpu") -> dict:
+    return {"y": torch.zeros(3, WIDTH, device=device), "wte": torch.zeros(7, WIDTH, device=device),
+            "out_ids": torch.empty(3, dtype=torch.int64, device=device)}
 
 
-def logits_arguments() -> dict:
-    return {"y": torch.zeros(WIDTH), "wte": torch.zeros(7, WIDTH), "out": torch.empty(7)}
+def logits_arguments(device="cpu") -> dict:
+    return {"y": torch.zeros(WIDTH, device=device), "wte": torch.zeros(7, WIDTH, device=device),
+            "out": torch.empty(7, device=device)}
 
 
 BAD_HEAD_ARGUMENTS = [
@@ -237,9 +238,10 @@ BAD_HEAD_ARGUMENTS = [
         ("out_ids", torch.empty(4, dtype=torch.int64)),
     ],
 )
-def test_argmax_rejects_bad_arguments(name, bad):
+def test_argmax_rejects_bad_arguments(name, bad, device):
+    """The checks run before any launch, so the bad call is made with CPU tensors."""
+    lm_head_argmax(**ids_arguments(device))
     arguments = ids_arguments()
-    lm_head_argmax(**arguments)
     arguments[name] = bad
     with pytest.raises(ValueError):
         lm_head_argmax(**arguments)
@@ -254,9 +256,9 @@ def test_argmax_rejects_bad_arguments(name, bad):
         ("out", torch.empty(8)),
     ],
 )
-def test_logits_reject_bad_arguments(name, bad):
+def test_logits_reject_bad_arguments(name, bad, device):
+    lm_head_logits(**logits_arguments(device))
     arguments = logits_arguments()
-    lm_head_logits(**arguments)
     arguments[name] = bad
     with pytest.raises(ValueError):
         lm_head_logits(**arguments)
