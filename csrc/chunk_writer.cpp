@@ -38,6 +38,9 @@ ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
     gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
   }
   row_ = allocate_floats(shape.chunk_iterations * shape.n_layer * 2);
+  if (shape.with_gram) {
+    block_ = allocate_floats(shape.chunk_iterations * shape.n_layer * shape.length * shape.length);
+  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -137,13 +140,21 @@ void ChunkWriter::write_chunk(const Job& job) {
   if (!gram_file_) return;
   const float* gram = gram_[job.slot].get();
   const int64_t matrix = length * length;
+  float* block = block_.get();
   for (int64_t p = 0; p < prompts; ++p) {
     for (int64_t cell = 0; cell < matrix; ++cell) {
+      float* target = block + cell * run_steps;
       for (int64_t k = 0; k < job.count; ++k) {
         const float* source = gram + ((k * prompts + p) * layers) * matrix + cell;
-        for (int64_t l = 0; l < layers; ++l) row[k * layers + l] = source[l * matrix];
+        for (int64_t l = 0; l < layers; ++l) target[k * layers + l] = source[l * matrix];
       }
-      gram_file_->write((p * matrix + cell) * steps + first_step, row, run_steps);
+    }
+    if (run_steps == steps) {  // the chunk holds every step: prompt p's rows are contiguous
+      gram_file_->write(p * matrix * steps, block, matrix * steps);
+      continue;
+    }
+    for (int64_t cell = 0; cell < matrix; ++cell) {
+      gram_file_->write((p * matrix + cell) * steps + first_step, block + cell * run_steps, run_steps);
     }
   }
 }

@@ -66,7 +66,8 @@ class ChunkWriter {
   std::unique_ptr<NpyFile> gram_file_;
   HostBuffer err_[kSlots];
   HostBuffer gram_[kSlots];
-  HostBuffer row_;  // one err2 row of a chunk, gathered before it is written
+  HostBuffer row_;    // one prompt's err rows of a chunk, gathered before they are written
+  HostBuffer block_;  // one prompt's err2 of a chunk, cell-major [T·T, steps of the chunk]
 
   std::mutex mutex_;
   std::condition_variable changed_;

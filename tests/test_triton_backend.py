@@ -38,6 +38,19 @@ def run(engine_class, flags: ConsensusFlags, tmp_path, device):
     return np.load(tmp_path / f"{name}-e.npy"), np.load(tmp_path / f"{name}-g.npy"), decoded
 
 
+def assert_same_run(got, want, rtol: float, atol: float) -> None:
+    """err, err2 (NaN where a ragged prompt has no token) and the decoded ids at each
+    prompt's real positions (the padding rows' argmax means nothing) of two runs agree."""
+    (err, gram, decoded), (want_err, want_gram, want_decoded) = got, want
+    np.testing.assert_allclose(err, want_err, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(gram, want_gram, rtol=rtol, atol=atol)
+    assert np.array_equal(np.isnan(gram), np.isnan(want_gram))
+    assert decoded.keys() == want_decoded.keys()
+    for i in decoded:
+        for p, tokens in enumerate(PROMPTS):
+            assert decoded[i][p, : len(tokens)].tolist() == want_decoded[i][p, : len(tokens)].tolist()
+
+
 @pytest.mark.parametrize("number", range(len(FLAG_COMBINATIONS)))
 def test_triton_backend_matches_torch_backend(number, tmp_path, device):
     """Every combination of --noff, --random-init, --const-reset, with N = 1, 2, 3 in turn,
@@ -47,14 +60,8 @@ def test_triton_backend_matches_torch_backend(number, tmp_path, device):
     flags = ConsensusFlags(iterations=iterations, noff=noff, random_init=random_init,
                            const_reset=const_reset, seed=number,
                            decode_iterations=tuple(sorted({0, iterations - 1})))
-    err, gram, decoded = run(TritonEngine, flags, tmp_path, device)
-    want_err, want_gram, want_decoded = run(TorchEngine, flags, tmp_path, device)
-    np.testing.assert_allclose(err, want_err, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(gram, want_gram, rtol=1e-4, atol=1e-5)
-    assert np.array_equal(np.isnan(gram), np.isnan(want_gram))
-    for i in flags.decode_iterations:
-        for p, tokens in enumerate(PROMPTS):
-            assert decoded[i][p, : len(tokens)].tolist() == want_decoded[i][p, : len(tokens)].tolist()
+    assert_same_run(run(TritonEngine, flags, tmp_path, device), run(TorchEngine, flags, tmp_path, device),
+                    rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("number", range(len(FLAG_COMBINATIONS)))
@@ -87,16 +94,25 @@ def test_triton_generation_logits_match(device):
                                rtol=1e-4, atol=1e-5)
 
 
+class EagerTritonEngine(TritonEngine):
+    """The Triton engine with its graph capture declined: the driver calls it eagerly."""
+
+    backend = "triton-eager"
+
+    def capture_iteration(self, with_gram: bool) -> None:
+        return None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_cuda_graph_path_matches_the_torch_backend(tmp_path):
-    """On a GPU the driver replays a captured CUDA graph of the Triton iteration."""
-    flags = ConsensusFlags(iterations=5, decode_iterations=(0, 4))
-    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False,
-                          device=torch.device("cuda"), dtype=torch.float32)
+def test_triton_cuda_graph_replays_the_eager_iteration(tmp_path):
+    """On a GPU the driver replays a captured CUDA graph of the Triton iteration: the same
+    kernels in the same order as the eager calls, so the same numbers; over 3 iterations
+    both also match the torch backend on the CPU."""
+    flags = ConsensusFlags(iterations=3, decode_iterations=(0, 2))
+    cuda = torch.device("cuda")
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=cuda,
+                          dtype=torch.float32)
     assert TritonEngine(stream, PROMPTS, False).capture_iteration(True) is not None
-    err, gram, decoded = run(TritonEngine, flags, tmp_path, torch.device("cuda"))
-    want_err, want_gram, want_decoded = run(TorchEngine, flags, tmp_path, torch.device("cpu"))
-    np.testing.assert_allclose(err, want_err, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(gram, want_gram, rtol=1e-4, atol=1e-5)
-    for i in flags.decode_iterations:
-        assert torch.equal(decoded[i], want_decoded[i])
+    graphed = run(TritonEngine, flags, tmp_path, cuda)
+    assert_same_run(graphed, run(EagerTritonEngine, flags, tmp_path, cuda), rtol=1e-6, atol=1e-7)
+    assert_same_run(graphed, run(TorchEngine, flags, tmp_path, torch.device("cpu")), rtol=1e-4, atol=1e-5)
