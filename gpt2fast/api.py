@@ -1,0 +1,308 @@
+"""The Python API: consensus runs and generation from a notebook; the CLI is a layer over it.
+
+    import gpt2fast
+    result = gpt2fast.consensus("The quick brown fox", model="gpt2", size=50, matrix=True)
+    result.err.shape        # (1, 600, 2): P prompts, L·N steps, (mean |ŷ_0·ŷ_t|, mean G)
+    result.err2.shape       # (1, T, T, 600): the cosine-similarity matrices
+    result.metadata["model"]
+    gpt2fast.generate("Once upon a time", max_length=30).texts[0]
+
+Every argument mirrors a CLI flag of the same name. Bad values raise ``InputError`` (a
+``ValueError``) before any work; an interrupted run (Ctrl-C) returns what it computed, with
+NaN in the steps it did not reach and ``metadata["status"] == "interrupted"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .backends import make_generation, resolve_backend
+from .config import (
+    CONTEXT,
+    DEFAULT_GENERATION_LENGTH,
+    DEFAULT_ITERATIONS,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT,
+    PRESETS,
+    VOCAB_SIZE,
+    ConsensusFlags,
+)
+from .consensus import run_consensus
+from .errors import InputError
+from .generate import available_memory, cache_bytes
+from .generate import generate as grow
+from .interrupts import graceful_stop
+from .outputs import check_disk_space, format_bytes, npy_bytes, npy_path
+from .precision import DTYPES, matmul_precision, storage_dtype
+from .results import ConsensusResult, load_result
+from .tokenizer import gpt2_encoding
+from .weight_sources import resolve_weights
+from .weight_stream import WeightStream
+from .weights import Weights
+
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | None
+Label = Callable[[str], str]
+
+__all__ = ["ConsensusResult", "GenerationResult", "consensus", "generate", "load_result"]
+
+
+@dataclass
+class GenerationResult:
+    """Each prompt grown to ``max_length`` tokens: its text and token ids; exit_status is
+    0, or 128 + the signal that stopped generation early."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    exit_status: int = 0
+
+
+def parameter(name: str) -> str:
+    """How API errors name an argument: as the Python parameter."""
+    return name
+
+
+def check_values(*, size: int, seed: int, top_k: int = 1, temperature: float = 1.0,
+                 max_length: int | None = None, label: Label = parameter) -> None:
+    """Raise InputError for a value no run can use; ``label`` names the argument."""
+    if size < 1:
+        raise InputError(f"{label('size')} must be at least 1, got {size}")
+    if seed < 0:
+        raise InputError(f"{label('seed')} must be non-negative, got {seed}")
+    if not 1 <= top_k <= VOCAB_SIZE:
+        raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
+    if max_length is not None and not 1 <= max_length <= CONTEXT:
+        raise InputError(f"{label('use_model')} length must be in [1, {CONTEXT}] (the context), got {max_length}")
+
+
+def check_decode(iterations: Sequence[int], size: int, label: Label = parameter) -> tuple[int, ...]:
+    """Decode iterations in [0, size), duplicates dropped, sorted."""
+    for value in iterations:
+        if not 0 <= value < size:
+            raise InputError(f"{label('decode')}: iteration {value} is outside [0, {size}) for size {size}")
+    return tuple(sorted(set(iterations)))
+
+
+def resolve_device(name: str, dtype: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; refuse cuda or tf32 without a GPU."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    has_cuda = torch.cuda.is_available()
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not has_cuda:
+        raise InputError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    device = torch.device("cuda" if name == "cuda" or (name == "auto" and has_cuda) else "cpu")
+    if dtype == "tf32" and device.type != "cuda":
+        raise InputError("--dtype tf32 needs a CUDA GPU (TF32 is a tensor-core mode)")
+    return device
+
+
+def check_writable(path: Path, label: str) -> None:
+    """Refuse an output path that is a directory, or whose directory is missing or does not
+    take new files (tried with a temporary file that is removed at once)."""
+    directory = path.parent
+    if path.is_dir():
+        raise InputError(f"{label}: {path} is a directory")
+    if not directory.is_dir():
+        raise InputError(f"{label}: directory {directory} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise InputError(f"{label}: cannot write in {directory}: {error.strerror}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{label}: cannot overwrite {path} (permission denied)")
+
+
+def load_weights(weights: str | os.PathLike | Weights | None, model: str | None, seed: int) -> tuple[Weights, str]:
+    """The run's weights and model name: a ``Weights`` as given, else ``resolve_weights``
+    (a checkpoint path, ``"random"``, or None to search), notes going to stderr."""
+    if model is not None and model not in PRESETS:
+        raise InputError(f"model must be one of {', '.join(sorted(PRESETS))}, got {model!r}")
+    name = model or DEFAULT_MODEL
+    if isinstance(weights, Weights):
+        return weights, name
+    spec = None if weights is None else os.fspath(weights)
+    return resolve_weights(spec, name, PRESETS[name], model is not None, seed, warn), name
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[int]]]:
+    """Texts and token ids of ``prompts`` (a string, strings, or token-id lists; None: the
+    default prompt); refuse empty prompts and prompts longer than ``limit`` tokens."""
+    encoding = gpt2_encoding()
+    if prompts is None:
+        prompts = [DEFAULT_PROMPT]
+    elif isinstance(prompts, str):
+        prompts = [prompts]
+    if len(prompts) == 0:
+        raise InputError("no prompts were given")
+    texts, token_lists = [], []
+    for number, prompt in enumerate(prompts, start=1):
+        if isinstance(prompt, str):
+            tokens = encoding.encode(prompt, disallowed_special=())
+        else:
+            tokens = [int(token) for token in prompt]
+            if any(not 0 <= token < VOCAB_SIZE for token in tokens):
+                raise InputError(f"prompt {number} has token ids outside [0, {VOCAB_SIZE})")
+            prompt = encoding.decode(tokens)
+        if not tokens:
+            raise InputError(f"prompt {number} is empty")
+        if len(tokens) > limit:
+            raise InputError(f"prompt {number} has {len(tokens)} tokens, more than the context of {limit}")
+        texts.append(prompt)
+        token_lists.append(tokens)
+    return texts, token_lists
+
+
+def consensus(
+    prompts: Prompts = None,
+    *,
+    model: str | None = None,
+    weights: str | os.PathLike | Weights | None = None,
+    size: int = DEFAULT_ITERATIONS,
+    noff: bool = False,
+    random_init: bool = False,
+    const_reset: bool = False,
+    seed: int = 0,
+    decode: Sequence[int] = (),
+    matrix: bool = False,
+    savefile: str | os.PathLike | None = None,
+    matrixerror: str | os.PathLike | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    dtype: str = "fp32",
+    progress: bool = True,
+    on_decode: Callable[[int, int, list[int]], None] | None = None,
+) -> ConsensusResult:
+    """Run every prompt through ``size`` iterations of the block stack (one batch).
+
+    prompts: a string, a list of strings or of token-id lists (None: the default prompt).
+    weights: a checkpoint path, ``"random"``, a ``Weights``, or None (Hugging Face cache,
+    download, else seeded random weights with a warning on stderr).
+    matrix: also record the T×T matrices (err2); implied by ``matrixerror``.
+    savefile / matrixerror: write err / err2 there (``.npy`` added, metadata JSON beside)
+    and return them memory-mapped; without them the arrays are returned in memory.
+    decode: iterations after which the argmax decoding is taken; on_decode(iteration,
+    prompt_index, token_ids) sees each one as it happens (also in ``metadata["decoded"]``).
+    """
+    check_values(size=size, seed=seed)
+    decode = check_decode(decode, size)
+    device_ = resolve_device(device, dtype)
+    backend = resolve_backend(backend, device_, dtype)
+    err_path = None if savefile is None else npy_path(os.fspath(savefile))
+    gram_path = None if matrixerror is None else npy_path(os.fspath(matrixerror))
+    if err_path is not None and gram_path is not None and err_path.resolve() == gram_path.resolve():
+        raise InputError(f"matrixerror and savefile both name {err_path}")
+    for path, label in ((err_path, "savefile"), (gram_path, "matrixerror")):
+        if path is not None:
+            check_writable(path, label)
+    loaded, model_name = load_weights(weights, model, seed)
+    texts, token_lists = prompt_tokens(prompts, loaded.config.n_positions)
+    flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
+                           seed=seed, decode_iterations=decode)
+    with tempfile.TemporaryDirectory(prefix="gpt2fast-") as scratch:
+        err_file = err_path or Path(scratch) / "Eplot.npy"
+        gram_file = gram_path or (Path(scratch) / "m.npy" if matrix else None)
+        check_space(err_file, gram_file, len(token_lists), max(map(len, token_lists)),
+                    loaded.config.n_layer * size)
+        _, status = run_consensus(
+            loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
+            err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
+            show_progress=progress,
+        )
+        result = load_result(err_file, gram_file)
+        if err_path is None:
+            result = result.in_memory("err")
+        if gram_path is None and gram_file is not None:
+            result = result.in_memory("err2")
+    result.exit_status = status
+    return result
+
+
+def check_space(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int) -> None:
+    """Refuse to start when the files would not fit on their disks."""
+    planned = {err_path: npy_bytes((n_prompts, steps, 2))}
+    if gram_path is not None:
+        planned[gram_path] = npy_bytes((n_prompts, length, length, steps))
+    try:
+        check_disk_space(planned)
+    except OSError as error:
+        raise InputError(f"refusing to start: {error}") from None
+
+
+def generate(
+    prompts: Prompts = None,
+    *,
+    max_length: int = DEFAULT_GENERATION_LENGTH,
+    model: str | None = None,
+    weights: str | os.PathLike | Weights | None = None,
+    size: int = 1,
+    noff: bool = False,
+    random_init: bool = False,
+    const_reset: bool = False,
+    seed: int = 0,
+    top_k: int = 10,
+    temperature: float = 1.0,
+    device: str = "auto",
+    backend: str = "auto",
+    dtype: str = "fp32",
+    progress: bool = True,
+    on_text: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Grow each prompt to ``max_length`` tokens as ``--use-model`` does: top-k sampling
+    (seeded by ``seed``) from the model whose every forward pass applies the block stack
+    ``size`` times. on_text(text) sees each finished prompt's text."""
+    check_values(size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
+    device_ = resolve_device(device, dtype)
+    backend = resolve_backend(backend, device_, dtype)
+    loaded, _ = load_weights(weights, model, seed)
+    cfg = loaded.config
+    if max_length > cfg.n_positions:
+        raise InputError(f"--use-model {max_length} exceeds the model's context of {cfg.n_positions}")
+    _, token_lists = prompt_tokens(prompts, cfg.n_positions)
+    storage = storage_dtype(dtype)
+    needed = cache_bytes(cfg.n_layer, cfg.n_embd, size, max_length, storage.itemsize)
+    available = available_memory(device_)
+    if needed > available:
+        raise InputError(f"--use-model: the key/value cache for --size {size} and length {max_length} "
+                         f"needs {format_bytes(needed)}, {device_} has {format_bytes(available)} free")
+    stream = WeightStream(cfg, loaded.state, seed=seed, random_init=random_init, const_reset=const_reset,
+                          device=device_, dtype=storage)
+    generator = torch.Generator().manual_seed(seed)
+    encoding = gpt2_encoding()
+    result = GenerationResult(texts=[], tokens=[])
+    new_tokens = sum(max(0, max_length - len(tokens)) for tokens in token_lists)
+    with graceful_stop() as stop, matmul_precision(dtype), tqdm(
+        total=new_tokens, desc="generate", unit="tok", file=sys.stderr, mininterval=0.5, disable=not progress
+    ) as bar:
+        for tokens in token_lists:
+            grown = grow(make_generation(backend, stream, noff, size, dtype), tokens, max_length=max_length,
+                         top_k=top_k, temperature=temperature, generator=generator,
+                         on_token=lambda: bar.update(1), stop=stop)
+            result.tokens.append(grown)
+            result.texts.append(encoding.decode(grown))
+            if on_text is not None:
+                on_text(result.texts[-1])
+            if stop.requested:
+                break
+        elapsed, produced = bar.format_dict["elapsed"], bar.n
+    if progress:
+        warn(f"gpt2fast: generated {produced} tokens in {elapsed:.1f} s "
+             f"({produced / elapsed if elapsed else 0:.2f} tokens/s)")
+    result.exit_status = stop.exit_status()
+    return result
