@@ -61,6 +61,7 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
         "tqdm>=4.66",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4"],

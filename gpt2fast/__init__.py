@@ -2,3 +2,7 @@
 vectors come to agree (consensus) after every block."""
 
 __version__ = "0.1.0"
+
+from .api import ConsensusResult, GenerationResult, consensus, generate, load_result  # noqa: E402
+
+__all__ = ["ConsensusResult", "GenerationResult", "consensus", "generate", "load_result"]

@@ -143,7 +143,12 @@ def print_decoded(encoding, iteration: int, prompt: int, token_ids: list[int]) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["plot"]:
+            from .plot_cli import main as plot_main
+
+            return plot_main(argv[1:])
         return run(build_parser().parse_args(argv))
     except InputError as error:
         message = " ".join(str(error).split())

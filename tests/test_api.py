@@ -1,0 +1,94 @@
+"""The Python API: the same runs as the CLI, in memory or streamed to files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import gpt2fast
+from conftest import TINY_SEED
+from gpt2fast import reference
+from gpt2fast.cli import main
+from gpt2fast.errors import InputError
+from gpt2fast.tokenizer import gpt2_encoding
+from tiny_models import tiny_config, tiny_state
+
+CFG = tiny_config()
+PROMPTS = ["The cat sat on the mat.", "Consensus"]
+
+
+def test_consensus_returns_what_the_cli_writes(tiny_checkpoint, tmp_path, capsys):
+    assert main(["--weights", str(tiny_checkpoint), "--size", "3", "--matrixerror", "m", "--decode", "0,2",
+                 "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]) == 0
+    printed = capsys.readouterr().out
+    result = gpt2fast.consensus(PROMPTS, weights=tiny_checkpoint, size=3, matrix=True, decode=(0, 2),
+                                progress=False)
+    assert np.array_equal(result.err, np.load(tmp_path / "Eplot.npy"), equal_nan=True)
+    assert np.array_equal(result.err2, np.load(tmp_path / "m.npy"), equal_nan=True)
+    written = json.loads((tmp_path / "Eplot.json").read_text())
+    assert result.metadata["prompts"] == written["prompts"]
+    assert result.metadata["flags"] == written["flags"]
+    assert result.decoded == written["decoded"]
+    assert result.metadata["files"]["err"]["path"] is None  # in memory, no file kept
+    assert result.exit_status == 0 and result.n_layer == CFG.n_layer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Eplot.json", "Eplot.npy", "m.json", "m.npy"]
+    assert printed.count("Decoded output") == 4
+
+
+def test_consensus_matches_the_reference(tiny_checkpoint):
+    tokens = gpt2_encoding().encode(PROMPTS[0])
+    result = gpt2fast.consensus([tokens], weights=tiny_checkpoint, size=2, matrix=True, progress=False)
+    err, err2, _ = reference.consensus(CFG, tiny_state(CFG, TINY_SEED), tokens, iterations=2)
+    np.testing.assert_allclose(result.err[0], err.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.err2[0], err2.numpy(), rtol=1e-4, atol=1e-6)
+    assert result.metadata["prompts"][0]["text"] == PROMPTS[0]
+
+
+def test_consensus_streams_to_files_and_maps_them(tiny_checkpoint, tmp_path):
+    result = gpt2fast.consensus(PROMPTS[1], weights=tiny_checkpoint, size=2, savefile=tmp_path / "E",
+                                matrixerror=tmp_path / "G.npy", progress=False)
+    assert isinstance(result.err, np.memmap) and isinstance(result.err2, np.memmap)
+    assert result.metadata["files"]["err"]["path"] == str(tmp_path / "E.npy")
+    loaded = gpt2fast.load_result(tmp_path / "E.npy", tmp_path / "G.npy")
+    assert np.array_equal(loaded.err, result.err) and loaded.metadata == result.metadata
+
+
+def test_err_only_run_has_no_matrices(tiny_checkpoint):
+    result = gpt2fast.consensus(PROMPTS[1], weights=tiny_checkpoint, size=1, progress=False)
+    assert result.err2 is None and result.err.shape == (1, CFG.n_layer, 2)
+
+
+@pytest.mark.parametrize("arguments, word", [
+    ({"size": 0}, "size"),
+    ({"size": 3, "decode": (5,)}, "decode"),
+    ({"seed": -1}, "seed"),
+    ({"model": "gpt3"}, "model"),
+    ({"prompts": [[1, 70000]]}, "token ids"),
+    ({"prompts": []}, "no prompts"),
+    ({"prompts": [""]}, "empty"),
+    ({"dtype": "fp8"}, "dtype"),
+    ({"savefile": "no/such/dir/E"}, "does not exist"),
+])
+def test_bad_arguments_raise_before_any_work(tiny_checkpoint, tmp_path, arguments, word):
+    with pytest.raises(InputError, match=word):
+        gpt2fast.consensus(**{"weights": tiny_checkpoint, "progress": False, **arguments})
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_returns_what_the_cli_prints(tiny_checkpoint, capsys):
+    assert main(["--weights", str(tiny_checkpoint), "--use-model", "12", "--seed", "3",
+                 "--prompt", PROMPTS[0]]) == 0
+    printed = capsys.readouterr().out
+    result = gpt2fast.generate(PROMPTS[0], weights=tiny_checkpoint, max_length=12, seed=3, progress=False)
+    assert printed == f"> {result.texts[0]}\n"
+    assert len(result.tokens[0]) == 12 and result.exit_status == 0
+
+
+def test_load_result_reads_the_original_files_without_metadata(tmp_path):
+    err = np.random.default_rng(0).random((1, 24, 2), dtype=np.float32)
+    np.save(tmp_path / "Eplot.npy", err)
+    result = gpt2fast.load_result(tmp_path / "Eplot")
+    assert result.metadata is None and result.n_layer is None and result.decoded == []
+    assert np.array_equal(result.err, err)

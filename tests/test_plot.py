@@ -1,0 +1,133 @@
+"""Figures: the plotted data is the run's data, files are valid images, bad input exits 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.image import AxesImage
+
+import gpt2fast
+from gpt2fast.cli import main
+from gpt2fast.plot import COLOUR_LIMITS, completed_steps, consensus_figure
+from gpt2fast.results import ConsensusResult
+
+LAYERS, ITERATIONS, LENGTH = 4, 3, 5
+STEPS = LAYERS * ITERATIONS
+
+
+def synthetic(prompts: int = 2, with_gram: bool = True, metadata: bool = True) -> ConsensusResult:
+    """Random curves and matrices with the shapes and metadata of a run; prompt 1 is one
+    token shorter (NaN outside its block, as the driver writes)."""
+    rng = np.random.default_rng(0)
+    err = rng.uniform(0.2, 1.0, (prompts, STEPS, 2)).astype(np.float32)
+    err2 = rng.uniform(-1, 1, (prompts, LENGTH, LENGTH, STEPS)).astype(np.float32) if with_gram else None
+    if with_gram and prompts > 1:
+        err2[1, LENGTH - 1, :, :] = np.nan
+        err2[1, :, LENGTH - 1, :] = np.nan
+    meta = {
+        "model": {"name": "tiny", "n_layer": LAYERS},
+        "flags": {"size": ITERATIONS, "noff": True, "random_init": False, "const_reset": False, "seed": 5},
+        "weights": {"source": "random(seed=5)"},
+        "prompts": [{"text": f"prompt text {p}", "tokens": list(range(10, 10 + LENGTH - p)),
+                     "length": LENGTH - p} for p in range(prompts)],
+    }
+    return ConsensusResult(err=err, err2=err2, metadata=meta if metadata else None)
+
+
+def images(figure) -> list[AxesImage]:
+    return [image for ax in figure.axes for image in ax.get_images()]
+
+
+def test_curves_plot_every_prompt_and_metric():
+    result = synthetic()
+    figure = consensus_figure(result)
+    for metric in (0, 1):
+        lines = figure.axes[metric].get_lines()
+        curves = [line for line in lines if len(line.get_ydata()) == STEPS]
+        assert len(curves) == 2
+        for p, line in enumerate(curves):
+            assert np.array_equal(line.get_ydata(), result.err[p, :, metric])
+            assert np.array_equal(line.get_xdata(), np.arange(STEPS))
+        boundaries = [line for line in lines if len(line.get_xdata()) == 2]
+        assert sorted(line.get_xdata()[0] for line in boundaries) == [LAYERS, 2 * LAYERS]
+    assert "tiny" in figure._suptitle.get_text() and "--noff" in figure._suptitle.get_text()
+
+
+def test_within_iteration_view_shows_each_layer_of_the_chosen_iterations():
+    result = synthetic()
+    figure = consensus_figure(result, prompt=1)
+    lines = figure.axes[2].get_lines()
+    assert [line.get_label() for line in lines] == ["iteration 0", "iteration 1", "iteration 2"]
+    for iteration, line in enumerate(lines):
+        assert np.array_equal(line.get_ydata(), result.err[1, iteration * LAYERS:(iteration + 1) * LAYERS, 0])
+
+
+def test_heatmaps_show_the_prompts_own_block_on_one_colour_scale():
+    result = synthetic()
+    figure = consensus_figure(result, steps=[0, 7], prompt=1)
+    shown = images(figure)
+    assert len(shown) == 2
+    for image, step in zip(shown, [0, 7], strict=True):
+        assert np.array_equal(image.get_array(), result.err2[1, : LENGTH - 1, : LENGTH - 1, step])
+        assert image.get_clim() == COLOUR_LIMITS
+    labels = [tick.get_text() for tick in shown[0].axes.get_xticklabels()]
+    assert len(labels) == LENGTH - 1
+
+
+def test_interrupted_run_chooses_only_completed_steps():
+    result = synthetic()
+    result.err[:, 6:] = np.nan
+    result.err2[..., 6:] = np.nan
+    assert completed_steps(result.err) == 6
+    figure = consensus_figure(result)
+    assert [int(t.get_text().split()[3]) for t in (image.axes.title for image in images(figure))] == [0, 2, 5]
+    assert [line.get_label() for line in figure.axes[2].get_lines()] == ["iteration 0"]
+    assert "interrupted after 6 of 12 steps" in figure._suptitle.get_text()
+    with pytest.raises(ValueError, match="step 9"):
+        consensus_figure(result, steps=[9])
+
+
+def test_original_files_without_metadata_are_labelled_generically():
+    result = synthetic(with_gram=False, metadata=False)
+    plain = consensus_figure(result)
+    assert len(plain.axes) == 2 and "no metadata" in plain._suptitle.get_text()
+    assert [line.get_label() for line in plain.axes[0].get_lines()] == ["prompt 1", "prompt 2"]
+    with_layers = consensus_figure(result, layers=LAYERS)
+    assert len(with_layers.axes) == 4
+
+
+def test_decades_get_a_log_axis():
+    result = synthetic(with_gram=False)
+    result.err[:, :, 1] = np.logspace(0, -4, STEPS)
+    figure = consensus_figure(result)
+    assert figure.axes[0].get_yscale() == "linear" and figure.axes[1].get_yscale() == "log"
+
+
+def test_cli_writes_png_pdf_and_svg_of_a_real_run(tiny_checkpoint, tmp_path):
+    result = gpt2fast.consensus(["one two three", "four"], weights=tiny_checkpoint, size=3,
+                                savefile="E", matrixerror="m", progress=False)
+    assert main(["plot", "E.npy", "--matrix", "m.npy", "--steps", "1,5"]) == 0
+    assert (tmp_path / "E.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", "E.npy", "-o", "f.pdf"]) == 0 and (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+    assert main(["plot", "E.npy", "-o", "f.svg"]) == 0 and b"<svg" in (tmp_path / "f.svg").read_bytes()[:500]
+    figure = consensus_figure(gpt2fast.load_result("E", "m"), steps=[5])
+    assert np.array_equal(images(figure)[0].get_array(), result.err2[0, :3, :3, 5])
+
+
+@pytest.mark.parametrize("arguments, word", [
+    (["missing.npy"], "does not exist"),
+    (["E.npy", "--matrix", "missing.npy"], "does not exist"),
+    (["E.npy", "-o", "figure.jpg"], ".png"),
+    (["E.npy", "-o", "no/such/dir/f.png"], "does not exist"),
+    (["E.npy", "--steps", "1,x"], "--steps"),
+    (["E.npy", "--iterations", "7"], "iteration 7"),
+    (["E.npy", "--prompt-index", "3"], "prompt"),
+    (["E.npy", "--layers", "0"], "--layers"),
+    (["E.npy", "--dpi", "0"], "--dpi"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arguments, word):
+    np.save(tmp_path / "E.npy", synthetic(with_gram=False, metadata=False).err)
+    assert main(["plot", *arguments, "--layers", "4"] if "--layers" not in arguments else ["plot", *arguments]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and word in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E.npy"]
