@@ -77,33 +77,61 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(batch, length, n_head * head_dim)
 
 
-def mlp(x: torch.Tensor, p: BlockParams) -> torch.Tensor:
-    """``c_proj(gelu_tanh(c_fc(x)))``: [P, T, C] -> [P, T, C]."""
-    hidden = F.gelu(F.linear(x, p.fc_w, p.fc_b), approximate="tanh")
-    return F.linear(hidden, p.fc_proj_w, p.fc_proj_b)
+class DenseLinears:
+    """The three Linear forms of a block, on stored ``[out, in]`` weights: ``F.linear``.
 
-
-def attention_inputs(x: torch.Tensor, p: BlockParams, n_head: int) -> tuple[torch.Tensor, ...]:
-    """``c_attn(ln_1(x))`` split into q, k, v: [P, T, C] -> three [P, H, T, D]."""
-    return split_heads(F.linear(layer_norm(x, p.ln_1_w, p.ln_1_b), p.attn_w, p.attn_b), n_head)
-
-
-def finish_block(x: torch.Tensor, attended: torch.Tensor, p: BlockParams, noff: bool) -> torch.Tensor:
-    """The rest of a block after attention: the two residual updates, [P, T, C] -> [P, T, C].
-
-    attended [P, H, T, D] is softmax(q kᵀ / sqrt(D)) v. ``noff`` skips the MLP half (ln_2
-    included), as the original's ``--noff``.
+    ``backends.cpu_packed.PackedLinears`` is the same interface on prepacked CPU weights.
     """
-    x = x + F.linear(merge_heads(attended), p.attn_proj_w, p.attn_proj_b)
+
+    @staticmethod
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.gelu(F.linear(x, weight, bias), approximate="tanh")
+
+    @staticmethod
+    def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return residual + F.linear(x, weight, bias)
+
+
+DENSE = DenseLinears()
+
+
+def attention_inputs(x: torch.Tensor, p: BlockParams, ops=DENSE) -> torch.Tensor:
+    """``c_attn(ln_1(x))``: rows [..., C] -> [..., 3C] (q, k, v side by side)."""
+    return ops.linear(layer_norm(x, p.ln_1_w, p.ln_1_b), p.attn_w, p.attn_b)
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(D) + causal mask) v per head: [P, T, 3C] -> [P, T, C]."""
+    q, k, v = split_heads(qkv, n_head)
+    return merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def finish_block(x: torch.Tensor, attended: torch.Tensor, p: BlockParams, noff: bool, ops=DENSE) -> torch.Tensor:
+    """The rest of a block after attention: the two residual updates, rows [..., C] -> [..., C].
+
+    attended [..., C] is the attention output (heads merged), row for row with x. ``noff``
+    skips the MLP half (ln_2 included), as the original's ``--noff``: otherwise
+    x + c_proj(gelu_tanh(c_fc(ln_2(x)))). ops: how the Linears are computed
+    (``DenseLinears`` interface).
+    """
+    x = ops.linear_add(attended, p.attn_proj_w, p.attn_proj_b, x)
     if not noff:
-        x = x + mlp(layer_norm(x, p.ln_2_w, p.ln_2_b), p)
+        hidden = ops.linear_gelu(layer_norm(x, p.ln_2_w, p.ln_2_b), p.fc_w, p.fc_b)
+        x = ops.linear_add(hidden, p.fc_proj_w, p.fc_proj_b, x)
     return x
 
 
-def block(x: torch.Tensor, p: BlockParams, n_head: int, noff: bool) -> torch.Tensor:
-    """One pre-LayerNorm block with causal attention: [P, T, C] -> [P, T, C]."""
-    q, k, v = attention_inputs(x, p, n_head)
-    return finish_block(x, F.scaled_dot_product_attention(q, k, v, is_causal=True), p, noff)
+def block(x: torch.Tensor, p: BlockParams, n_head: int, noff: bool, ops=DENSE, rows=None) -> torch.Tensor:
+    """One pre-LayerNorm block with causal attention: [P, T, C] -> [P, T, C], or, with
+    ``rows`` (a ``ragged.RaggedRows``), the real rows [R, C] -> [R, C] of ragged prompts."""
+    qkv = attention_inputs(x, p, ops)
+    if rows is None:
+        return finish_block(x, causal_attention(qkv, n_head), p, noff, ops)
+    return finish_block(x, rows.unpad(causal_attention(rows.pad(qkv), n_head)), p, noff, ops)
 
 
 def cached_block(
@@ -124,11 +152,11 @@ def cached_block(
     length = x.shape[1]
     if start != 0 and length != 1:
         raise ValueError("cached_block takes a whole prompt at start 0 or one token after it")
-    q, k, v = attention_inputs(x, p, n_head)
+    q, k, v = split_heads(attention_inputs(x, p), n_head)
     end = start + length
     cache_k[:, :, start:end] = k
     cache_v[:, :, start:end] = v
     attended = F.scaled_dot_product_attention(
         q, cache_k[:, :, :end], cache_v[:, :, :end], is_causal=start == 0
     )
-    return finish_block(x, attended, p, noff)
+    return finish_block(x, merge_heads(attended), p, noff)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ..metrics import consensus_metrics
-from ..model import block, cached_block, embed, layer_norm
+from ..model import DENSE, BlockParams, block, cached_block, embed, layer_norm
+from ..ragged import RaggedRows
+from .cpu_packed import PACKED, packed_blocks
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -41,8 +43,9 @@ class CapturedIteration:
 class TorchEngine:
     """The hidden states of all prompts and the weights that move them, on one device.
 
-    x [P, T_max, C] starts as ``wte[tokens] + wpe[positions]`` with the loaded weights
-    (before any ``--random-init`` redraw, as in the original).
+    x [R, C] holds the R = Σ_p T_p real rows of the prompts (``ragged.RaggedRows``: padded
+    positions are never computed), starting as ``wte[tokens] + wpe[positions]`` with the
+    loaded weights (before any ``--random-init`` redraw, as in the original).
     """
 
     backend = "torch"
@@ -54,7 +57,15 @@ class TorchEngine:
         self.n_head = stream.cfg.n_head
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
         self.n_prompts, self.length = self.tokens.shape
-        self.x = embed(self.tokens, stream.wte, stream.wpe)
+        self.rows = RaggedRows(self.lengths, self.length)
+        self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
+        self.packed = packed_blocks(stream)
+
+    def block_of(self, step: int) -> tuple[BlockParams, object]:
+        """The weights of step ``step`` and the Linear forms that use them."""
+        if self.packed is not None:
+            return self.packed[step % self.n_layer], PACKED
+        return self.stream.block(step), DENSE
 
     @torch.no_grad()
     def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
@@ -65,8 +76,9 @@ class TorchEngine:
         """
         x = self.x
         for layer in range(self.n_layer):
-            x = block(x, self.stream.block(index * self.n_layer + layer), self.n_head, self.noff)
-            err, gram = consensus_metrics(x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths)
+            params, ops = self.block_of(index * self.n_layer + layer)
+            x = block(x, params, self.n_head, self.noff, ops, self.rows)
+            err, gram = consensus_metrics(self.rows.pad(x), self.stream.ln_f_w, self.stream.ln_f_b, self.lengths)
             err_out[:, layer].copy_(err)
             if gram_out is not None:
                 gram_out[:, layer].copy_(gram)
@@ -75,9 +87,10 @@ class TorchEngine:
     @torch.no_grad()
     def decode(self, index: int) -> torch.Tensor:
         """Argmax token [P, T] int64 (CPU) at every position of ``lm_head(ln_f(x))`` after
-        iteration ``index``, one prompt at a time so only one [T, V] logits tensor exists."""
+        iteration ``index`` (padded positions: meaningless), one prompt at a time so only
+        one [T, V] logits tensor exists."""
         lm_head = self.stream.lm_head_after(index * self.n_layer + self.n_layer - 1)
-        y = layer_norm(self.x, self.stream.ln_f_w, self.stream.ln_f_b)
+        y = layer_norm(self.rows.pad(self.x), self.stream.ln_f_w, self.stream.ln_f_b)
         return torch.stack([(rows @ lm_head.T).argmax(-1) for rows in y]).cpu()
 
     @torch.no_grad()

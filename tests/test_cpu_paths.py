@@ -1,0 +1,87 @@
+"""The CPU engine's fast paths: ragged rows (no padded rows computed) and prepacked weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2fast.backends import cpu_packed
+from gpt2fast.backends.torch_backend import TorchEngine
+from gpt2fast.model import DENSE, block
+from gpt2fast.ragged import RaggedRows
+from gpt2fast.weight_stream import WeightStream
+from tiny_models import tiny_config, tiny_state
+
+CFG = tiny_config()
+STATE = tiny_state(CFG, seed=11)
+PROMPTS = [[5, 9, 200, 7], [31], [8, 8, 8, 1, 2, 3]]
+
+
+def stream(const_reset: bool = False) -> WeightStream:
+    return WeightStream(CFG, STATE, seed=2, random_init=False, const_reset=const_reset,
+                        device=torch.device("cpu"), dtype=torch.float32)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
+
+
+def test_ragged_rows_round_trip_with_zero_padding():
+    rows = RaggedRows(torch.tensor([3, 1, 2]), 3)
+    values = torch.arange(6 * 2, dtype=torch.float32).view(6, 2) + 1
+    padded = rows.pad(values)
+    assert padded.shape == (3, 3, 2) and rows.n_rows == 6
+    assert torch.equal(padded[0], values[:3]) and torch.equal(padded[1, 0], values[3])
+    assert torch.equal(padded[1, 1:], torch.zeros(2, 2)) and torch.equal(padded[2, 2], torch.zeros(2))
+    assert torch.equal(rows.unpad(padded), values)
+
+
+def test_equal_lengths_are_views_without_copies():
+    rows = RaggedRows(torch.tensor([4, 4]), 4)
+    values = torch.randn(8, 3)
+    assert not rows.ragged and rows.pad(values).data_ptr() == values.data_ptr()
+
+
+def test_ragged_block_equals_the_padded_block_on_real_rows():
+    """Padded rows never influence real ones (causal attention), so skipping them is exact."""
+    rows = RaggedRows(torch.tensor([len(t) for t in PROMPTS]), 6)
+    padded = torch.randn(3, 6, CFG.n_embd)
+    params = stream().block(0)
+    want = rows.unpad(block(padded, params, CFG.n_head, False))
+    got = block(rows.unpad(padded), params, CFG.n_head, False, DENSE, rows)
+    assert relative_error(got, want) < 1e-6
+
+
+@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
+def test_packed_linears_equal_dense_ones(form):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 48, generator=generator)
+    weight, bias = torch.randn(80, 48, generator=generator) * 0.1, torch.randn(80, generator=generator)
+    extra = (torch.randn(2, 5, 80, generator=generator),) if form == "linear_add" else ()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+    got = getattr(cpu_packed.PACKED, form)(x, packed, bias, *extra)
+    assert relative_error(got, getattr(DENSE, form)(x, weight, bias, *extra)) < 1e-6
+
+
+@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
+def test_packing_is_shared_per_stream_and_skipped_for_const_reset():
+    weights = stream()
+    assert cpu_packed.packed_blocks(weights) is cpu_packed.packed_blocks(weights)
+    assert len(cpu_packed.packed_blocks(weights)) == CFG.n_layer
+    assert cpu_packed.packed_blocks(stream(const_reset=True)) is None
+
+
+def test_engine_with_and_without_packing_agree(monkeypatch):
+    def run() -> np.ndarray:
+        engine = TorchEngine(stream(), PROMPTS, False)
+        err = torch.empty(3, CFG.n_layer, 2)
+        for index in range(2):
+            engine.iteration(index, err, None)
+        return err.numpy().copy()
+
+    packed = run()
+    monkeypatch.setattr(cpu_packed, "available", lambda: False)
+    assert TorchEngine(stream(), PROMPTS, False).packed is None
+    np.testing.assert_allclose(packed, run(), rtol=1e-5, atol=1e-6)
