@@ -22,24 +22,39 @@ def valid_positions(lengths: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
 
 
+class PromptMasks:
+    """What the metrics need to know about the padding of P prompts of T_max positions,
+    computed once per run: valid [P, T], pairs [P, T, T] (both positions valid), count [P]
+    float32 (T_p), and whether any prompt is padded at all."""
+
+    def __init__(self, lengths: torch.Tensor, length: int):
+        self.valid = valid_positions(lengths, length)
+        self.pairs = self.valid[:, :, None] & self.valid[:, None, :]
+        self.count = lengths.to(torch.float32)
+        self.ragged = not bool(self.valid.all())
+
+
 def consensus_metrics(
     x: torch.Tensor,
     ln_f_w: torch.Tensor,
     ln_f_b: torch.Tensor,
     lengths: torch.Tensor,
+    masks: PromptMasks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Metrics of hidden states x [P, T, C] (any float dtype; computed in float32).
 
     Returns err [P, 2] float32 and G [P, T, T] float32 with NaN outside each prompt's
-    T_p × T_p block. lengths [P] int64 holds T_p.
+    T_p × T_p block. lengths [P] int64 holds T_p; ``masks`` (made from them when not
+    given) saves rebuilding the padding masks on every call.
     """
+    masks = masks if masks is not None else PromptMasks(lengths, x.shape[1])
     y = layer_norm(x.float(), ln_f_w.float(), ln_f_b.float())
     unit = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     gram = unit @ unit.transpose(1, 2)
-    valid = valid_positions(lengths, x.shape[1])
-    pairs = valid[:, :, None] & valid[:, None, :]
-    count = lengths.to(torch.float32)
-    first_row = torch.where(valid, gram[:, 0, :].abs(), 0.0).sum(-1) / count
-    whole = torch.where(pairs, gram, 0.0).sum((1, 2)) / (count * count)
+    if not masks.ragged:
+        return torch.stack([gram[:, 0, :].abs().mean(-1), gram.mean((1, 2))], dim=-1), gram
+    count = masks.count
+    first_row = torch.where(masks.valid, gram[:, 0, :].abs(), 0.0).sum(-1) / count
+    whole = torch.where(masks.pairs, gram, 0.0).sum((1, 2)) / (count * count)
     err = torch.stack([first_row, whole], dim=-1)
-    return err, torch.where(pairs, gram, torch.nan)
+    return err, torch.where(masks.pairs, gram, torch.nan)

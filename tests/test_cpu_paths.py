@@ -8,6 +8,7 @@ import torch
 
 from gpt2fast.backends import cpu_packed
 from gpt2fast.backends.torch_backend import TorchEngine
+from gpt2fast.metrics import PromptMasks, consensus_metrics
 from gpt2fast.model import DENSE, block
 from gpt2fast.ragged import RaggedRows
 from gpt2fast.weight_stream import WeightStream
@@ -85,3 +86,16 @@ def test_engine_with_and_without_packing_agree(monkeypatch):
     monkeypatch.setattr(cpu_packed, "available", lambda: False)
     assert TorchEngine(stream(), PROMPTS, False).packed is None
     np.testing.assert_allclose(packed, run(), rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_without_padding_skip_the_masks_and_agree_with_them():
+    x = torch.randn(2, 6, CFG.n_embd, generator=torch.Generator().manual_seed(9))
+    lengths = torch.tensor([6, 6])
+    weights = stream()
+    masks = PromptMasks(lengths, 6)
+    assert not masks.ragged
+    fast = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths, masks)
+    masks.ragged = True  # the general path, with every position valid
+    general = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths, masks)
+    for got, want in zip(fast, general, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

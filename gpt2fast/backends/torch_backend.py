@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..metrics import consensus_metrics
+from ..metrics import PromptMasks, consensus_metrics
 from ..model import DENSE, BlockParams, block, cached_block, embed, layer_norm
 from ..ragged import RaggedRows
 from .cpu_packed import PACKED, packed_blocks
@@ -58,6 +58,7 @@ class TorchEngine:
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
         self.n_prompts, self.length = self.tokens.shape
         self.rows = RaggedRows(self.lengths, self.length)
+        self.masks = PromptMasks(self.lengths, self.length)
         self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
         self.packed = packed_blocks(stream)
 
@@ -78,7 +79,8 @@ class TorchEngine:
         for layer in range(self.n_layer):
             params, ops = self.block_of(index * self.n_layer + layer)
             x = block(x, params, self.n_head, self.noff, ops, self.rows)
-            err, gram = consensus_metrics(self.rows.pad(x), self.stream.ln_f_w, self.stream.ln_f_b, self.lengths)
+            err, gram = consensus_metrics(self.rows.pad(x), self.stream.ln_f_w, self.stream.ln_f_b,
+                                          self.lengths, self.masks)
             err_out[:, layer].copy_(err)
             if gram_out is not None:
                 gram_out[:, layer].copy_(gram)
