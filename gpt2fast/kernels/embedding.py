@@ -4,8 +4,8 @@ For P prompts of T positions (right-padded), width C:
 
     out[p, t, :] = wte[tokens[p, t], :] + wpe[start + t, :]
 
-tokens [P, T] int64, wte [V, C] float32, wpe [n_positions, C] float32, out [P, T, C]
-float32. ``start`` > 0 embeds rows at later positions (generation: one new token at
+tokens [P, T] int64, wte [V, C], wpe [n_positions, C] and out [P, T, C] all float32 or all
+bfloat16 (the sum is formed in float32 and rounded once, as PyTorch's bf16 add). ``start`` > 0 embeds rows at later positions (generation: one new token at
 position ``start``). Reference: ``gpt2fast.model.embed``.
 
 Grid: one program per (row p·T + t, block of BLOCK_C columns). Each call moves 3·P·T·C·4
@@ -30,6 +30,7 @@ from ..model import embed as embed_reference  # noqa: F401  (re-exported as this
 
 BLOCK_C = 256  # with NUM_WARPS = 2: four contiguous floats (one 16-byte load) per thread
 NUM_WARPS = 2
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 @triton.jit
@@ -37,8 +38,8 @@ def embed_kernel(tokens_ptr, wte_ptr, wpe_ptr, out_ptr, length, start, n_vocab,
                  N_EMBD: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[row, c] = wte[tokens[row], c] + wpe[start + row % length, c], one column block.
 
-    tokens_ptr: *i64 [rows]; wte_ptr: *fp32 [n_vocab, N_EMBD]; wpe_ptr: *fp32 [*, N_EMBD];
-    out_ptr: *fp32 [rows, N_EMBD]; program (row, column block).
+    tokens_ptr: *i64 [rows]; wte_ptr: [n_vocab, N_EMBD]; wpe_ptr: [*, N_EMBD];
+    out_ptr: [rows, N_EMBD], all *fp32 or all *bf16; program (row, column block).
     """
     row = tl.program_id(0).to(tl.int64)
     column = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -48,29 +49,30 @@ def embed_kernel(tokens_ptr, wte_ptr, wpe_ptr, out_ptr, length, start, n_vocab,
     position = start + row % length
     word = tl.load(wte_ptr + token * N_EMBD + column, mask=column < known_width, other=float("nan"))
     place = tl.load(wpe_ptr + position * N_EMBD + column, mask=in_width)
-    tl.store(out_ptr + row * N_EMBD + column, word + place, mask=in_width)
+    total = word.to(tl.float32) + place.to(tl.float32)
+    tl.store(out_ptr + row * N_EMBD + column, total.to(out_ptr.dtype.element_ty), mask=in_width)
 
 
 def embed(tokens: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, out: torch.Tensor,
           *, start: int = 0) -> torch.Tensor:
     """Write ``wte[tokens] + wpe[start : start + T]`` into ``out`` [P, T, C]; returns ``out``.
 
-    tokens [P, T] int64; wte [V, C], wpe [n_positions, C], out [P, T, C] float32; all
-    contiguous and on one device; 0 <= start and start + T <= n_positions. Token ids are
+    tokens [P, T] int64; wte [V, C], wpe [n_positions, C], out [P, T, C] of one dtype in
+    ``DTYPES``; all contiguous and on one device; 0 <= start and start + T <= n_positions. Token ids are
     checked to lie in [0, V) only for CPU tensors (see the module docstring).
     """
     if tokens.dim() != 2 or tokens.dtype != torch.int64:
         raise ValueError(f"tokens must be int64 [P, T], got {tokens.dtype} {tuple(tokens.shape)}")
     for name, tensor in (("wte", wte), ("wpe", wpe)):
-        if tensor.dim() != 2 or tensor.dtype != torch.float32:
-            raise ValueError(f"{name} must be float32 [rows, C], got {tensor.dtype} {tuple(tensor.shape)}")
+        if tensor.dim() != 2 or tensor.dtype not in DTYPES:
+            raise ValueError(f"{name} must be float32 or bfloat16 [rows, C], got {tensor.dtype} {tuple(tensor.shape)}")
     n_prompts, length = tokens.shape
     n_vocab, n_embd = wte.shape
     if wpe.shape[1] != n_embd or n_embd == 0:
         raise ValueError(f"wte {tuple(wte.shape)} and wpe {tuple(wpe.shape)} need the same width C > 0")
     shape = (n_prompts, length, n_embd)
-    if out.dtype != torch.float32 or out.shape != shape:
-        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {tuple(out.shape)}")
+    if out.shape != shape or len({wte.dtype, wpe.dtype, out.dtype}) != 1:
+        raise ValueError(f"out must be {wte.dtype} {shape} like wte and wpe, got {out.dtype} {tuple(out.shape)}")
     if not all(t.is_contiguous() for t in (tokens, wte, wpe, out)):
         raise ValueError("tokens, wte, wpe and out must be contiguous")
     if len({t.device for t in (tokens, wte, wpe, out)}) != 1:

@@ -18,15 +18,16 @@ POSITIONS = 1024
 LENGTHS = (1, 7, 27, 64, 130)
 AOT_SPECS = [
     AotSpec(
-        label=f"embed_kernel C={width}",
+        label=f"embed_kernel C={width} {dtype}",
         kernel="gpt2fast.kernels.embedding:embed_kernel",
-        signature={"tokens_ptr": "*i64", "wte_ptr": "*fp32", "wpe_ptr": "*fp32", "out_ptr": "*fp32",
+        signature={"tokens_ptr": "*i64", "wte_ptr": f"*{dtype}", "wpe_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
                    "length": "i32", "start": "i32", "n_vocab": "i32", "N_EMBD": "constexpr",
                    "BLOCK_C": "constexpr"},
         constexprs={"N_EMBD": width, "BLOCK_C": BLOCK_C},
         options={"num_warps": NUM_WARPS},
     )
     for width in (768, 1600)
+    for dtype in ("fp32", "bf16")
 ]
 
 
@@ -47,6 +48,21 @@ def test_embed_matches_reference(device, prompts, length, start, width):
     out = torch.full((prompts, length, width), float("nan"), device=device)
     assert embed(tokens, wte, wpe, out, start=start) is out
     assert torch.equal(out.cpu(), embed_reference(tokens, wte, wpe, start).cpu())
+
+
+@pytest.mark.parametrize("length", [1, 27])
+def test_bf16_embedding_rounds_the_sum_once_as_torch_does(device, length):
+    """Equal on a GPU (round to nearest even); Triton's interpreter truncates float32 to
+    bf16 (seen with Triton 3.9, also with fp_downcast_rounding="rtne"), so there the two
+    may differ by one bf16 unit in the last place, 2**-7 relative at most."""
+    wte, wpe = (table.to(torch.bfloat16) for table in tables(80, length, device))
+    tokens = torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(3)).to(device)
+    out = torch.full((2, length, 80), float("nan"), dtype=torch.bfloat16, device=device)
+    embed(tokens, wte, wpe, out, start=4)
+    expected = embed_reference(tokens, wte, wpe, 4).cpu()
+    if device.type == "cuda":
+        assert torch.equal(out.cpu(), expected)
+    torch.testing.assert_close(out.cpu().float(), expected.float(), rtol=2**-7, atol=0)
 
 
 def test_out_of_range_ids_give_nan_rows_in_the_kernel(device):
@@ -94,6 +110,8 @@ def good_arguments(device="cpu") -> dict:
         ("wpe", torch.empty(16, 4)),
         ("out", torch.empty(1, 3, 4)),
         ("out", torch.empty(1, 3, 8, dtype=torch.float16)),
+        ("out", torch.empty(1, 3, 8, dtype=torch.bfloat16)),
+        ("wpe", torch.empty(16, 8, dtype=torch.bfloat16)),
         ("start", 14),
         ("start", -1),
     ],
