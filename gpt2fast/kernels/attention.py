@@ -54,6 +54,11 @@ A single split (length ≤ DECODE_BLOCK_N) writes ``out`` directly and skips the
 one-row products are elementwise multiply-and-sum in fp32 (no ``tl.dot``), so ``precision``
 does not change the arithmetic there. Cache rows ≥ length are never read.
 
+bfloat16: every tensor of a call may instead be bf16 (``--dtype bf16``). Values are read
+into float32, the products run as TF32 (exact for bf16 inputs, and q·1/8 stays a bf16
+value), softmax statistics and accumulators stay float32, and the output is rounded to
+bf16 once at the store; the decode split's partials and statistics stay float32.
+
 References: ``causal_attention_reference`` and ``decode_attention_reference`` (torch SDPA,
 as ``gpt2fast.model`` uses it).
 """
@@ -71,6 +76,7 @@ from ..model import merge_heads, split_heads
 
 HEAD_DIM = 64
 PRECISIONS = ("ieee", "tf32")
+DTYPES = (torch.float32, torch.bfloat16)
 SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
 CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
     "short": (16, 32, 4),
@@ -88,8 +94,8 @@ def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale
                             INPUT_PRECISION: tl.constexpr):
     """One (query block, prompt·head) tile of causal attention; see the module docstring.
 
-    qkv_ptr: *fp32 [P, length, 3·n_head·HEAD_DIM]; lengths_ptr: *i64 [P];
-    out_ptr: *fp32 [P, length, n_head·HEAD_DIM]; scale: 1/sqrt(HEAD_DIM).
+    qkv_ptr: [P, length, 3·n_head·HEAD_DIM]; lengths_ptr: *i64 [P];
+    out_ptr: [P, length, n_head·HEAD_DIM] (both *fp32 or both *bf16); scale: 1/sqrt(HEAD_DIM).
     """
     block_m = tl.program_id(0)
     prompt = tl.program_id(1) // n_head
@@ -102,7 +108,7 @@ def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale
     real_rows = rows < prompt_length
     q_base = qkv_ptr + prompt.to(tl.int64) * length * 3 * width + head * HEAD_DIM
     q = tl.load(q_base + rows[:, None] * 3 * width + dims[None, :], mask=real_rows[:, None], other=0.0)
-    q = q * scale
+    q = q.to(tl.float32) * scale
     k_base = q_base + width
     v_base = q_base + 2 * width
 
@@ -115,6 +121,7 @@ def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale
         keys = start + tl.arange(0, BLOCK_N)
         real_keys = keys < key_end
         k_t = tl.load(k_base + keys[None, :] * 3 * width + dims[:, None], mask=real_keys[None, :], other=0.0)
+        k_t = k_t.to(tl.float32)
         scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION)
         visible = real_keys[None, :] & (keys[None, :] <= rows[:, None])
         scores = tl.where(visible, scores, float("-inf"))
@@ -122,6 +129,7 @@ def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale
         weights = tl.exp(scores - new_max[:, None])
         rescale = tl.exp(row_max - new_max)
         v = tl.load(v_base + keys[:, None] * 3 * width + dims[None, :], mask=real_keys[:, None], other=0.0)
+        v = v.to(tl.float32)
         acc = acc * rescale[:, None] + tl.dot(weights, v, input_precision=INPUT_PRECISION)
         row_sum = row_sum * rescale + tl.sum(weights, axis=1)
         row_max = new_max
@@ -129,7 +137,13 @@ def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale
     row_sum = tl.where(real_rows, row_sum, 1.0)
     result = tl.where(real_rows[:, None], acc / row_sum[:, None], 0.0)
     out_base = out_ptr + prompt.to(tl.int64) * length * width + head * HEAD_DIM
-    tl.store(out_base + rows[:, None] * width + dims[None, :], result, mask=(rows < length)[:, None])
+    tl.store(out_base + rows[:, None] * width + dims[None, :], result.to(out_ptr.dtype.element_ty),
+             mask=(rows < length)[:, None])
+
+
+def product_precision(dtype: torch.dtype, precision: str) -> str:
+    """``tl.dot``'s input precision: ``precision`` for float32, TF32 (exact) for bf16 values."""
+    return "tf32" if dtype == torch.bfloat16 else precision
 
 
 def causal_config(length: int) -> tuple[int, int, int]:
@@ -141,22 +155,23 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
                      n_head: int, precision: str = "ieee") -> torch.Tensor:
     """Causal attention of every prompt and head in one launch; writes and returns ``out``.
 
-    qkv [P, T, 3C] float32 contiguous (c_attn output), lengths [P] int64 (T_p; values are
-    clamped to [0, T]), out [P, T, C] float32 contiguous, all on one device; C = n_head·64.
+    qkv [P, T, 3C] contiguous (c_attn output), lengths [P] int64 (T_p; values are clamped
+    to [0, T]), out [P, T, C] contiguous of qkv's dtype (float32, or bfloat16: then the
+    products are TF32 whatever ``precision`` says), all on one device; C = n_head·64.
     Rows t < T_p hold the attention output, rows t ≥ T_p zeros.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if qkv.dim() != 3 or qkv.dtype != torch.float32 or not qkv.is_contiguous():
-        raise ValueError(f"qkv must be a contiguous float32 [P, T, 3C], got {qkv.dtype} {tuple(qkv.shape)}")
+    if qkv.dim() != 3 or qkv.dtype not in DTYPES or not qkv.is_contiguous():
+        raise ValueError(f"qkv must be a contiguous float32 or bfloat16 [P, T, 3C], got {qkv.dtype} {tuple(qkv.shape)}")
     n_prompts, length, three_width = qkv.shape
     if n_head <= 0 or three_width != 3 * n_head * HEAD_DIM:
         raise ValueError(f"qkv's last axis must be 3·n_head·{HEAD_DIM} = {3 * n_head * HEAD_DIM}, got {three_width}")
     if lengths.shape != (n_prompts,) or lengths.dtype != torch.int64:
         raise ValueError(f"lengths must be int64 [{n_prompts}], got {lengths.dtype} {tuple(lengths.shape)}")
     width = n_head * HEAD_DIM
-    if out.shape != (n_prompts, length, width) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous float32 {(n_prompts, length, width)}, "
+    if out.shape != (n_prompts, length, width) or out.dtype != qkv.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {qkv.dtype} {(n_prompts, length, width)}, "
                          f"got {out.dtype} {tuple(out.shape)}")
     if len({qkv.device, lengths.device, out.device}) != 1:
         raise ValueError("qkv, lengths and out must be on one device")
@@ -165,7 +180,8 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
         grid = (triton.cdiv(length, block_m), n_prompts * n_head)
         causal_attention_kernel[grid](qkv, lengths, out, length, n_head, 1.0 / math.sqrt(HEAD_DIM),
                                       HEAD_DIM=HEAD_DIM, BLOCK_M=block_m, BLOCK_N=block_n,
-                                      INPUT_PRECISION=precision, num_warps=num_warps)
+                                      INPUT_PRECISION=product_precision(qkv.dtype, precision),
+                                      num_warps=num_warps)
     return out
 
 
@@ -184,15 +200,16 @@ def decode_attention_split_kernel(q_ptr, cache_k_ptr, cache_v_ptr, partial_ptr, 
                                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Softmax-attention of one head's query over one key range; program (split, head).
 
-    q_ptr: *fp32 [H, HEAD_DIM]; cache_k_ptr, cache_v_ptr: *fp32 [H, capacity, HEAD_DIM];
-    partial_ptr: *fp32 [H, n_splits, HEAD_DIM] gets the range's normalised output;
+    q_ptr: [H, HEAD_DIM]; cache_k_ptr, cache_v_ptr: [H, capacity, HEAD_DIM] (all *fp32 or all
+    *bf16); partial_ptr: [H, n_splits, HEAD_DIM] gets the range's normalised output (*fp32, or
+    the output itself when n_splits = 1);
     stats_ptr: *fp32 [2, H, n_splits] gets its row maximum (stats[0]) and row sum (stats[1]).
     Keys split·keys_per_split .. min(+keys_per_split, length) - 1; each range is non-empty.
     """
     split = tl.program_id(0)
     head = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + head * HEAD_DIM + dims) * scale
+    q = tl.load(q_ptr + head * HEAD_DIM + dims).to(tl.float32) * scale
     k_base = cache_k_ptr + head.to(tl.int64) * capacity * HEAD_DIM
     v_base = cache_v_ptr + head.to(tl.int64) * capacity * HEAD_DIM
 
@@ -206,6 +223,7 @@ def decode_attention_split_kernel(q_ptr, cache_k_ptr, cache_v_ptr, partial_ptr, 
         real_keys = keys < end
         k = tl.load(k_base + keys[:, None] * HEAD_DIM + dims[None, :], mask=real_keys[:, None], other=0.0)
         v = tl.load(v_base + keys[:, None] * HEAD_DIM + dims[None, :], mask=real_keys[:, None], other=0.0)
+        k, v = k.to(tl.float32), v.to(tl.float32)
         scores = tl.where(real_keys, tl.sum(k * q[None, :], axis=1), float("-inf"))
         new_max = tl.maximum(row_max, tl.max(scores, axis=0))
         weights = tl.exp(scores - new_max)
@@ -215,7 +233,7 @@ def decode_attention_split_kernel(q_ptr, cache_k_ptr, cache_v_ptr, partial_ptr, 
         row_max = new_max
 
     slot = head * n_splits + split
-    tl.store(partial_ptr + slot * HEAD_DIM + dims, acc / row_sum)
+    tl.store(partial_ptr + slot * HEAD_DIM + dims, (acc / row_sum).to(partial_ptr.dtype.element_ty))
     tl.store(stats_ptr + slot, row_max)
     tl.store(stats_ptr + tl.num_programs(1) * n_splits + slot, row_sum)
 
@@ -226,7 +244,7 @@ def decode_attention_combine_kernel(partial_ptr, stats_ptr, out_ptr, n_splits,
     """out[h] = Σ_s w_s o_s / Σ_s w_s with w_s = l_s·exp(m_s - max m); program h.
 
     partial_ptr: *fp32 [H, n_splits, HEAD_DIM] (o_s); stats_ptr: *fp32 [2, H, n_splits]
-    (m_s, l_s); out_ptr: *fp32 [H, HEAD_DIM]; n_splits ≤ MAX_SPLITS.
+    (m_s, l_s); out_ptr: *fp32 or *bf16 [H, HEAD_DIM]; n_splits ≤ MAX_SPLITS.
     """
     head = tl.program_id(0)
     splits = tl.arange(0, MAX_SPLITS)
@@ -238,7 +256,7 @@ def decode_attention_combine_kernel(partial_ptr, stats_ptr, out_ptr, n_splits,
     partial = tl.load(partial_ptr + slots[:, None] * HEAD_DIM + dims[None, :], mask=real[:, None], other=0.0)
     weights = split_sum * tl.exp(split_max - tl.max(split_max, axis=0))
     out = tl.sum(weights[:, None] * partial, axis=0) / tl.sum(weights, axis=0)
-    tl.store(out_ptr + head * HEAD_DIM + dims, out)
+    tl.store(out_ptr + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
 
 
 def decode_split(length: int) -> tuple[int, int]:
@@ -253,8 +271,8 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
                      out: torch.Tensor, *, precision: str = "ieee") -> torch.Tensor:
     """One new token's attention over a key/value cache; writes and returns ``out``.
 
-    q [H, 64], cache_k and cache_v [H, capacity, 64], out [H, 64]: float32, contiguous, one
-    device; 1 ≤ length ≤ capacity. ``precision`` is accepted for a uniform interface: the
+    q [H, 64], cache_k and cache_v [H, capacity, 64], out [H, 64]: all float32 or all
+    bfloat16, contiguous, one device; 1 ≤ length ≤ capacity. ``precision`` is accepted for a uniform interface: the
     one-row products run in IEEE fp32 in either mode.
     """
     if precision not in PRECISIONS:
@@ -269,8 +287,8 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
     if out.shape != q.shape:
         raise ValueError(f"out must be {tuple(q.shape)}, got {tuple(out.shape)}")
     tensors = (q, cache_k, cache_v, out)
-    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
-        raise ValueError("q, cache_k, cache_v and out must be contiguous float32")
+    if q.dtype not in DTYPES or any(t.dtype != q.dtype or not t.is_contiguous() for t in tensors):
+        raise ValueError("q, cache_k, cache_v and out must be contiguous, all float32 or all bfloat16")
     if len({t.device for t in tensors}) != 1:
         raise ValueError("q, cache_k, cache_v and out must be on one device")
     capacity = cache_k.shape[1]

@@ -54,22 +54,35 @@ AOT_SPECS = [
     for precision in PRECISIONS
 ] + [
     AotSpec(
-        label=f"decode_attention_split_kernel BLOCK_N={DECODE_BLOCK_N} (D=64)",
+        label=f"causal_attention_kernel {name} {block_m}x{block_n} bf16 (D=64)",
+        kernel=f"{MODULE}:causal_attention_kernel",
+        signature={**CAUSAL_SIGNATURE, "qkv_ptr": "*bf16", "out_ptr": "*bf16"},
+        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": "tf32"},
+        options={"num_warps": num_warps},
+    )
+    for name, (block_m, block_n, num_warps) in CAUSAL_CONFIGS.items()
+] + [
+    AotSpec(
+        label=f"decode_attention_split_kernel BLOCK_N={DECODE_BLOCK_N} {dtype} (D=64)",
         kernel=f"{MODULE}:decode_attention_split_kernel",
-        signature={"q_ptr": "*fp32", "cache_k_ptr": "*fp32", "cache_v_ptr": "*fp32", "partial_ptr": "*fp32",
-                   "stats_ptr": "*fp32", "length": "i32", "capacity": "i32", "keys_per_split": "i32",
-                   "n_splits": "i32", "scale": "fp32", "HEAD_DIM": "constexpr", "BLOCK_N": "constexpr"},
+        signature={"q_ptr": f"*{dtype}", "cache_k_ptr": f"*{dtype}", "cache_v_ptr": f"*{dtype}",
+                   "partial_ptr": "*fp32", "stats_ptr": "*fp32", "length": "i32", "capacity": "i32",
+                   "keys_per_split": "i32", "n_splits": "i32", "scale": "fp32", "HEAD_DIM": "constexpr",
+                   "BLOCK_N": "constexpr"},
         constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_N": DECODE_BLOCK_N},
         options={"num_warps": DECODE_NUM_WARPS},
-    ),
+    )
+    for dtype in ("fp32", "bf16")
+] + [
     AotSpec(
-        label=f"decode_attention_combine_kernel MAX_SPLITS={MAX_SPLITS} (D=64)",
+        label=f"decode_attention_combine_kernel MAX_SPLITS={MAX_SPLITS} {dtype} (D=64)",
         kernel=f"{MODULE}:decode_attention_combine_kernel",
-        signature={"partial_ptr": "*fp32", "stats_ptr": "*fp32", "out_ptr": "*fp32", "n_splits": "i32",
+        signature={"partial_ptr": "*fp32", "stats_ptr": "*fp32", "out_ptr": f"*{dtype}", "n_splits": "i32",
                    "HEAD_DIM": "constexpr", "MAX_SPLITS": "constexpr"},
         constexprs={"HEAD_DIM": HEAD_DIM, "MAX_SPLITS": MAX_SPLITS},
         options={"num_warps": COMBINE_NUM_WARPS},
-    ),
+    )
+    for dtype in ("fp32", "bf16")
 ]
 
 
@@ -119,6 +132,17 @@ def test_causal_tf32_is_close(device):
     assert_close_fp32(out, causal_attention_reference(qkv, lengths, n_head=N_HEAD), rel=1e-2)
 
 
+@pytest.mark.parametrize("length", [27, 130])
+def test_causal_bf16_is_close(device, length):
+    """bf16 in and out: within bf16's resolution of float32 SDPA on the same bf16 values."""
+    lengths = torch.tensor(prompt_lengths(length))
+    qkv = random_qkv(len(lengths), length, seed=8).to(torch.bfloat16)
+    out = torch.full(qkv.shape[:2] + (WIDTH,), float("nan"), dtype=torch.bfloat16, device=device)
+    causal_attention(qkv.to(device), lengths.to(device), out, n_head=N_HEAD)
+    expected = causal_attention_reference(qkv.float(), lengths, n_head=N_HEAD)
+    assert_close_fp32(out.cpu().float(), expected, rel=1e-2)
+
+
 def test_causal_clamps_lengths_outside_the_padded_length(device):
     length = 20
     qkv = random_qkv(3, length, seed=5)
@@ -151,6 +175,8 @@ def test_causal_of_nothing_launches_nothing():
         (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64),
          torch.empty(2, WIDTH, 4).transpose(1, 2), N_HEAD, "ieee"),
         (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x3"),
+        (torch.empty(2, 4, 3 * WIDTH, dtype=torch.bfloat16), torch.ones(2, dtype=torch.int64),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
     ],
 )
 def test_causal_rejects_bad_arguments(qkv, lengths, out, n_head, precision):
@@ -175,6 +201,15 @@ def test_decode_matches_sdpa(device, length):
     decode_attention(q.to(device), cache_k.to(device), cache_v.to(device), length, out)
     expected = decode_attention_reference(q, cache_k, cache_v, length)
     assert_close_fp32(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("length", [7, 130])
+def test_decode_bf16_is_close(device, length):
+    q, cache_k, cache_v = (t.to(torch.bfloat16) for t in random_cache(length, length + 3, seed=length))
+    out = torch.full((N_HEAD, HEAD_DIM), float("nan"), dtype=torch.bfloat16, device=device)
+    decode_attention(q.to(device), cache_k.to(device), cache_v.to(device), length, out)
+    expected = decode_attention_reference(q.float(), cache_k.float(), cache_v.float(), length)
+    assert_close_fp32(out.cpu().float(), expected, rel=1e-2)
 
 
 def test_decode_equals_the_last_causal_row(device):
@@ -213,6 +248,8 @@ def test_decode_split_covers_the_keys_in_whole_tiles():
         (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 0, torch.empty(2, 64), "ieee"),
         (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 10, torch.empty(2, 64), "ieee"),
         (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(2, 64), "fp16"),
+        (torch.empty(2, 64, dtype=torch.bfloat16), torch.empty(2, 9, 64, dtype=torch.bfloat16),
+         torch.empty(2, 9, 64, dtype=torch.bfloat16), 4, torch.empty(2, 64), "ieee"),
     ],
 )
 def test_decode_rejects_bad_arguments(q, cache_k, cache_v, length, out, precision):
