@@ -1,6 +1,9 @@
 """The language-model head, tied to the token embedding: logits = y · wteᵀ.
 
-y holds ln_f-normalised rows (float32), wte [V, C] float32 with V = 50257. Two uses:
+y holds ln_f-normalised rows, wte [V, C] with V = 50257, both float32 or both bfloat16
+(bf16 values are read into float32 and multiplied exactly, as TF32 or FMAs; logits and
+their maxima are float32, so a bf16 argmax can break a tie that PyTorch's bf16 logits,
+rounded to bf16, would make). Two uses:
 
     lm_head_argmax:  y [M, C] -> ids [M] int64, ids[m] = argmax_v (y wteᵀ)[m, v]
                      (``--decode``: every position of every prompt, M = P·T)
@@ -65,6 +68,7 @@ from ..weights import INIT_STD
 from .counter_normal import counter_normal
 
 PRECISIONS = ("ieee", "tf32")
+DTYPES = (torch.float32, torch.bfloat16)
 ARGMAX_BLOCK_V = 64
 ARGMAX_BLOCK_K = 16  # tl.dot needs K >= 16 (Triton 3.6 refuses 8); see ARGMAX_WARPS for spills
 ARGMAX_WARPS = {16: 8, 32: 8, 64: 8}  # BLOCK_M -> num_warps: no spills on sm_80, sm_90
@@ -84,13 +88,15 @@ def weight_tile(wte_ptr, vocab, column, n_vocab, key, stream, step,
     """wte[vocab, column] as a float32 block (0 outside [0, n_vocab) x [0, N_EMBD)).
 
     vocab: int64 block [BV, 1]; column: int block [1, BK]. DRAWN: regenerate the redraw
-    DRAW_STD (0.02) · counter_normal(key, stream, step, v·N_EMBD + c) instead of loading.
+    DRAW_STD (0.02) · counter_normal(key, stream, step, v·N_EMBD + c) instead of loading,
+    rounded to wte's dtype (as the stored redraw of a bf16 run is).
     """
     inside = (vocab < n_vocab) & (column < N_EMBD)
     element = vocab * N_EMBD + column
     if DRAWN:
-        return tl.where(inside, DRAW_STD * counter_normal(key, stream, step, element), 0.0)
-    return tl.load(wte_ptr + element, mask=inside, other=0.0)
+        drawn = DRAW_STD * counter_normal(key, stream, step, element)
+        return tl.where(inside, drawn.to(wte_ptr.dtype.element_ty).to(tl.float32), 0.0)
+    return tl.load(wte_ptr + element, mask=inside, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -122,8 +128,8 @@ def argmax_partials_kernel(y_ptr, wte_ptr, best_ptr, index_ptr, n_rows, n_vocab,
                            BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     """Running (max, index) of rows m of y wteᵀ over one contiguous range of vocab tiles.
 
-    y_ptr: *fp32 [n_rows, N_EMBD]; wte_ptr: *fp32 [n_vocab, N_EMBD]; best_ptr: *fp32 and
-    index_ptr: *i32, both [splits, n_rows]; program (row block, split).
+    y_ptr: [n_rows, N_EMBD] and wte_ptr: [n_vocab, N_EMBD], both *fp32 or both *bf16;
+    best_ptr: *fp32 and index_ptr: *i32, both [splits, n_rows]; program (row block, split).
     """
     split = tl.program_id(1)
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -139,6 +145,7 @@ def argmax_partials_kernel(y_ptr, wte_ptr, best_ptr, index_ptr, n_rows, n_vocab,
         logits = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
         for k0 in range(0, N_EMBD, BLOCK_K):
             y = tl.load(y_ptr + row_col * N_EMBD + k0 + k, mask=row_inside & (k0 + k < N_EMBD), other=0.0)
+            y = y.to(tl.float32)
             w = weight_tile(wte_ptr, vocab[:, None], k0 + k, n_vocab, key, stream, step, N_EMBD, DRAWN)
             logits = tl.dot(y, tl.trans(w), logits, input_precision=PRECISION)
         tile_best, tile_index = tile_argmax(logits, vocab[None, :], n_vocab)
@@ -172,13 +179,14 @@ def logits_kernel(y_ptr, wte_ptr, out_ptr, n_vocab, key: tl.uint64, stream: tl.u
                   N_EMBD: tl.constexpr, DRAWN: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[v] = sum_c wte[v, c] · y[c] for one block of BLOCK_V vocabulary rows.
 
-    y_ptr: *fp32 [N_EMBD]; wte_ptr: *fp32 [n_vocab, N_EMBD]; out_ptr: *fp32 [n_vocab].
+    y_ptr: [N_EMBD] and wte_ptr: [n_vocab, N_EMBD], both *fp32 or both *bf16; out_ptr: *fp32
+    [n_vocab].
     """
     vocab = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     k = tl.arange(0, BLOCK_K)
     products = tl.zeros((BLOCK_V, BLOCK_K), tl.float32)
     for k0 in range(0, N_EMBD, BLOCK_K):
-        y = tl.load(y_ptr + k0 + k, mask=k0 + k < N_EMBD, other=0.0)
+        y = tl.load(y_ptr + k0 + k, mask=k0 + k < N_EMBD, other=0.0).to(tl.float32)
         w = weight_tile(wte_ptr, vocab[:, None], (k0 + k)[None, :], n_vocab, key, stream, step, N_EMBD, DRAWN)
         products += w * y[None, :]
     tl.store(out_ptr + vocab, tl.sum(products, axis=1), mask=vocab < n_vocab)
@@ -187,8 +195,9 @@ def logits_kernel(y_ptr, wte_ptr, out_ptr, n_vocab, key: tl.uint64, stream: tl.u
 def check_head_arguments(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, out_shape: tuple,
                          out_dtype: torch.dtype, precision: str, drawn) -> tuple[int, int, int]:
     """Shared checks of both launchers; returns (key, stream, step) (zeros when not drawn)."""
-    if y.dtype != torch.float32 or wte.dtype != torch.float32 or wte.dim() != 2:
-        raise ValueError(f"y and wte [V, C] must be float32, got {y.dtype}, {wte.dtype} {tuple(wte.shape)}")
+    if y.dtype not in DTYPES or wte.dtype != y.dtype or wte.dim() != 2:
+        raise ValueError(f"y and wte [V, C] must both be float32 or both bfloat16, "
+                         f"got {y.dtype}, {wte.dtype} {tuple(wte.shape)}")
     if wte.shape[0] == 0 or wte.shape[1] == 0 or y.shape[-1] != wte.shape[1]:
         raise ValueError(f"y {tuple(y.shape)} and wte {tuple(wte.shape)} need one width C > 0 and V > 0")
     if out.dtype != out_dtype or tuple(out.shape) != out_shape:
@@ -226,10 +235,11 @@ def lm_head_argmax(y: torch.Tensor, wte: torch.Tensor, out_ids: torch.Tensor, *,
                    precision: str = "ieee", drawn: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Write argmax_v (y wteᵀ)[m, v] into ``out_ids`` [M] int64; returns ``out_ids``.
 
-    y [M, C] float32 (ln_f-normalised rows), wte [V, C] float32 (only its shape when
-    ``drawn`` = (key < 2**64, stream < 2**32, step < 2**64) is given); contiguous, one
-    device. precision: "ieee" (exact float32 products) or "tf32" (opt-in tensor cores;
-    ignored when drawn, see ``argmax_config``).
+    y [M, C] (ln_f-normalised rows) and wte [V, C] (only its shape and dtype when
+    ``drawn`` = (key < 2**64, stream < 2**32, step < 2**64) is given), both float32 or both
+    bfloat16; contiguous, one device. precision: "ieee" (exact float32 products) or "tf32"
+    (opt-in tensor cores; ignored when drawn, see ``argmax_config``; bf16 values always run
+    as TF32, which multiplies them exactly).
     Allocates float32 and int32 partials [splits, M], splits <= TARGET_PROGRAMS.
     """
     if y.dim() != 2:
@@ -239,6 +249,7 @@ def lm_head_argmax(y: torch.Tensor, wte: torch.Tensor, out_ids: torch.Tensor, *,
     n_vocab = wte.shape[0]
     if n_rows == 0:
         return out_ids
+    precision = "tf32" if y.dtype == torch.bfloat16 else precision
     block_m, num_warps, precision = argmax_config(n_rows, precision, drawn is not None)
     row_blocks = triton.cdiv(n_rows, block_m)
     tiles = triton.cdiv(n_vocab, ARGMAX_BLOCK_V)
@@ -261,8 +272,8 @@ def lm_head_logits(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, *,
                    precision: str = "ieee", drawn: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Write the logits wte · y into ``out`` [V] float32; returns ``out``.
 
-    y [C] float32 (one ln_f-normalised row), wte [V, C] float32 (only its shape when
-    ``drawn`` is given, as ``lm_head_argmax``); contiguous, one device. ``precision`` is
+    y [C] (one ln_f-normalised row) and wte [V, C] (only its shape and dtype when ``drawn``
+    is given), both float32 or both bfloat16, as ``lm_head_argmax``; contiguous, one device. ``precision`` is
     checked like ``lm_head_argmax``'s, but both values give the same IEEE float32 FMAs.
     """
     if y.dim() != 1:
@@ -277,12 +288,12 @@ def lm_head_logits(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, *,
 
 
 def head_weight_reference(wte: torch.Tensor, drawn: tuple[int, int, int] | None) -> torch.Tensor:
-    """wte itself, or the redraw (key, stream, step) of its shape, float32 on its device."""
+    """wte itself, or the redraw (key, stream, step) of its shape and dtype on its device."""
     if drawn is None:
         return wte
     key, stream, step = drawn
     values = counter_normal_vector(key, stream, step, wte.numel(), device=wte.device)
-    return values.mul_(INIT_STD).view(wte.shape)
+    return values.mul_(INIT_STD).view(wte.shape).to(wte.dtype)
 
 
 def lm_head_argmax_reference(y: torch.Tensor, wte: torch.Tensor, *,

@@ -42,12 +42,12 @@ TIE_PARTNERS = (1028, ARGMAX_BLOCK_V + 1, ARGMAX_BLOCK_V + 26, ARGMAX_BLOCK_V + 
                 1025, 67)
 
 
-def partials_spec(width: int, config: tuple[int, int, str], drawn: bool) -> AotSpec:
+def partials_spec(width: int, config: tuple[int, int, str], drawn: bool, dtype: str = "fp32") -> AotSpec:
     block_m, num_warps, precision = config
     return AotSpec(
-        label=f"argmax_partials_kernel C={width} BLOCK_M={block_m} {precision}{' drawn' if drawn else ''}",
+        label=f"argmax_partials_kernel C={width} BLOCK_M={block_m} {precision}{' drawn' if drawn else ''} {dtype}",
         kernel="gpt2fast.kernels.lm_head:argmax_partials_kernel",
-        signature={"y_ptr": "*fp32", "wte_ptr": "*fp32", "best_ptr": "*fp32", "index_ptr": "*i32",
+        signature={"y_ptr": f"*{dtype}", "wte_ptr": f"*{dtype}", "best_ptr": "*fp32", "index_ptr": "*i32",
                    "n_rows": "i32", "n_vocab": "i32", "tiles_per_split": "i32",
                    "key": "u64", "stream": "u32", "step": "u64", "N_EMBD": "constexpr",
                    "DRAWN": "constexpr", "PRECISION": "constexpr", "BLOCK_M": "constexpr",
@@ -58,11 +58,11 @@ def partials_spec(width: int, config: tuple[int, int, str], drawn: bool) -> AotS
     )
 
 
-def logits_spec(width: int, drawn: bool) -> AotSpec:
+def logits_spec(width: int, drawn: bool, dtype: str = "fp32") -> AotSpec:
     return AotSpec(
-        label=f"logits_kernel C={width}{' drawn' if drawn else ''}",
+        label=f"logits_kernel C={width}{' drawn' if drawn else ''} {dtype}",
         kernel="gpt2fast.kernels.lm_head:logits_kernel",
-        signature={"y_ptr": "*fp32", "wte_ptr": "*fp32", "out_ptr": "*fp32", "n_vocab": "i32",
+        signature={"y_ptr": f"*{dtype}", "wte_ptr": f"*{dtype}", "out_ptr": "*fp32", "n_vocab": "i32",
                    "key": "u64", "stream": "u32", "step": "u64", "N_EMBD": "constexpr",
                    "DRAWN": "constexpr", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr"},
         constexprs={"N_EMBD": width, "DRAWN": drawn, "BLOCK_V": LOGITS_BLOCK_V, "BLOCK_K": LOGITS_BLOCK_K},
@@ -77,6 +77,9 @@ ARGMAX_CONFIGS = sorted({(argmax_config(rows, precision, drawn), drawn)
                          for rows in ARGMAX_WARPS for precision in PRECISIONS for drawn in (False, True)})
 AOT_SPECS = [
     *(partials_spec(1600, config, drawn) for config, drawn in ARGMAX_CONFIGS),
+    *(partials_spec(1600, config, drawn, "bf16") for config, drawn in ARGMAX_CONFIGS
+      if config[2] == "tf32" or drawn),
+    *(logits_spec(1600, drawn, "bf16") for drawn in (False, True)),
     *(partials_spec(768, config, drawn) for config, drawn in ARGMAX_CONFIGS if config[2] == "ieee"),
     *(logits_spec(width, drawn) for width in REAL_WIDTHS for drawn in (False, True)),
     AotSpec(
@@ -187,6 +190,39 @@ def test_drawn_head_is_the_weight_stream_redraw(device, seed, draw):
     torch.testing.assert_close(logits.cpu(), expected.cpu(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 27, 130])
+def test_bf16_argmax_is_the_exact_argmax_of_the_bf16_values(device, rows):
+    """Small integers are exact in bf16 and their dot products exact in float32: the
+    argmax, ties included, is the float32 one of the same values."""
+    generator = torch.Generator().manual_seed(rows)
+    y, wte = integer_valued(generator, rows, WIDTH), integer_valued(generator, 1031, WIDTH)
+    wte[1030] = wte[5]
+    expected = lm_head_argmax_reference(y, wte)
+    bf16 = {"dtype": torch.bfloat16, "device": device}
+    assert torch.equal(argmax_of(y.to(**bf16), wte.to(**bf16)), expected)
+
+
+def kernel_bf16(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 -> bf16 as a kernel's ``.to(tl.bfloat16)`` does: to nearest even on a GPU;
+    Triton's interpreter truncates (the low 16 bits dropped)."""
+    if device.type == "cuda":
+        return values.to(torch.bfloat16)
+    return (values.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def test_bf16_drawn_head_and_logits(device):
+    """Stored bf16 weights, and the redraw rounded to bf16 inside the kernel."""
+    vocab, seed, draw = 300, 5, 7
+    y = torch.randn(WIDTH, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    redraw = weight_stream.drawn_tensor(seed, draw, weight_stream.WTE_STREAM, (vocab, WIDTH), "cpu")
+    shape_only = torch.zeros((1, WIDTH), dtype=torch.bfloat16, device=device).expand(vocab, WIDTH)
+    for wte, drawn in ((redraw.to(torch.bfloat16), None), (kernel_bf16(redraw, device), drawn_args(seed, draw))):
+        out = torch.full((vocab,), float("nan"), device=device)
+        lm_head_logits(y.to(device), wte.to(device) if drawn is None else shape_only, out, drawn=drawn)
+        exact = lm_head_logits_reference(y.double(), wte.double())
+        torch.testing.assert_close(out.cpu().double(), exact, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("width", [WIDTH, 80])
 @pytest.mark.parametrize("vocab", VOCABS)
 def test_logits_match_reference(device, vocab, width):
@@ -217,6 +253,7 @@ def logits_arguments(device="cpu") -> dict:
 
 BAD_HEAD_ARGUMENTS = [
     ("wte", torch.empty(7, 64)),
+    ("wte", torch.empty(7, WIDTH, dtype=torch.bfloat16)),
     ("wte", torch.empty(0, WIDTH)),
     ("wte", torch.empty(7, WIDTH, dtype=torch.float64)),
     ("wte", torch.empty(WIDTH, 7).T),
