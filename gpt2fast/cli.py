@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto = cuda when available (default auto)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto = triton on CUDA (fp32/tf32), torch elsewhere (default auto)")
+                        help="auto = triton on CUDA, torch elsewhere (default auto)")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES,
                         help="arithmetic: fp32 (default, faithful), tf32 or bf16 (faster, opt-in)")
     return parser

@@ -46,7 +46,6 @@ BAD_INVOCATIONS = [
     ("temperature-nan", ["--temperature", "nan"], "--temperature"),
     ("seed-negative", ["--seed", "-1"], "--seed"),
     ("tf32-on-cpu", ["--dtype", "tf32", "--device", "cpu"], "tf32"),
-    ("triton-in-bf16", ["--backend", "triton", "--dtype", "bf16"], "--backend triton"),
     ("unknown-backend", ["--backend", "jax"], "--backend"),
     ("output-too-big-for-disk", ["--weights", "TINY", "--size", "100000000000", "--prompt", "a"], "refusing"),
 ]

@@ -220,3 +220,12 @@ def test_triton_backend_from_the_command_line(tiny_checkpoint):
     assert json.loads(open("tri.json").read())["backend"] == "triton"
     assert json.loads(open("tor.json").read())["backend"] == "torch"
     np.testing.assert_allclose(np.load("tri.npy"), np.load("tor.npy"), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_backend_in_bf16_from_the_command_line(tiny_checkpoint):
+    common = ["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b c d e", "--dtype", "bf16"]
+    assert main(common + ["--backend", "triton", "--savefile", "tri"]) == 0
+    assert main(common + ["--backend", "torch", "--savefile", "tor"]) == 0
+    meta = json.loads(open("tri.json").read())
+    assert (meta["backend"], meta["dtype"]) == ("triton", "bf16")
+    np.testing.assert_allclose(np.load("tri.npy"), np.load("tor.npy"), rtol=0, atol=2e-2)

@@ -62,7 +62,7 @@ def apply_block(
     noff: bool,
     precision: str,
 ) -> None:
-    """One block on rows x [M, C] float32, in place. attend(qkv [M, 3C], out [M, C]) is the
+    """One block on rows x [M, C] (float32 or bfloat16), in place. attend(qkv [M, 3C], out [M, C]) is the
     attention; qkv, attended [M, C] and hidden [M, 4C] are scratch buffers."""
 
     def stored(weight: torch.Tensor, bias: torch.Tensor, name: str) -> tuple:
@@ -81,13 +81,16 @@ def apply_block(
                     precision=precision, drawn=drawn["mlp.c_proj"])
 
 
-def check_float32(stream: WeightStream) -> None:
-    if stream.wte.dtype != torch.float32:
-        raise ValueError("the Triton backend computes in float32 (fp32 or tf32)")
+def check_dtype(stream: WeightStream) -> torch.dtype:
+    """The dtype of the stream's weights, which the Triton backend's activations share."""
+    if stream.wte.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the Triton backend runs float32 or bfloat16 weights, not {stream.wte.dtype}")
+    return stream.wte.dtype
 
 
 class TritonEngine:
-    """All prompts' hidden states x [P, T, C] float32 and the kernels that move them.
+    """All prompts' hidden states x [P, T, C] (the weights' dtype, float32 or bfloat16) and
+    the kernels that move them.
 
     Same interface as ``TorchEngine``; ``precision`` is ``"ieee"`` (faithful fp32) or
     ``"tf32"``.
@@ -97,7 +100,7 @@ class TritonEngine:
 
     def __init__(self, stream: WeightStream, token_lists: list[list[int]], noff: bool,
                  precision: str = "ieee"):
-        check_float32(stream)
+        dtype = check_dtype(stream)
         self.stream = stream
         self.noff = noff
         self.precision = precision
@@ -107,11 +110,11 @@ class TritonEngine:
         self.n_prompts, self.length = self.tokens.shape
         rows = self.tokens.numel()
         device = stream.wte.device
-        self.x = torch.empty(self.n_prompts, self.length, width, device=device)
+        self.x = torch.empty(self.n_prompts, self.length, width, dtype=dtype, device=device)
         embed(self.tokens, stream.wte, stream.wpe, self.x)
-        self.qkv = torch.empty(rows, 3 * width, device=device)
-        self.attended = torch.empty(rows, width, device=device)
-        self.hidden = torch.empty(rows, 4 * width, device=device)
+        self.qkv = torch.empty(rows, 3 * width, dtype=dtype, device=device)
+        self.attended = torch.empty(rows, width, dtype=dtype, device=device)
+        self.hidden = torch.empty(rows, 4 * width, dtype=dtype, device=device)
         self.key = mix_key(stream.seed, DRAW_DOMAIN)
 
     def _attend(self, qkv: torch.Tensor, out: torch.Tensor) -> None:
@@ -165,7 +168,7 @@ class TritonGeneration:
     single-query ``decode_attention`` over the cache."""
 
     def __init__(self, stream: WeightStream, noff: bool, iterations: int, precision: str = "ieee"):
-        check_float32(stream)
+        self.dtype = check_dtype(stream)
         self.stream = stream
         self.noff = noff
         self.precision = precision
@@ -175,11 +178,12 @@ class TritonGeneration:
     def start(self, capacity: int) -> None:
         cfg, device = self.stream.cfg, self.stream.wte.device
         shape = (self.steps, cfg.n_head, capacity, cfg.head_dim)
-        self.cache_k = torch.empty(shape, device=device)
-        self.cache_v = torch.empty(shape, device=device)
-        self.qkv = torch.empty(capacity, 3 * cfg.n_embd, device=device)
-        self.attended = torch.empty(capacity, cfg.n_embd, device=device)
-        self.hidden = torch.empty(capacity, 4 * cfg.n_embd, device=device)
+        like = {"dtype": self.dtype, "device": device}
+        self.cache_k = torch.empty(shape, **like)
+        self.cache_v = torch.empty(shape, **like)
+        self.qkv = torch.empty(capacity, 3 * cfg.n_embd, **like)
+        self.attended = torch.empty(capacity, cfg.n_embd, **like)
+        self.hidden = torch.empty(capacity, 4 * cfg.n_embd, **like)
 
     def _attend(self, step: int, start: int, qkv: torch.Tensor, out: torch.Tensor) -> None:
         """Attention of rows qkv [n, 3C] at positions start.. of step ``step``: store their
@@ -207,7 +211,7 @@ class TritonGeneration:
         if start != 0 and rows != 1:
             raise ValueError("advance takes the whole prompt at start 0 or one token after it")
         device = stream.wte.device
-        x = torch.empty(1, rows, cfg.n_embd, device=device)
+        x = torch.empty(1, rows, cfg.n_embd, dtype=self.dtype, device=device)
         embed(torch.tensor([ids], dtype=torch.int64, device=device), stream.wte, stream.wpe, x, start=start)
         for step in range(self.steps):
             p, drawn = step_weights(stream, self.key, step)
