@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +37,24 @@ _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 class AotSpec:
     """One kernel configuration to compile: ``kernel`` as ``"module:function"``;
     ``signature`` maps every parameter to a Triton type ("*fp32", "i64", "constexpr", ...);
-    ``constexprs`` holds the constexpr values; ``options`` compile options (num_warps...)."""
+    ``constexprs`` holds the constexpr values; ``options`` compile options (num_warps...).
+    ``aligned``: every pointer argument is 16-byte aligned (``tt.divisibility`` 16), as the
+    JIT specialises a launch on tensors from PyTorch's allocator; otherwise no alignment is
+    assumed (a launch on an offset view, e.g. one layer's slice of a staging slot)."""
 
     label: str
     kernel: str
     signature: dict
     constexprs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    aligned: bool = False
+
+    def pointer_attrs(self, arg_names: list[str]) -> dict:
+        """ASTSource attrs marking the pointer arguments 16-byte aligned (empty unless aligned)."""
+        if not self.aligned:
+            return {}
+        return {(arg_names.index(name),): [["tt.divisibility", 16]]
+                for name, kind in self.signature.items() if kind.startswith("*")}
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,8 @@ def compile_for(spec: AotSpec, capability: int) -> AotResult:
 
     module, name = spec.kernel.split(":")
     kernel = getattr(importlib.import_module(module), name)
-    source = ASTSource(fn=kernel, signature=spec.signature, constexprs=spec.constexprs)
+    source = ASTSource(fn=kernel, signature=spec.signature, constexprs=spec.constexprs,
+                       attrs=spec.pointer_attrs(kernel.arg_names))
     log = io.StringIO()
     with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         knobs.compilation.always_compile = True
@@ -108,9 +120,12 @@ def compile_in_child(specs: list[AotSpec]) -> list[AotResult]:
 
 
 def check_compiles(specs: list[AotSpec], workers: int = 1) -> list[AotResult]:
-    """Compile ``specs`` for every capability (split over ``workers`` children), print one
-    line per result, and assert each gives an ELF cubin, a register count within the
+    """Compile ``specs`` for every capability (split over ``workers`` children), each both
+    without and with 16-byte-aligned pointers (the two builds a GPU launch can get), print
+    one line per result, and assert each gives an ELF cubin, a register count within the
     hardware's 255, and no register spills."""
+    specs = [variant for spec in specs
+             for variant in (spec, replace(spec, label=spec.label + " aligned", aligned=True))]
     shares = [list(specs[start::workers]) for start in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
         results = [result for share in pool.map(compile_in_child, shares) for result in share]
