@@ -6,6 +6,7 @@
 #   gpu-tests the GPU-only tests, then the Triton backend, driver and kernel tests on CUDA
 #   profile   bench/gpu_profile.py: graph replay vs floor, kernels by device time
 #   kernels   bench/test_kernels.py: achieved GB/s of each GEMM and the LM head
+#   sweep     bench/linear_sweep.py: the fused GEMM's tile configurations vs cuBLAS (minutes)
 #   main      the README's main job, gpt2-xl, N = 2000, each backend (random weights)
 #   bench     the consensus/generation benchmarks (BENCH_N iterations, default 200)
 # Usage (device machine, repository root): STAGES="install gpu-tests" bash bench/gpu_session.sh
@@ -48,6 +49,7 @@ for name in $STAGES; do
     profile) TAIL=60 stage profile 90 python3 bench/gpu_profile.py gpt2-xl ;;
     kernels) TAIL=30 stage kernels 50 $PYTEST bench/test_kernels.py --benchmark-only -s \
         --benchmark-columns=mean,rounds ;;
+    sweep) TAIL=50 stage sweep 420 python3 bench/linear_sweep.py --top 6 ;;
     main) stage main-triton 120 bash -c 'main_job triton gpt2-xl'
         stage main-torch 90 bash -c 'main_job torch gpt2-xl' ;;
     bench) TAIL=30 stage bench 240 env GPT2FAST_BENCH_ITERATIONS="${BENCH_N:-200}" GPT2FAST_BENCH_MAX_LENGTH=30 \
