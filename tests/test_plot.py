@@ -112,6 +112,10 @@ def test_cli_writes_png_pdf_and_svg_of_a_real_run(tiny_checkpoint, tmp_path):
     assert main(["plot", "E.npy", "-o", "f.svg"]) == 0 and b"<svg" in (tmp_path / "f.svg").read_bytes()[:500]
     figure = consensus_figure(gpt2fast.load_result("E", "m"), steps=[5])
     assert np.array_equal(images(figure)[0].get_array(), result.err2[0, :3, :3, 5])
+    curves = figure.axes[1].get_lines()[:2]
+    for p, line in enumerate(curves):
+        assert np.array_equal(line.get_ydata(), result.err[p, :, 1])
+    assert [line.get_label() for line in curves] == ["1: one two three", "2: four"]
 
 
 @pytest.mark.parametrize("arguments, word", [
