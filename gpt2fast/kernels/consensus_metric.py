@@ -1,4 +1,4 @@
-"""The consensus metric after a block, for all prompts at once, in three launches.
+"""The consensus metric after a block, for all prompts at once, in three or four launches.
 
 With y = ln_f(x) (LayerNorm, eps 1e-5, affine w, b [C]) and unit rows ŷ_t = y_t / ||y_t||,
 per prompt p of T_p tokens (right-padded to a common T, 1 <= T_p <= T):
@@ -11,10 +11,14 @@ and G is NaN outside the T_p × T_p block of its [T, T] slot. The pipeline:
 
 1. ``unit_rows_kernel``, grid (T, P): one row per program, LayerNorm then ŷ_t into a float32
    scratch [P, T, C] (padded rows t >= T_p are neither read nor written);
-2. ``gram_tiles_kernel``, grid (T / BT, T / BT, P): one BT × BT tile of G per program, a K
-   loop of ``tl.dot`` over C; writes the tile (NaN outside the block) and two partial sums
-   per tile (|G[0, t]| over the tile's part of row 0, and all valid entries of the tile) to
-   a float32 scratch [P, tiles, 2]; tiles wholly outside the block skip the K loop;
+2. ``gram_tiles_kernel``, grid (T / BT, T / BT, P·S): one BT × BT tile of G per program, a
+   K loop of ``tl.dot`` over its slice of C; writes the tile (NaN outside the block) and two
+   partial sums per tile (|G[0, t]| over the tile's part of row 0, and all valid entries of
+   the tile) to a float32 scratch [P, tiles, 2]; tiles wholly outside the block skip the K
+   loop. With S > 1 slices (``gram_splits``: small T, where a few programs would each walk
+   all of C one dependent step at a time) each program stores its slice's partial tile to
+   a scratch [P, S, T', T'] instead, and ``gram_combine_kernel``, grid (T / BT, T / BT, P),
+   sums the S partials in slice order before the same epilogue;
 3. ``finalize_kernel``, grid (P,): sums each prompt's partials in a fixed order and divides.
 
 No atomics anywhere, so the result is bitwise deterministic; nothing reads lengths on the
@@ -47,7 +51,11 @@ from ..metrics import consensus_metrics
 from ..model import LAYERNORM_EPS
 
 MAX_C = 2048
-FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
+FINALIZE_BLOCK = 256
+COMBINE_WARPS = 4
+TARGET_GRAM_PROGRAMS = 128  # split C until the Gram launch has about this many programs
+MIN_SLICE = 128  # ... with slices of C at least this wide
+MAX_SPLIT_BT = 32  # only tiles up to this size split (the split 64 x 64 build spills on sm_80)  # partial sums per finalize step: all tiles of T = 1024 in one step
 PRECISIONS = ("ieee", "tf32")
 
 
@@ -75,6 +83,19 @@ def gram_block(length: int) -> GramConfig:
     if length <= 256:
         return GRAM_CONFIGS[1]
     return GRAM_CONFIGS[2]
+
+
+def gram_splits(n_prompts: int, n_blocks: int, width: int, config: GramConfig) -> tuple[int, int]:
+    """(S, k_per_slice): slices of C, each a multiple of BK and at least MIN_SLICE wide,
+    until the Gram launch has about TARGET_GRAM_PROGRAMS programs (one slice for tiles
+    larger than MAX_SPLIT_BT)."""
+    block_k = config.block_k
+    if config.block_t > MAX_SPLIT_BT:
+        return 1, triton.cdiv(width, block_k) * block_k
+    programs = n_prompts * n_blocks * n_blocks
+    wanted = max(1, min(triton.cdiv(TARGET_GRAM_PROGRAMS, programs), width // MIN_SLICE))
+    k_per_slice = triton.cdiv(triton.cdiv(width, wanted), block_k) * block_k
+    return triton.cdiv(width, k_per_slice), k_per_slice
 
 
 def unit_rows_warps(block_c: int) -> int:
@@ -107,21 +128,43 @@ def unit_rows_kernel(x_ptr, w_ptr, b_ptr, lengths_ptr, unit_ptr, T, C, eps, BLOC
 
 
 @triton.jit
-def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, T, C,
+def finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs, stride_gt,
+                     WRITE_GRAM: tl.constexpr):
+    """Store the finished tile acc = G[s, t] (NaN outside the prompt's block) and its two sums."""
+    s_valid = s < length
+    t_valid = t < length
+    pair = s_valid[:, None] & t_valid[None, :]
+    if WRITE_GRAM:
+        in_slot = (s < T)[:, None] & (t < T)[None, :]
+        out = gram_ptr + p.to(tl.int64) * stride_gp + s[:, None] * stride_gs + t[None, :] * stride_gt
+        tl.store(out, tl.where(pair, acc, float("nan")), mask=in_slot)
+    first_row = tl.sum(tl.sum(tl.where(pair & (s == 0)[:, None], tl.abs(acc), 0.0), axis=1), axis=0)
+    whole = tl.sum(tl.sum(tl.where(pair, acc, 0.0), axis=1), axis=0)
+    tl.store(partial_ptr + 2 * tile, first_row)
+    tl.store(partial_ptr + 2 * tile + 1, whole)
+
+
+@triton.jit
+def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, T, C, k_per_slice,
                       stride_gp, stride_gs, stride_gt,
-                      WRITE_GRAM: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      WRITE_GRAM: tl.constexpr, SPLIT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       PRECISION: tl.constexpr):
-    """Tile (s-block, t-block) of G = Ŷ Ŷᵀ for prompt p, plus its two partial sums.
+    """Tile (s-block, t-block) of G = Ŷ Ŷᵀ for prompt p over one slice of C.
 
     unit: *fp32 [P, T, C] contiguous (rows t < lengths[p] hold ŷ_t); lengths: *i64 [P];
-    gram: *fp32 [P, T, T] with strides (stride_gp, stride_gs, stride_gt), written only when
-    WRITE_GRAM; partial: *fp32 [P, tiles, 2] contiguous, tile = s_block · n_blocks + t_block:
-    [.., 0] = Σ |G[0, t]| over the tile's valid part of row 0, [.., 1] = Σ of its valid entries.
+    program_id(2) = p·S + slice, columns slice·k_per_slice .. + k_per_slice.
+    Without SPLIT (S = 1): the finished tile goes to gram: *fp32 [P, T, T] with strides
+    (stride_gp, stride_gs, stride_gt), written only when WRITE_GRAM, and its sums to
+    partial: *fp32 [P, tiles, 2], tile = s_block · n_blocks + t_block: [.., 0] = Σ |G[0, t]|
+    over the tile's valid part of row 0, [.., 1] = Σ of its valid entries. With SPLIT the
+    raw slice tile goes to slices: *fp32 [P, S, n_blocks·BT, n_blocks·BT] instead.
     """
     t_block = tl.program_id(0)
     s_block = tl.program_id(1)
-    p = tl.program_id(2)
     n_blocks = tl.num_programs(0)
+    n_slices = tl.cdiv(C, k_per_slice)
+    p = tl.program_id(2) // n_slices
+    piece = tl.program_id(2) % n_slices
     length = tl.load(lengths_ptr + p).to(tl.int32)
     s = s_block * BT + tl.arange(0, BT)
     t = t_block * BT + tl.arange(0, BT)
@@ -130,25 +173,46 @@ def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, T, C,
     prompt = unit_ptr + p.to(tl.int64) * T * C
     k = tl.arange(0, BK)
     live = (s_block * BT < length) & (t_block * BT < length)
-    k_end = tl.where(live, C, 0)
+    k_start = piece * k_per_slice
+    k_end = tl.where(live, tl.minimum(k_start + k_per_slice, C), k_start)
     acc = tl.zeros((BT, BT), dtype=tl.float32)
-    for k0 in range(0, k_end, BK):
-        in_k = k0 + k < C
+    for k0 in range(k_start, k_end, BK):
+        in_k = k0 + k < k_end
         a = tl.load(prompt + s[:, None] * C + (k0 + k)[None, :],
                     mask=s_valid[:, None] & in_k[None, :], other=0.0)
         b = tl.load(prompt + t[None, :] * C + (k0 + k)[:, None],
                     mask=t_valid[None, :] & in_k[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    pair = s_valid[:, None] & t_valid[None, :]
-    if WRITE_GRAM:
-        in_slot = (s < T)[:, None] & (t < T)[None, :]
-        out = gram_ptr + p.to(tl.int64) * stride_gp + s[:, None] * stride_gs + t[None, :] * stride_gt
-        tl.store(out, tl.where(pair, acc, float("nan")), mask=in_slot)
-    first_row = tl.sum(tl.sum(tl.where(pair & (s == 0)[:, None], tl.abs(acc), 0.0), axis=1), axis=0)
-    whole = tl.sum(tl.sum(tl.where(pair, acc, 0.0), axis=1), axis=0)
+    if SPLIT:
+        side = n_blocks * BT
+        base = slices_ptr + (p.to(tl.int64) * n_slices + piece) * side * side
+        tl.store(base + s[:, None] * side + t[None, :], acc)
+    else:
+        tile = (p.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
+        finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs,
+                         stride_gt, WRITE_GRAM)
+
+
+@triton.jit
+def gram_combine_kernel(slices_ptr, lengths_ptr, gram_ptr, partial_ptr, T, n_slices,
+                        stride_gp, stride_gs, stride_gt, WRITE_GRAM: tl.constexpr, BT: tl.constexpr):
+    """Tile (s-block, t-block) of prompt p: Σ over the slices of C in order, then the epilogue
+    of ``gram_tiles_kernel``. slices: *fp32 [P, n_slices, n_blocks·BT, n_blocks·BT]."""
+    t_block = tl.program_id(0)
+    s_block = tl.program_id(1)
+    p = tl.program_id(2)
+    n_blocks = tl.num_programs(0)
+    side = n_blocks * BT
+    s = s_block * BT + tl.arange(0, BT)
+    t = t_block * BT + tl.arange(0, BT)
+    base = slices_ptr + p.to(tl.int64) * n_slices * side * side + s[:, None] * side + t[None, :]
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for piece in range(0, n_slices):
+        acc += tl.load(base + piece * side * side)
+    length = tl.load(lengths_ptr + p).to(tl.int32)
     tile = (p.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
-    tl.store(partial_ptr + 2 * tile, first_row)
-    tl.store(partial_ptr + 2 * tile + 1, whole)
+    finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs, stride_gt,
+                     WRITE_GRAM)
 
 
 @triton.jit
@@ -214,7 +278,8 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
     [P, T, T] float32, any strides (e.g. ``gram_slot[row][:, layer]``), NaN outside each
     prompt's block. ``precision`` is the ``tl.dot`` input precision: "ieee" (exact fp32,
     default) or "tf32" (tensor cores, ~3e-4 relative error in G). Allocates two float32
-    scratch buffers, [P, T, C] and [P, tiles, 2], with ``torch.empty``.
+    scratch buffers, [P, T, C] and [P, tiles, 2], and at small T the slices of G
+    [P, S, T', T'], with ``torch.empty``.
     """
     _check(x, ln_f_w, ln_f_b, lengths, err_out, gram_out, precision)
     n_prompts, length, width = x.shape
@@ -226,13 +291,20 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
                                           BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
     config = gram_block(length)
     n_blocks = triton.cdiv(length, config.block_t)
+    splits, k_per_slice = gram_splits(n_prompts, n_blocks, width, config)
     partial = torch.empty(n_prompts, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
+    side = n_blocks * config.block_t
+    slices = partial if splits == 1 else torch.empty(n_prompts, splits, side, side, device=x.device)
     gram = partial if gram_out is None else gram_out
     gram_strides = (0, 0, 0) if gram_out is None else gram_out.stride()
-    gram_tiles_kernel[(n_blocks, n_blocks, n_prompts)](
-        unit, lengths, gram, partial, length, width, *gram_strides,
-        WRITE_GRAM=gram_out is not None, BT=config.block_t, BK=config.block_k, PRECISION=precision,
-        num_warps=config.num_warps)
+    gram_tiles_kernel[(n_blocks, n_blocks, n_prompts * splits)](
+        unit, lengths, gram, partial, slices, length, width, k_per_slice, *gram_strides,
+        WRITE_GRAM=gram_out is not None, SPLIT=splits > 1, BT=config.block_t, BK=config.block_k,
+        PRECISION=precision, num_warps=config.num_warps)
+    if splits > 1:
+        gram_combine_kernel[(n_blocks, n_blocks, n_prompts)](
+            slices, lengths, gram, partial, length, splits, *gram_strides,
+            WRITE_GRAM=gram_out is not None, BT=config.block_t, num_warps=COMBINE_WARPS)
     finalize_kernel[(n_prompts,)](partial, lengths, err_out, n_blocks * n_blocks, *err_out.stride(),
                                   BLOCK=FINALIZE_BLOCK, num_warps=4)
 

@@ -12,12 +12,16 @@ import pytest
 import torch
 
 from aot import AotSpec, check_compiles
+from gpt2fast.kernels import consensus_metric as metric_module
 from gpt2fast.kernels.consensus_metric import (
+    COMBINE_WARPS,
     FINALIZE_BLOCK,
     GRAM_CONFIGS,
+    MAX_SPLIT_BT,
     consensus_metric,
     consensus_metric_reference,
     gram_block,
+    gram_splits,
     unit_rows_warps,
 )
 
@@ -38,17 +42,30 @@ def _unit_rows_spec(label: str, dtype: str, block_c: int) -> AotSpec:
     )
 
 
-def _gram_spec(config, precision: str, write_gram: bool) -> AotSpec:
+def _gram_spec(config, precision: str, write_gram: bool, split: bool) -> AotSpec:
     return AotSpec(
         label=f"gram_tiles_kernel BT={config.block_t} BK={config.block_k} {precision}"
-              f"{'' if write_gram else ' no-gram'}",
+              f"{'' if write_gram else ' no-gram'}{' split' if split else ''}",
         kernel="gpt2fast.kernels.consensus_metric:gram_tiles_kernel",
         signature={"unit_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
-                   "T": "i32", "C": "i32", "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32",
-                   "WRITE_GRAM": "constexpr", "BT": "constexpr", "BK": "constexpr", "PRECISION": "constexpr"},
-        constexprs={"WRITE_GRAM": write_gram, "BT": config.block_t, "BK": config.block_k,
+                   "slices_ptr": "*fp32", "T": "i32", "C": "i32", "k_per_slice": "i32",
+                   "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32", "WRITE_GRAM": "constexpr",
+                   "SPLIT": "constexpr", "BT": "constexpr", "BK": "constexpr", "PRECISION": "constexpr"},
+        constexprs={"WRITE_GRAM": write_gram, "SPLIT": split, "BT": config.block_t, "BK": config.block_k,
                     "PRECISION": precision},
         options={"num_warps": config.num_warps},
+    )
+
+
+def _combine_spec(config, write_gram: bool) -> AotSpec:
+    return AotSpec(
+        label=f"gram_combine_kernel BT={config.block_t}{'' if write_gram else ' no-gram'}",
+        kernel="gpt2fast.kernels.consensus_metric:gram_combine_kernel",
+        signature={"slices_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
+                   "T": "i32", "n_slices": "i32", "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32",
+                   "WRITE_GRAM": "constexpr", "BT": "constexpr"},
+        constexprs={"WRITE_GRAM": write_gram, "BT": config.block_t},
+        options={"num_warps": COMBINE_WARPS},
     )
 
 
@@ -59,8 +76,11 @@ AOT_SPECS = [
     _unit_rows_spec("C=1280/1600", "fp32", 2048),
     _unit_rows_spec("C=768/1024 bf16", "bf16", 1024),
     _unit_rows_spec("C=1280/1600 bf16", "bf16", 2048),
-    *[_gram_spec(config, precision, write_gram) for config in GRAM_CONFIGS
-      for precision in ("ieee", "tf32") for write_gram in (True, False)],
+    *[_gram_spec(config, precision, write_gram, split) for config in GRAM_CONFIGS
+      for precision in ("ieee", "tf32") for write_gram in (True, False)
+      for split in ((False, True) if config.block_t <= MAX_SPLIT_BT else (False,))],
+    *[_combine_spec(config, write_gram) for config in GRAM_CONFIGS if config.block_t <= MAX_SPLIT_BT
+      for write_gram in (True, False)],
     AotSpec(
         label="finalize_kernel",
         kernel="gpt2fast.kernels.consensus_metric:finalize_kernel",
@@ -166,6 +186,28 @@ def test_repeated_runs_are_bitwise_identical(device):
     first, second = (_run(consensus_metric, x, w, b, lengths, True) for _ in range(2))
     assert torch.equal(first[0].nan_to_num(), second[0].nan_to_num())
     assert torch.equal(first[1].nan_to_num(), second[1].nan_to_num())
+
+
+@pytest.mark.parametrize("length", (1, 27, 70))
+@pytest.mark.parametrize("with_gram", (True, False))
+def test_split_gram_matches_reference(device, monkeypatch, length, with_gram):
+    """Slices of C summed by gram_combine_kernel (the real widths split at small T; here
+    the slices are narrowed so the tests' widths split too, with a ragged last slice)."""
+    monkeypatch.setattr(metric_module, "MIN_SLICE", 32)
+    lengths = [length, max(1, length // 3)]
+    config = gram_block(length)
+    assert gram_splits(len(lengths), -(-length // config.block_t), 200, config)[0] > 1
+    _check_against_reference(*_inputs(device, lengths, 200, seed=length), with_gram=with_gram)
+
+
+def test_gram_splits_cover_the_width_in_aligned_slices():
+    small, large = gram_block(27), gram_block(1024)
+    for n_prompts, n_blocks, width in ((1, 2, 1600), (1, 2, 768), (8, 3, 1600), (1, 8, 1600), (2, 1, 128)):
+        splits, k_per_slice = gram_splits(n_prompts, n_blocks, width, small)
+        assert k_per_slice % small.block_k == 0 and (splits - 1) * k_per_slice < width <= splits * k_per_slice
+        assert splits == 1 or k_per_slice >= 128
+    assert gram_splits(1, 2, 1600, small)[0] > 1 and gram_splits(1, 12, 1600, small)[0] == 1
+    assert gram_splits(1, 5, 1600, large)[0] == 1
 
 
 def test_gram_tiles_grow_with_length():
