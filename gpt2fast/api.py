@@ -15,13 +15,15 @@ NaN in the steps it did not reach and ``metadata["status"] == "interrupted"``.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -70,41 +72,53 @@ def parameter(name: str) -> str:
     return name
 
 
-def check_values(*, size: int, seed: int, top_k: int = 1, temperature: float = 1.0,
-                 max_length: int | None = None, label: Label = parameter) -> None:
+def whole(value, name: str, label: Label = parameter) -> int:
+    """``value`` as an int (any integer type, not a float or a string), else InputError."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{label(name)} must be an integer, got {value!r}") from None
+
+
+def check_values(*, size, seed, top_k=1, temperature: float = 1.0, max_length=None,
+                 label: Label = parameter) -> None:
     """Raise InputError for a value no run can use; ``label`` names the argument."""
+    size, seed, top_k = whole(size, "size", label), whole(seed, "seed", label), whole(top_k, "top_k", label)
     if size < 1:
         raise InputError(f"{label('size')} must be at least 1, got {size}")
     if seed < 0:
         raise InputError(f"{label('seed')} must be non-negative, got {seed}")
     if not 1 <= top_k <= VOCAB_SIZE:
         raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
-    if not (math.isfinite(temperature) and temperature > 0):
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
-    if max_length is not None and not 1 <= max_length <= CONTEXT:
-        raise InputError(f"{label('use_model')} length must be in [1, {CONTEXT}] (the context), got {max_length}")
+    if max_length is not None and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
+        raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
 
 
-def check_decode(iterations: Sequence[int], size: int, label: Label = parameter) -> tuple[int, ...]:
-    """Decode iterations in [0, size), duplicates dropped, sorted."""
-    for value in iterations:
+def check_decode(iterations, size: int, label: Label = parameter) -> tuple[int, ...]:
+    """Decode iterations (integers in [0, size)), duplicates dropped, sorted."""
+    if isinstance(iterations, (str, bytes)) or not isinstance(iterations, Iterable):
+        raise InputError(f"{label('decode')} must be a list of iterations, got {iterations!r}")
+    chosen = [whole(value, "decode", label) for value in iterations]
+    for value in chosen:
         if not 0 <= value < size:
             raise InputError(f"{label('decode')}: iteration {value} is outside [0, {size}) for size {size}")
-    return tuple(sorted(set(iterations)))
+    return tuple(sorted(set(chosen)))
 
 
-def resolve_device(name: str, dtype: str) -> torch.device:
+def resolve_device(name: str, dtype: str, label: Label = parameter) -> torch.device:
     """``auto`` -> cuda when available, else cpu; refuse cuda or tf32 without a GPU."""
     if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"{label('dtype')} must be one of {', '.join(DTYPES)}, got {dtype!r}")
     has_cuda = torch.cuda.is_available()
     if name not in ("auto", "cpu", "cuda"):
-        raise InputError(f"device must be auto, cpu or cuda, got {name!r}")
+        raise InputError(f"{label('device')} must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not has_cuda:
-        raise InputError("--device cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+        raise InputError(f"{label('device')} cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
     device = torch.device("cuda" if name == "cuda" or (name == "auto" and has_cuda) else "cpu")
     if dtype == "tf32" and device.type != "cuda":
-        raise InputError("--dtype tf32 needs a CUDA GPU (TF32 is a tensor-core mode)")
+        raise InputError(f"{label('dtype')} tf32 needs a CUDA GPU (TF32 is a tensor-core mode)")
     return device
 
 
@@ -141,22 +155,34 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def is_integer(value) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[int]]]:
-    """Texts and token ids of ``prompts`` (a string, strings, or token-id lists; None: the
-    default prompt); refuse empty prompts and prompts longer than ``limit`` tokens."""
+    """Texts and token ids of ``prompts`` (a string, strings, token-id lists, or one list of
+    token ids; None: the default prompt); refuse empty prompts and prompts longer than
+    ``limit`` tokens."""
     encoding = gpt2_encoding()
     if prompts is None:
         prompts = [DEFAULT_PROMPT]
-    elif isinstance(prompts, str):
+    elif isinstance(prompts, str) or (isinstance(prompts, Sequence) and len(prompts) > 0
+                                      and all(is_integer(item) for item in prompts)):
         prompts = [prompts]
-    if len(prompts) == 0:
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise InputError("no prompts were given")
     texts, token_lists = [], []
     for number, prompt in enumerate(prompts, start=1):
         if isinstance(prompt, str):
             tokens = encoding.encode(prompt, disallowed_special=())
         else:
-            tokens = [int(token) for token in prompt]
+            if not isinstance(prompt, Sequence) or not all(is_integer(token) for token in prompt):
+                raise InputError(f"prompt {number} must be a string or a list of token ids, got {prompt!r}")
+            tokens = [operator.index(token) for token in prompt]
             if any(not 0 <= token < VOCAB_SIZE for token in tokens):
                 raise InputError(f"prompt {number} has token ids outside [0, {VOCAB_SIZE})")
             prompt = encoding.decode(tokens)
@@ -188,17 +214,22 @@ def consensus(
     dtype: str = "fp32",
     progress: bool = True,
     on_decode: Callable[[int, int, list[int]], None] | None = None,
+    second_signal_exits: bool = False,
 ) -> ConsensusResult:
     """Run every prompt through ``size`` iterations of the block stack (one batch).
 
-    prompts: a string, a list of strings or of token-id lists (None: the default prompt).
-    weights: a checkpoint path, ``"random"``, a ``Weights``, or None (Hugging Face cache,
-    download, else seeded random weights with a warning on stderr).
+    prompts: a string, a list of strings or of token-id lists, or one token-id list (None:
+    the default prompt). weights: a checkpoint path, ``"random"``, a ``Weights``, or None
+    (Hugging Face cache, download, else seeded random weights with a warning on stderr).
     matrix: also record the T×T matrices (err2); implied by ``matrixerror``.
     savefile / matrixerror: write err / err2 there (``.npy`` added, metadata JSON beside)
-    and return them memory-mapped; without them the arrays are returned in memory.
+    and return them memory-mapped; without them the arrays are returned in memory (err2
+    only if it fits in half the free memory: else pass ``matrixerror``).
     decode: iterations after which the argmax decoding is taken; on_decode(iteration,
     prompt_index, token_ids) sees each one as it happens (also in ``metadata["decoded"]``).
+    Ctrl-C stops the run at the next iteration (the result holds NaN after it); a second
+    one raises KeyboardInterrupt, or, with ``second_signal_exits`` (the CLI), ends the
+    process.
     """
     check_values(size=size, seed=seed)
     decode = check_decode(decode, size)
@@ -213,36 +244,46 @@ def consensus(
             check_writable(path, label)
     loaded, model_name = load_weights(weights, model, seed)
     texts, token_lists = prompt_tokens(prompts, loaded.config.n_positions)
+    n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), loaded.config.n_layer * size
+    gram_bytes = npy_bytes((n_prompts, length, length, steps))
+    if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
+        raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
+                         f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
     flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                            seed=seed, decode_iterations=decode)
-    with tempfile.TemporaryDirectory(prefix="gpt2fast-") as scratch:
-        err_file = err_path or Path(scratch) / "Eplot.npy"
-        gram_file = gram_path or (Path(scratch) / "m.npy" if matrix else None)
-        check_space(err_file, gram_file, len(token_lists), max(map(len, token_lists)),
-                    loaded.config.n_layer * size)
-        _, status = run_consensus(
+    with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
+        scratch = Path(folder)
+        err_file = err_path or scratch / "Eplot.npy"
+        gram_file = gram_path or (scratch / "m.npy" if matrix else None)
+        check_space(err_file, gram_file, n_prompts, length, steps,
+                    "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)")
+        meta, status = run_consensus(
             loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
             err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
-            show_progress=progress,
+            show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
+            second_signal_exits=second_signal_exits,
         )
-        result = load_result(err_file, gram_file)
-        if err_path is None:
-            result = result.in_memory("err")
-        if gram_path is None and gram_file is not None:
-            result = result.in_memory("err2")
-    result.exit_status = status
-    return result
+        err = read_array(err_file, keep_mapped=err_path is not None)
+        err2 = None if gram_file is None else read_array(gram_file, keep_mapped=gram_path is not None)
+    return ConsensusResult(err=err, err2=err2, metadata=meta, exit_status=status)
 
 
-def check_space(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int) -> None:
-    """Refuse to start when the files would not fit on their disks."""
+def read_array(path: Path, keep_mapped: bool) -> np.ndarray:
+    """The array a run wrote: memory-mapped read-only where the file stays, else in memory."""
+    mapped = np.load(path, mmap_mode="r")
+    return mapped if keep_mapped else np.array(mapped)
+
+
+def check_space(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int,
+                note: str = "") -> None:
+    """Refuse to start when the files would not fit on their disks (``note`` ends the message)."""
     planned = {err_path: npy_bytes((n_prompts, steps, 2))}
     if gram_path is not None:
         planned[gram_path] = npy_bytes((n_prompts, length, length, steps))
     try:
         check_disk_space(planned)
     except OSError as error:
-        raise InputError(f"refusing to start: {error}") from None
+        raise InputError(f"refusing to start: {error}{note}") from None
 
 
 def generate(
@@ -263,23 +304,25 @@ def generate(
     dtype: str = "fp32",
     progress: bool = True,
     on_text: Callable[[str], None] | None = None,
+    second_signal_exits: bool = False,
 ) -> GenerationResult:
     """Grow each prompt to ``max_length`` tokens as ``--use-model`` does: top-k sampling
     (seeded by ``seed``) from the model whose every forward pass applies the block stack
-    ``size`` times. on_text(text) sees each finished prompt's text."""
+    ``size`` times. on_text(text) sees each finished prompt's text. Ctrl-C as in
+    ``consensus``."""
     check_values(size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
     device_ = resolve_device(device, dtype)
     backend = resolve_backend(backend, device_, dtype)
     loaded, _ = load_weights(weights, model, seed)
     cfg = loaded.config
     if max_length > cfg.n_positions:
-        raise InputError(f"--use-model {max_length} exceeds the model's context of {cfg.n_positions}")
+        raise InputError(f"max_length {max_length} (--use-model) exceeds the model's context of {cfg.n_positions}")
     _, token_lists = prompt_tokens(prompts, cfg.n_positions)
     storage = storage_dtype(dtype)
     needed = cache_bytes(cfg.n_layer, cfg.n_embd, size, max_length, storage.itemsize)
     available = available_memory(device_)
     if needed > available:
-        raise InputError(f"--use-model: the key/value cache for --size {size} and length {max_length} "
+        raise InputError(f"the key/value cache for size {size} and length {max_length} (--use-model) "
                          f"needs {format_bytes(needed)}, {device_} has {format_bytes(available)} free")
     stream = WeightStream(cfg, loaded.state, seed=seed, random_init=random_init, const_reset=const_reset,
                           device=device_, dtype=storage)
@@ -287,7 +330,7 @@ def generate(
     encoding = gpt2_encoding()
     result = GenerationResult(texts=[], tokens=[])
     new_tokens = sum(max(0, max_length - len(tokens)) for tokens in token_lists)
-    with graceful_stop() as stop, matmul_precision(dtype), tqdm(
+    with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
         total=new_tokens, desc="generate", unit="tok", file=sys.stderr, mininterval=0.5, disable=not progress
     ) as bar:
         for tokens in token_lists:

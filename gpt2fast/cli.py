@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto = cuda when available (default auto)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto = triton on CUDA, torch elsewhere (default auto)")
+                        help="auto = triton on CUDA for fp32/tf32, torch elsewhere (default auto)")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES,
                         help="arithmetic: fp32 (default, faithful), tf32 or bf16 (faster, opt-in)")
     return parser
@@ -93,8 +93,8 @@ def parse_decode(text: str, iterations: int) -> tuple[int, ...]:
 
 
 def flag(name: str) -> str:
-    """How CLI errors name an argument: as its flag."""
-    return "--" + name.replace("_", "-")
+    """How CLI errors name an argument (an API parameter name): as its flag."""
+    return "--" + {"max_length": "use_model"}.get(name, name).replace("_", "-")
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     validate(args)
     generating = args.use_model is not None
-    device = resolve_device(args.device, args.dtype)
+    device = resolve_device(args.device, args.dtype, label=flag)
     resolve_backend(args.backend, device, args.dtype)
     if generating:
         for name in ("decode", "matrixerror", "savefile"):
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     prompt_tokens(texts, weights.config.n_positions)
     common = dict(model=args.model, weights=weights, size=iterations, noff=args.noff,
                   random_init=args.random_init, const_reset=args.const_reset, seed=args.seed,
-                  device=args.device, backend=args.backend, dtype=args.dtype)
+                  device=args.device, backend=args.backend, dtype=args.dtype, second_signal_exits=True)
     if generating:
         return run_generation(texts, args, common)
     return run_consensus_job(texts, decode, err_path, gram_path, common)

@@ -45,10 +45,15 @@ def run_consensus(
     gram_path: Path | None,
     on_decode: Callable[[int, int, list[int]], None],
     show_progress: bool = True,
+    scratch: tuple[Path, ...] = (),
+    second_signal_exits: bool = True,
 ) -> tuple[dict, int]:
     """Run every prompt through N iterations in one batch and write the files.
 
-    backend is a resolved name (``gpt2fast.backends.resolve_backend``).
+    backend is a resolved name (``gpt2fast.backends.resolve_backend``). ``scratch``: array
+    paths that are temporary (the API's in-memory results): the metadata records their
+    ``path`` as null, and no metadata file is written beside them.
+    ``second_signal_exits``: see ``interrupts.graceful_stop``.
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
     each prompt, with that prompt's T_p argmax ids. Returns the final metadata (also
     written beside each array) and the exit status: 0, or 128 + signal after a stop.
@@ -65,10 +70,13 @@ def run_consensus(
     )
     engine = make_engine(backend, stream, token_lists, flags.noff, dtype)
     steps = cfg.n_layer * flags.iterations
-    files = {"err": {"path": str(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
+    def recorded(path: Path) -> str | None:
+        return None if path in scratch else str(path)
+
+    files = {"err": {"path": recorded(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
     if gram_path is not None:
         files["err2"] = {
-            "path": str(gram_path),
+            "path": recorded(gram_path),
             "shape": [engine.n_prompts, engine.length, engine.length, steps],
             "layout": ERR2_LAYOUT,
         }
@@ -78,7 +86,7 @@ def run_consensus(
         backend=engine.backend, files=files,
     )
     meta["decoded"] = []
-    meta_paths = [metadata_path(path) for path in (err_path, gram_path) if path is not None]
+    meta_paths = [metadata_path(path) for path in (err_path, gram_path) if path is not None and path not in scratch]
     for path in meta_paths:
         write_json_atomic(path, meta)
 
@@ -89,7 +97,7 @@ def run_consensus(
             on_decode(iteration, prompt, argmax_ids)
 
     started = time.perf_counter()
-    with graceful_stop() as stop, matmul_precision(dtype), tqdm(
+    with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
         total=flags.iterations, desc="consensus", unit="it", file=sys.stderr,
         disable=not show_progress, mininterval=0.5,
     ) as bar:

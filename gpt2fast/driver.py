@@ -24,8 +24,9 @@ def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool
     """Iterations per staging slot: as many as fit ``CHUNK_BYTES``, between 1 and 256.
 
     Larger slots mean longer contiguous runs per err2 row, hence fewer and larger writes
-    (each chunk writes one run of c·L floats to each of the P·T² rows); two slots bound the
-    driver's memory at 2 · CHUNK_BYTES.
+    (each chunk writes one run of c·L floats to each of the P·T² rows); two slots and the
+    writer's transpose buffer (one prompt's part of a slot) bound the driver's memory at
+    3 · CHUNK_BYTES.
     """
     per_iteration = 4 * n_prompts * n_layer * (2 + (length * length if wants_gram else 0))
     return max(1, min(MAX_CHUNK_ITERATIONS, CHUNK_BYTES // per_iteration))

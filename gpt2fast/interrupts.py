@@ -39,12 +39,14 @@ class StopRequest:
 
 
 @contextmanager
-def graceful_stop() -> Iterator[StopRequest]:
+def graceful_stop(second_signal_exits: bool = True) -> Iterator[StopRequest]:
     """Catch SIGINT/SIGTERM for the duration of a run.
 
-    The first signal is recorded and the default handlers are put back, so a second one
-    ends the process at once. Outside the main thread (where Python cannot install signal
-    handlers) the request is never set and signals keep their usual meaning.
+    The first signal is recorded and the handlers are put back: the system defaults when
+    ``second_signal_exits`` (the CLI: a second one ends the process at once), else the ones
+    in place before (a notebook: a second Ctrl-C raises KeyboardInterrupt, the kernel
+    lives). Outside the main thread (where Python cannot install signal handlers) the
+    request is never set and signals keep their usual meaning.
     """
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
@@ -54,7 +56,7 @@ def graceful_stop() -> Iterator[StopRequest]:
 
     def first_signal(signum, _frame) -> None:
         for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+            signal.signal(sig, signal.SIG_DFL if second_signal_exits else previous[sig])
         stop.request(signum)
 
     for sig in STOP_SIGNALS:

@@ -27,6 +27,7 @@ MAX_BOUNDARIES = 50  # iteration boundaries drawn when there are at most this ma
 MAX_TOKEN_LABELS = 24  # token strings on the heatmap axes up to this prompt length
 LOG_SPAN = 100.0  # a positive series spanning this factor or more gets a log axis
 COLOUR_LIMITS = (-1.0, 1.0)  # cosine similarity
+MAX_HEATMAPS = 8  # heatmap panels in one figure
 
 
 def completed_steps(err: np.ndarray) -> int:
@@ -165,12 +166,17 @@ def consensus_figure(
         raise ValueError(f"prompt {prompt} is outside [0, {result.err.shape[0]})")
     if iterations is None and n_layer:
         iterations = spread_choice(done // n_layer)
+    if iterations and not n_layer:
+        raise ValueError("the within-iteration view needs the layer count, which a file without "
+                         "metadata lacks: give layers (--layers L)")
     for iteration in iterations or ():
-        if not n_layer or not 0 <= iteration < done // n_layer:
+        if not 0 <= iteration < done // n_layer:
             raise ValueError(f"iteration {iteration} is not a completed iteration of this run")
     with_matrices = result.err2 is not None
     if with_matrices:
         steps = spread_choice(done) if steps is None else list(steps)
+        if not 1 <= len(steps) <= MAX_HEATMAPS:
+            raise ValueError(f"choose 1 to {MAX_HEATMAPS} steps for the heatmaps, got {len(steps)}")
         for step in steps:
             if not 0 <= step < done:
                 raise ValueError(f"step {step} is outside the completed steps [0, {done})")

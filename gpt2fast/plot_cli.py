@@ -70,12 +70,22 @@ def main(argv: list[str]) -> int:
         raise InputError(f"--layers must be at least 1, got {args.layers}")
     if not 10 <= args.dpi <= 1200:
         raise InputError(f"--dpi must be in [10, 1200], got {args.dpi}")
+    iterations, steps = integers(args.iterations, "--iterations"), integers(args.steps, "--steps")
     try:
         result = load_result(err_path, gram_path)
-        figure = consensus_figure(result, layers=args.layers, iterations=integers(args.iterations, "--iterations"),
-                                  steps=integers(args.steps, "--steps"), prompt=args.prompt_index - 1)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    figure.savefig(output, dpi=args.dpi)
+    except (ValueError, EOFError, OSError) as error:  # a JSON syntax error is a ValueError
+        raise InputError(f"cannot read the run's files: {error}") from None
+    if not 1 <= args.prompt_index <= result.err.shape[0]:
+        raise InputError(f"--prompt-index must be in [1, {result.err.shape[0]}], got {args.prompt_index}")
+    try:
+        figure = consensus_figure(result, layers=args.layers, iterations=iterations, steps=steps,
+                                  prompt=args.prompt_index - 1)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"cannot plot {err_path}: {error}") from None
+    try:
+        figure.savefig(output, dpi=args.dpi)
+    except OSError as error:
+        print(f"gpt2fast: error: cannot write {output}: {error}", file=sys.stderr)
+        return 1
     print(f"gpt2fast: wrote {output}", file=sys.stderr)
     return 0

@@ -6,7 +6,6 @@ everything else works the same.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -38,15 +37,6 @@ class ConsensusResult:
     def decoded(self) -> list[dict]:
         """The argmax decodings: {"iteration", "prompt", "tokens"} each ([] without metadata)."""
         return [] if self.metadata is None else list(self.metadata.get("decoded", []))
-
-    def in_memory(self, name: str) -> ConsensusResult:
-        """This result with array ``name`` ("err" or "err2") read into memory, and its file
-        entry in the metadata marked as not kept."""
-        metadata = self.metadata
-        if metadata is not None and name in metadata.get("files", {}):
-            files = {**metadata["files"], name: {**metadata["files"][name], "path": None}}
-            metadata = {**metadata, "files": files}
-        return dataclasses.replace(self, **{name: np.array(getattr(self, name))}, metadata=metadata)
 
 
 def read_metadata(array_path: Path) -> dict | None:

@@ -9,6 +9,7 @@ import pytest
 
 import gpt2fast
 from conftest import TINY_SEED
+from gpt2fast import api
 from gpt2fast import reference
 from gpt2fast.cli import main
 from gpt2fast.errors import InputError
@@ -62,18 +63,50 @@ def test_err_only_run_has_no_matrices(tiny_checkpoint):
 
 @pytest.mark.parametrize("arguments, word", [
     ({"size": 0}, "size"),
+    ({"size": 2.0}, "size must be an integer"),
     ({"size": 3, "decode": (5,)}, "decode"),
+    ({"size": 3, "decode": [1.5]}, "decode must be an integer"),
+    ({"size": 3, "decode": 2}, "list of iterations"),
     ({"seed": -1}, "seed"),
+    ({"seed": 1.5}, "seed must be an integer"),
     ({"model": "gpt3"}, "model"),
     ({"prompts": [[1, 70000]]}, "token ids"),
+    ({"prompts": [[1, "a"]]}, "list of token ids"),
     ({"prompts": []}, "no prompts"),
     ({"prompts": [""]}, "empty"),
     ({"dtype": "fp8"}, "dtype"),
+    ({"device": "tpu"}, "device"),
     ({"savefile": "no/such/dir/E"}, "does not exist"),
+    ({"matrixerror": "E"}, "both name"),
 ])
 def test_bad_arguments_raise_before_any_work(tiny_checkpoint, tmp_path, arguments, word):
+    """Nothing is written, and the files of an earlier run are left as they were."""
+    (tmp_path / "E.npy").write_bytes(b"earlier run")
+    (tmp_path / "E.json").write_text("{}")
     with pytest.raises(InputError, match=word):
-        gpt2fast.consensus(**{"weights": tiny_checkpoint, "progress": False, **arguments})
+        gpt2fast.consensus(**{"weights": tiny_checkpoint, "progress": False, "savefile": "E", **arguments})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E.json", "E.npy"]
+    assert (tmp_path / "E.npy").read_bytes() == b"earlier run" and (tmp_path / "E.json").read_text() == "{}"
+
+
+def test_one_token_id_list_is_one_prompt(tiny_checkpoint):
+    result = gpt2fast.consensus([464, 2068, 7586], weights=tiny_checkpoint, size=1, progress=False)
+    assert result.err.shape[0] == 1 and result.metadata["prompts"][0]["tokens"] == [464, 2068, 7586]
+
+
+def test_in_memory_arrays_leave_no_paths_to_deleted_files(tiny_checkpoint, tmp_path):
+    result = gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=2, savefile="E", matrix=True,
+                                progress=False)
+    written = json.loads((tmp_path / "E.json").read_text())
+    assert written["files"]["err"]["path"] == "E.npy" and written["files"]["err2"]["path"] is None
+    assert isinstance(result.err, np.memmap) and not isinstance(result.err2, np.memmap)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E.json", "E.npy"]
+
+
+def test_matrix_in_memory_that_does_not_fit_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "available_memory", lambda device: 10_000)
+    with pytest.raises(InputError, match="matrixerror=PATH"):
+        gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=200, matrix=True, progress=False)
     assert not list(tmp_path.iterdir())
 
 

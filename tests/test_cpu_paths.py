@@ -69,11 +69,20 @@ def test_packed_linears_equal_dense_ones(form):
 @pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
 def test_packing_is_shared_per_stream_and_skipped_for_const_reset():
     weights = stream()
-    assert cpu_packed.packed_blocks(weights) is cpu_packed.packed_blocks(weights)
-    assert len(cpu_packed.packed_blocks(weights)) == CFG.n_layer
-    assert cpu_packed.packed_blocks(stream(const_reset=True)) is None
+    assert cpu_packed.packed_blocks(weights, False) is cpu_packed.packed_blocks(weights, False)
+    assert len(cpu_packed.packed_blocks(weights, False)) == CFG.n_layer
+    without_mlp = cpu_packed.packed_blocks(weights, True)[0]
+    assert without_mlp.fc_w is weights.block(0).fc_w and without_mlp.attn_w is not weights.block(0).attn_w
+    assert cpu_packed.packed_blocks(stream(const_reset=True), False) is None
 
 
+@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
+def test_packing_is_skipped_when_memory_is_short(monkeypatch):
+    monkeypatch.setattr(cpu_packed, "available_memory", lambda device: 1000)
+    assert cpu_packed.packed_blocks(stream(), False) is None
+
+
+@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
 def test_engine_with_and_without_packing_agree(monkeypatch):
     def run() -> np.ndarray:
         engine = TorchEngine(stream(), PROMPTS, False)

@@ -135,3 +135,28 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argument
     message = capsys.readouterr().err
     assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and word in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["E.npy"]
+
+
+@pytest.mark.parametrize("setup, arguments, word", [
+    ("empty-npy", ["E.npy"], "cannot read"),
+    ("bad-json", ["E.npy"], "cannot read"),
+    ("json-without-model", ["E.npy"], "cannot plot"),
+    ("plain", ["E.npy", "--prompt-index", "0"], "--prompt-index must be in [1, 2]"),
+    ("plain", ["E.npy", "--iterations", "0"], "--layers"),
+    ("with-matrix", ["E.npy", "--matrix", "m.npy", "--steps", ",".join(["0"] * 9), "--layers", "4"], "1 to 8"),
+])
+def test_cli_damaged_or_unplottable_files_are_one_line_errors(tmp_path, capsys, setup, arguments, word):
+    result = synthetic(metadata=False)
+    np.save(tmp_path / "E.npy", result.err)
+    np.save(tmp_path / "m.npy", result.err2)
+    if setup == "empty-npy":
+        (tmp_path / "E.npy").write_bytes(b"")
+    elif setup == "bad-json":
+        (tmp_path / "E.json").write_text("{not json")
+    elif setup == "json-without-model":
+        (tmp_path / "E.json").write_text('{"flags": {}}')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["plot", *arguments]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and word in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -14,12 +14,16 @@ BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels' float32 product precision per --dtype. bf16 operands are multiplied as
 # TF32 whatever this says (exact for bf16 values); "ieee" keeps the metrics' Gram exact.
 TRITON_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
+# The dtypes ``auto`` runs on Triton. bf16 on Triton is opt-in (--backend triton): it has run
+# under the interpreter and compiled ahead of time, but not yet on a GPU.
+AUTO_TRITON_DTYPES = ("fp32", "tf32")
 
 
 def resolve_backend(name: str, device: torch.device, dtype: str) -> str:
-    """``auto`` -> triton on CUDA, else torch; refuse triton where it cannot run."""
+    """``auto`` -> triton on CUDA for AUTO_TRITON_DTYPES, else torch; refuse triton where it
+    cannot run."""
     if name == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and dtype in AUTO_TRITON_DTYPES else "torch"
     if name == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise InputError("--backend triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's "

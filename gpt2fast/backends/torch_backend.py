@@ -60,7 +60,7 @@ class TorchEngine:
         self.rows = RaggedRows(self.lengths, self.length)
         self.masks = PromptMasks(self.lengths, self.length)
         self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
-        self.packed = packed_blocks(stream)
+        self.packed = packed_blocks(stream, noff)
 
     def block_of(self, step: int) -> tuple[BlockParams, object]:
         """The weights of step ``step`` and the Linear forms that use them."""

@@ -55,9 +55,10 @@ one-row products are elementwise multiply-and-sum in fp32 (no ``tl.dot``), so ``
 does not change the arithmetic there. Cache rows ≥ length are never read.
 
 bfloat16: every tensor of a call may instead be bf16 (``--dtype bf16``). Values are read
-into float32, the products run as TF32 (exact for bf16 inputs, and q·1/8 stays a bf16
-value), softmax statistics and accumulators stay float32, and the output is rounded to
-bf16 once at the store; the decode split's partials and statistics stay float32.
+into float32 and both products run as TF32: q·kᵀ exactly (bf16 values, and q·1/8 stays
+one), softmax weights·v with the float32 weights rounded to TF32's 10-bit mantissa, finer
+than bf16's 7. Softmax statistics and accumulators stay float32, the output is rounded to
+bf16 once at the store, and the decode split's partials and statistics stay float32.
 
 References: ``causal_attention_reference`` and ``decode_attention_reference`` (torch SDPA,
 as ``gpt2fast.model`` uses it).
