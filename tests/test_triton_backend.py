@@ -81,12 +81,17 @@ def test_bf16_triton_backend_is_close_to_bf16_torch_backend(random_init, const_r
     assert agree >= 0.8 * sum(map(len, PROMPTS))
 
 
+def started_generations(device, dtype) -> tuple[TritonGeneration, TorchGeneration]:
+    """Both backends' cached forward passes (N = 2) on the same weights, caches for 12 tokens."""
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=device, dtype=dtype)
+    runs = TritonGeneration(stream, False, 2), TorchGeneration(stream, False, 2)
+    for run in runs:
+        run.start(12)
+    return runs
+
+
 def test_bf16_triton_generation_logits_are_close(device):
-    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=device,
-                          dtype=torch.bfloat16)
-    triton_run, torch_run = TritonGeneration(stream, False, 2), TorchGeneration(stream, False, 2)
-    for generation in (triton_run, torch_run):
-        generation.start(12)
+    triton_run, torch_run = started_generations(device, torch.bfloat16)
     start = len(PROMPTS[2])
     for ids, position in ((PROMPTS[2], 0), ([7], start)):
         got, want = triton_run.advance(ids, position), torch_run.advance(ids, position).float()
@@ -112,11 +117,7 @@ def test_triton_generation_matches_torch_generation(number, device):
 
 
 def test_triton_generation_logits_match(device):
-    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=device,
-                          dtype=torch.float32)
-    triton_run, torch_run = TritonGeneration(stream, False, 2), TorchGeneration(stream, False, 2)
-    for run in (triton_run, torch_run):
-        run.start(12)
+    triton_run, torch_run = started_generations(device, torch.float32)
     torch.testing.assert_close(triton_run.advance(PROMPTS[2], 0), torch_run.advance(PROMPTS[2], 0),
                                rtol=1e-4, atol=1e-5)
     start = len(PROMPTS[2])
