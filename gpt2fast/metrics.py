@@ -40,16 +40,26 @@ def consensus_metrics(
     ln_f_b: torch.Tensor,
     lengths: torch.Tensor,
     masks: PromptMasks | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_gram: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Metrics of hidden states x [P, T, C] (any float dtype; computed in float32).
 
     Returns err [P, 2] float32 and G [P, T, T] float32 with NaN outside each prompt's
-    T_p × T_p block. lengths [P] int64 holds T_p; ``masks`` (made from them when not
-    given) saves rebuilding the padding masks on every call.
+    T_p × T_p block, or None without ``with_gram``: then G is never formed, since
+    Σ_{s,t} ŷ_s·ŷ_t = ||Σ_t ŷ_t||² and row 0 of G is Ŷ ŷ_0 (O(T·C) instead of O(T²·C)).
+    lengths [P] int64 holds T_p; ``masks`` (made from them when not given) saves
+    rebuilding the padding masks on every call.
     """
     masks = masks if masks is not None else PromptMasks(lengths, x.shape[1])
     y = layer_norm(x.float(), ln_f_w.float(), ln_f_b.float())
     unit = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    if not with_gram:
+        if masks.ragged:
+            unit = torch.where(masks.valid[:, :, None], unit, 0.0)
+        first_row = (unit @ unit[:, 0, :, None]).squeeze(-1).abs().sum(-1) / masks.count
+        total = unit.sum(1)
+        whole = (total * total).sum(-1) / (masks.count * masks.count)
+        return torch.stack([first_row, whole], dim=-1), None
     gram = unit @ unit.transpose(1, 2)
     if not masks.ragged:
         return torch.stack([gram[:, 0, :].abs().mean(-1), gram.mean((1, 2))], dim=-1), gram

@@ -108,3 +108,15 @@ def test_metrics_without_padding_skip_the_masks_and_agree_with_them():
     general = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths, masks)
     for got, want in zip(fast, general, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("lengths", [[6, 6], [6, 2]])
+def test_metrics_without_the_gram_equal_those_from_it(lengths):
+    """mean of G = ||Σ ŷ||² / T² and row 0 = Ŷ ŷ_0, ragged prompts included."""
+    x = torch.randn(2, 6, CFG.n_embd, generator=torch.Generator().manual_seed(12))
+    lengths = torch.tensor(lengths)
+    weights = stream()
+    from_gram, gram = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths)
+    direct, none = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths, with_gram=False)
+    assert none is None and gram.shape == (2, 6, 6)
+    torch.testing.assert_close(direct, from_gram, rtol=1e-6, atol=1e-6)

@@ -80,7 +80,7 @@ class TorchEngine:
             params, ops = self.block_of(index * self.n_layer + layer)
             x = block(x, params, self.n_head, self.noff, ops, self.rows)
             err, gram = consensus_metrics(self.rows.pad(x), self.stream.ln_f_w, self.stream.ln_f_b,
-                                          self.lengths, self.masks)
+                                          self.lengths, self.masks, with_gram=gram_out is not None)
             err_out[:, layer].copy_(err)
             if gram_out is not None:
                 gram_out[:, layer].copy_(gram)
