@@ -51,11 +51,11 @@ from ..metrics import consensus_metrics
 from ..model import LAYERNORM_EPS
 
 MAX_C = 2048
-FINALIZE_BLOCK = 256
+FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
 COMBINE_WARPS = 4
 TARGET_GRAM_PROGRAMS = 128  # split C until the Gram launch has about this many programs
 MIN_SLICE = 128  # ... with slices of C at least this wide
-MAX_SPLIT_BT = 32  # only tiles up to this size split (the split 64 x 64 build spills on sm_80)  # partial sums per finalize step: all tiles of T = 1024 in one step
+MAX_SPLIT_BT = 32  # only tiles up to this size split (the split 64 x 64 build spills on sm_80)
 PRECISIONS = ("ieee", "tf32")
 
 

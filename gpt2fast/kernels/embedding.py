@@ -5,8 +5,9 @@ For P prompts of T positions (right-padded), width C:
     out[p, t, :] = wte[tokens[p, t], :] + wpe[start + t, :]
 
 tokens [P, T] int64, wte [V, C], wpe [n_positions, C] and out [P, T, C] all float32 or all
-bfloat16 (the sum is formed in float32 and rounded once, as PyTorch's bf16 add). ``start`` > 0 embeds rows at later positions (generation: one new token at
-position ``start``). Reference: ``gpt2fast.model.embed``.
+bfloat16 (the sum is formed in float32 and rounded once, as PyTorch's bf16 add).
+``start`` > 0 embeds rows at later positions (generation: one new token at position
+``start``). Reference: ``gpt2fast.model.embed``.
 
 Grid: one program per (row p·T + t, block of BLOCK_C columns). Each call moves 3·P·T·C·4
 bytes (two reads, one write): at the default workload (27 tokens, C = 768) that is 250 kB,
