@@ -66,9 +66,11 @@ def test_driver_writes_what_the_plain_loop_computes(tmp_path, n_iterations, chun
 
 
 def test_err_only_run_writes_no_matrix_file(tmp_path):
+    """Without err2 the engine never forms G (metrics.consensus_metrics), so err equals the
+    full run's to float32 rounding rather than bit for bit."""
     assert drive(engine_for(), 3, tmp_path / "e.npy", None, chunk=2) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]
-    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), plain_loop(3)[0])
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), plain_loop(3)[0], rtol=1e-6, atol=1e-7)
 
 
 def test_stop_request_ends_at_the_next_iteration(tmp_path):
