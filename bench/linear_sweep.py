@@ -47,8 +47,8 @@ def product(x: torch.Tensor, weight: torch.Tensor, zeros: torch.Tensor, out: tor
     block_m = max(16, triton.next_power_of_2(m))
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, config["BLOCK_N"]), splits)
     fused_linear_kernel[grid](
-        x, weight, zeros, x, x, out, out, partial, m, n, k, k_per_split, 0, 0, 0,
-        LN=False, GELU=False, RESIDUAL=False, DRAWN=False, PARTIAL=splits > 1,
+        x, weight, zeros, x, x, out, out, partial, x, m, n, k, k_per_split, 0, 0, 0, 0,
+        LN=False, GELU=False, RESIDUAL=False, DRAWN=False, STEP_IN_MEMORY=False, PARTIAL=splits > 1,
         PRECISION=config["precision"], BLOCK_M=block_m, BLOCK_N=config["BLOCK_N"],
         BLOCK_K=config["BLOCK_K"], num_warps=config["num_warps"], num_stages=config["num_stages"],
     )

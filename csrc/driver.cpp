@@ -92,11 +92,13 @@ class Driver {
                 [&](int64_t iteration, int slot, int64_t row) { step(iteration, slot, row); });
   }
 
-  // Runs the loop by launching `graph_exec` on `stream`; the graph leaves one iteration's
-  // err [P, L, 2] at `current_err` and G [P, L, T, T] at `current_gram` (device pointers).
-  // When `iteration_pointer` is not 0, the iteration index (int64) is copied there first.
+  // Runs the loop by launching `graph_exec` on `stream` for iterations `first_graph_iteration`
+  // onwards (the earlier ones through `step`, as in run_callable); the graph leaves one
+  // iteration's err [P, L, 2] at `current_err` and G [P, L, T, T] at `current_gram` (device
+  // pointers). When `iteration_pointer` is not 0, the iteration index (int64) is copied there first.
   int64_t run_graph(uintptr_t graph_exec, uintptr_t stream, uintptr_t current_err,
-                    uintptr_t current_gram, uintptr_t iteration_pointer, const py::function& decode,
+                    uintptr_t current_gram, uintptr_t iteration_pointer, int64_t first_graph_iteration,
+                    const py::function& step, const py::function& decode,
                     const std::set<int64_t>& decode_iterations, const py::function& on_progress) {
     const CudaApi& api = cuda_api();
     std::vector<int64_t> iteration_values(static_cast<size_t>(shape_.n_iterations));
@@ -105,6 +107,10 @@ class Driver {
     CudaStaging staging(api, writer_, iteration_values, cu_stream);
     const int64_t err_bytes = shape_.err_floats() * 4, gram_bytes = shape_.gram_floats() * 4;
     auto launch = [&](int64_t iteration, int slot, int64_t row) {
+      if (iteration < first_graph_iteration) {
+        step(iteration, slot, row);
+        return;
+      }
       if (iteration_pointer != 0) {
         api.check(api.cuMemcpyHtoDAsync(iteration_pointer, &iteration_values[static_cast<size_t>(iteration)],
                                         8, cu_stream), "cuMemcpyHtoDAsync");
@@ -229,7 +235,7 @@ PYBIND11_MODULE(_driver, m) {
            "Run step(iteration, slot, row) for each iteration; returns iterations completed.")
       .def("run_graph", &Driver::run_graph, py::arg("graph_exec"), py::arg("stream"),
            py::arg("current_err"), py::arg("current_gram"), py::arg("iteration_pointer"),
-           py::arg("decode"), py::arg("decode_iterations"), py::arg("on_progress"),
+           py::arg("first_graph_iteration"), py::arg("step"), py::arg("decode"), py::arg("decode_iterations"), py::arg("on_progress"),
            "Launch a captured CUDA graph per iteration; returns iterations completed.")
       .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
 

@@ -65,21 +65,22 @@ def drive(
         on_decode(index, engine.decode(index))
 
     decodes = set(decode_iterations)
+    err_slots = [torch.from_numpy(driver.err_slot(slot)) for slot in (0, 1)]
+    gram_slots = [torch.from_numpy(driver.gram_slot(slot)) if wants_gram else None for slot in (0, 1)]
+
+    def step(index: int, slot: int, row: int) -> None:
+        gram = gram_slots[slot]
+        engine.iteration(index, err_slots[slot][row], None if gram is None else gram[row])
+
     try:
         graph = engine.capture_iteration(wants_gram)
         if graph is not None:
             return driver.run_graph(
                 graph.graph.raw_cuda_graph_exec(), torch.cuda.current_stream().cuda_stream,
-                graph.err.data_ptr(), graph.gram.data_ptr() if wants_gram else 0, 0,
+                graph.err.data_ptr(), graph.gram.data_ptr() if wants_gram else 0,
+                0 if graph.iteration is None else graph.iteration.data_ptr(), graph.first_iteration, step,
                 decode, decodes, on_progress,
             )
-        err_slots = [torch.from_numpy(driver.err_slot(slot)) for slot in (0, 1)]
-        gram_slots = [torch.from_numpy(driver.gram_slot(slot)) if wants_gram else None for slot in (0, 1)]
-
-        def step(index: int, slot: int, row: int) -> None:
-            gram = gram_slots[slot]
-            engine.iteration(index, err_slots[slot][row], None if gram is None else gram[row])
-
         return driver.run_callable(step, decode, decodes, on_progress)
     finally:
         driver.finish()

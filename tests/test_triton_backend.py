@@ -134,16 +134,42 @@ class EagerTritonEngine(TritonEngine):
         return None
 
 
+@pytest.mark.parametrize("random_init", [False, True])
+def test_iteration_read_from_a_tensor_draws_that_iterations_weights(random_init, device):
+    """Under --const-reset the graphed iteration takes its index as a device tensor that
+    the GEMM kernels read when they run: iterations 1 and 2 computed that way (one tensor,
+    rewritten in between, as the driver does between replays) equal the same iterations
+    with the index passed by value."""
+    stream = WeightStream(CFG, STATE, seed=3, random_init=random_init, const_reset=True, device=device,
+                          dtype=torch.float32)
+    by_value, from_tensor = TritonEngine(stream, PROMPTS, False), TritonEngine(stream, PROMPTS, False)
+    shape = (len(PROMPTS), CFG.n_layer)
+    gram_shape = (*shape, by_value.length, by_value.length)
+    index = torch.zeros(1, dtype=torch.int64, device=device)
+    for iteration in range(3):
+        want_err, want_gram = torch.empty(*shape, 2), torch.empty(gram_shape)
+        err, gram = torch.empty(*shape, 2), torch.empty(gram_shape)
+        by_value.iteration(iteration, want_err, want_gram)
+        index.fill_(iteration)
+        from_tensor.iteration(index if iteration > 0 else iteration, err, gram)
+        assert torch.equal(err, want_err) and torch.equal(gram.nan_to_num(), want_gram.nan_to_num())
+    assert torch.equal(from_tensor.x, by_value.x)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_cuda_graph_replays_the_eager_iteration(tmp_path):
+@pytest.mark.parametrize("random_init, const_reset", [(False, False), (False, True), (True, True)])
+def test_triton_cuda_graph_replays_the_eager_iteration(random_init, const_reset, tmp_path):
     """On a GPU the driver replays a captured CUDA graph of the Triton iteration: the same
     kernels in the same order as the eager calls, so the same numbers; over 3 iterations
-    both also match the torch backend on the CPU."""
-    flags = ConsensusFlags(iterations=3, decode_iterations=(0, 2))
+    both also match the torch backend on the CPU. Under --const-reset iteration 0 runs
+    eagerly and the graph, reading the iteration from device memory, the rest."""
+    flags = ConsensusFlags(iterations=3, random_init=random_init, const_reset=const_reset, seed=2,
+                           decode_iterations=(0, 2))
     cuda = torch.device("cuda")
-    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=cuda,
+    stream = WeightStream(CFG, STATE, seed=2, random_init=random_init, const_reset=const_reset, device=cuda,
                           dtype=torch.float32)
-    assert TritonEngine(stream, PROMPTS, False).capture_iteration(True) is not None
+    captured = TritonEngine(stream, PROMPTS, False).capture_iteration(True)
+    assert captured is not None and captured.first_iteration == int(const_reset)
     graphed = run(TritonEngine, flags, tmp_path, cuda)
     assert_same_run(graphed, run(EagerTritonEngine, flags, tmp_path, cuda), rtol=1e-6, atol=1e-7)
     assert_same_run(graphed, run(TorchEngine, flags, tmp_path, torch.device("cpu")), rtol=1e-4, atol=1e-5)

@@ -33,11 +33,17 @@ def pad_prompts(token_lists: list[list[int]], device) -> tuple[torch.Tensor, tor
 @dataclass(frozen=True)
 class CapturedIteration:
     """A CUDA graph of one iteration and the fixed device buffers it writes each replay:
-    err [P, L, 2] and gram [P, L, T, T] (float32; gram is None when not recorded)."""
+    err [P, L, 2] and gram [P, L, T, T] (float32; gram is None when not recorded).
+
+    The graph stands for iterations ``first_iteration``.. (the earlier ones run eagerly);
+    ``iteration``, when not None, is the int64 [1] device tensor the graph reads the
+    iteration index from, to be written before each replay."""
 
     graph: torch.cuda.CUDAGraph
     err: torch.Tensor
     gram: torch.Tensor | None
+    iteration: torch.Tensor | None = None
+    first_iteration: int = 0
 
 
 class TorchEngine:
@@ -106,12 +112,15 @@ class TorchEngine:
 
 
 @torch.no_grad()
-def capture_in_place(engine, with_gram: bool) -> CapturedIteration:
+def capture_in_place(engine, with_gram: bool, iteration: torch.Tensor | None = None,
+                     first_iteration: int = 0) -> CapturedIteration:
     """Capture ``engine.iteration`` as a CUDA graph whose replay advances ``engine.x`` in place.
 
-    The iteration index is frozen at 0, so this stands for every iteration only when the
-    weights do not change between iterations. Warm-up runs on a side stream (as CUDA-graph
-    capture requires) and x is restored afterwards, so capturing changes no state.
+    Without ``iteration`` the index is frozen at 0, so the graph stands for every iteration
+    only when the weights do not change between iterations; with it (an int64 [1] device
+    tensor) ``engine.iteration`` is given the tensor, whose value the kernels read at each
+    replay. Warm-up runs on a side stream (as CUDA-graph capture requires) and x is restored
+    afterwards, so capturing changes no state.
     """
     device = engine.x.device
     err = torch.empty(engine.n_prompts, engine.n_layer, 2, device=device)
@@ -122,7 +131,7 @@ def capture_in_place(engine, with_gram: bool) -> CapturedIteration:
     start = state.clone()
 
     def iterate_in_place() -> None:
-        engine.iteration(0, err, gram)
+        engine.iteration(0 if iteration is None else iteration, err, gram)
         if engine.x is not state:
             state.copy_(engine.x)
             engine.x = state
@@ -137,7 +146,7 @@ def capture_in_place(engine, with_gram: bool) -> CapturedIteration:
     with torch.cuda.graph(graph):
         iterate_in_place()
     state.copy_(start)
-    return CapturedIteration(graph=graph, err=err, gram=gram)
+    return CapturedIteration(graph=graph, err=err, gram=gram, iteration=iteration, first_iteration=first_iteration)
 
 
 class TorchGeneration:

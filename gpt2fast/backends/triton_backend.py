@@ -22,7 +22,7 @@ import torch
 from ..kernels.attention import causal_attention, decode_attention
 from ..kernels.consensus_metric import consensus_metric
 from ..kernels.embedding import embed
-from ..kernels.linear import linear_residual, ln_linear
+from ..kernels.linear import Step, StepInMemory, linear_residual, ln_linear
 from ..kernels.lm_head import lm_head_argmax, lm_head_logits
 from ..model import BlockParams, layer_norm
 from ..philox import mix_key
@@ -30,7 +30,7 @@ from ..weight_stream import DRAW_DOMAIN, WTE_STREAM, WeightStream, linear_stream
 from ..weights import LINEAR_NAMES
 from .torch_backend import CapturedIteration, capture_in_place, pad_prompts
 
-Drawn = tuple[int, int, int] | None
+Drawn = tuple[int, int, Step] | None
 
 
 def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, Drawn]]:
@@ -41,6 +41,15 @@ def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams
     if draw is None or draw == 0:
         return stream.block(step), dict.fromkeys(LINEAR_NAMES)
     return stream.loaded[layer], {name: (key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
+
+
+def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tensor,
+                          layer: int) -> tuple[BlockParams, dict[str, Drawn]]:
+    """``step_weights`` of block ``layer`` in an iteration >= 1 under --const-reset, whose
+    index the GEMM kernels read from ``iteration`` (int64 [1] on the device) when they run:
+    every Linear drawn at step iteration · L + layer."""
+    step = StepInMemory(iteration, stream.cfg.n_layer, layer)
+    return stream.loaded[layer], {name: (key, linear_stream(layer, name), step) for name in LINEAR_NAMES}
 
 
 def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, Drawn]:
@@ -123,11 +132,13 @@ class TritonEngine:
                          precision=self.precision)
 
     @torch.no_grad()
-    def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
+    def iteration(self, index: int | torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
         """Apply blocks 0..L-1 once and write the metrics after each (see TorchEngine).
 
-        The metric kernel writes on x's device: slots elsewhere (the driver's host slots on
-        the callable path) are filled from device buffers once per iteration."""
+        ``index`` may be an int64 [1] tensor on x's device holding an iteration >= 1 of a
+        --const-reset run, read by the kernels when they run (``capture_iteration``). The
+        metric kernel writes on x's device: slots elsewhere (the driver's host slots on the
+        callable path) are filled from device buffers once per iteration."""
         if err_out.device != self.x.device:
             err = torch.empty(err_out.shape, device=self.x.device)
             gram = None if gram_out is None else torch.empty(gram_out.shape, device=self.x.device)
@@ -138,7 +149,10 @@ class TritonEngine:
             return
         rows = self.x.view(-1, self.x.shape[-1])
         for layer in range(self.n_layer):
-            p, drawn = step_weights(self.stream, self.key, index * self.n_layer + layer)
+            if isinstance(index, torch.Tensor):
+                p, drawn = replayed_step_weights(self.stream, self.key, index, layer)
+            else:
+                p, drawn = step_weights(self.stream, self.key, index * self.n_layer + layer)
             apply_block(rows, p, drawn, self._attend, self.qkv, self.attended, self.hidden,
                         self.noff, self.precision)
             consensus_metric(self.x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths,
@@ -156,10 +170,17 @@ class TritonEngine:
 
     @torch.no_grad()
     def capture_iteration(self, with_gram: bool) -> CapturedIteration | None:
-        """A CUDA graph of one iteration (see TorchEngine.capture_iteration)."""
-        if self.x.device.type != "cuda" or self.stream.const_reset:
+        """A CUDA graph of one iteration (see TorchEngine.capture_iteration); None off CUDA.
+
+        Under --const-reset the graph stands for iterations 1.. (iteration 0's first block
+        uses the loaded weights, every later step a draw): its GEMMs read the iteration
+        from a device tensor the driver writes before each replay."""
+        if self.x.device.type != "cuda":
             return None
-        return capture_in_place(self, with_gram)
+        if not self.stream.const_reset:
+            return capture_in_place(self, with_gram)
+        iteration = torch.ones(1, dtype=torch.int64, device=self.x.device)
+        return capture_in_place(self, with_gram, iteration, first_iteration=1)
 
 
 class TritonGeneration:

@@ -65,6 +65,7 @@ interpreter) ``DEFAULT_CONFIG`` / ``DEFAULT_DRAWN_CONFIG`` is used. S comes from
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +79,9 @@ from .counter_normal import counter_normal
 # The FMA path of an IEEE fp32 tl.dot holds a thread's rows and columns of both operands over
 # all of BLOCK_K in registers, so BLOCK_K stays at 16-32 (64 spills at BLOCK_M = 64). Drawn
 # weights load no W, so two stages suffice, and BLOCK_K = 16 keeps a thread at 4 generated
-# weights per step (8 spill the Philox state). None spills on sm_80/sm_90 at BLOCK_M = 64.
+# weights per step (8 spill the Philox state). Left to itself ptxas caps the drawn variants at
+# 80-168 registers and spills 8-40 bytes at some BLOCK_M; maxnreg = 255 lets them take the
+# 93-238 they need. None spills on sm_80/sm_90 at any BLOCK_M (tests/kernels/test_linear.py).
 CONFIGS = [
     triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=4),
@@ -86,8 +89,8 @@ CONFIGS = [
     triton.Config({"BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=5),
 ]
 DRAWN_CONFIGS = [
-    triton.Config({"BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=2, maxnreg=255),
+    triton.Config({"BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=2, maxnreg=255),
 ]
 DEFAULT_CONFIG = CONFIGS[1]  # on CPU, and the interpreter's fewest programs
 DEFAULT_DRAWN_CONFIG = DRAWN_CONFIGS[1]
@@ -155,13 +158,13 @@ def finish_tile(y, rows, cols, M, N, b_ptr, res_ptr, out_ptr,
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["key", "stream", "step"])
+@triton.jit(do_not_specialize=["key", "stream", "step", "steps_per_iteration"])
 def fused_linear_kernel(
-    x_ptr, w_ptr, b_ptr, ln_w_ptr, ln_b_ptr, res_ptr, out_ptr, part_ptr,
+    x_ptr, w_ptr, b_ptr, ln_w_ptr, ln_b_ptr, res_ptr, out_ptr, part_ptr, iteration_ptr,
     M, N, K, k_per_split,
-    key: tl.uint64, stream: tl.uint32, step: tl.uint64,
+    key: tl.uint64, stream: tl.uint32, step: tl.uint64, steps_per_iteration: tl.uint64,
     LN: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, DRAWN: tl.constexpr,
-    PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
+    STEP_IN_MEMORY: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of x·Wᵀ over the K slice ``program_id(2)``.
@@ -169,7 +172,9 @@ def fused_linear_kernel(
     x_ptr [M, K], w_ptr [N, K] (unused if DRAWN), b_ptr [N], ln_w_ptr/ln_b_ptr [K] (if LN),
     res_ptr/out_ptr [M, N]: all of one dtype (fp32 or bf16). part_ptr: fp32 [S, M, N], written
     instead of out when PARTIAL. Without PARTIAL the K slice is all of K and the epilogue
-    (bias unless DRAWN, GELU, RESIDUAL) is applied here.
+    (bias unless DRAWN, GELU, RESIDUAL) is applied here. Drawn weights use draw ``step``, or
+    with STEP_IN_MEMORY iteration_ptr[0] · steps_per_iteration + step (iteration_ptr: int64
+    [1], read when the kernel runs, so one CUDA graph serves every iteration).
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -178,6 +183,8 @@ def fused_linear_kernel(
     if LN:
         mean, rstd = row_stats(x_ptr, rows, M, K, BLOCK_M, BLOCK_K)
     weight_rows = cols.to(tl.int64) * K
+    if STEP_IN_MEMORY:
+        step += tl.load(iteration_ptr).to(tl.uint64) * steps_per_iteration
     dtype = x_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     k_start = tl.program_id(2) * k_per_split
@@ -225,6 +232,28 @@ def split_k_finish_kernel(part_ptr, b_ptr, res_ptr, out_ptr, M, N, splits,
     for s in range(0, splits):
         y += tl.load(part_ptr + s * M * N + offsets, mask=mask, other=0.0)
     finish_tile(y, rows, cols, M, N, b_ptr, res_ptr, out_ptr, HAS_BIAS, GELU, RESIDUAL)
+
+
+@dataclass(frozen=True)
+class StepInMemory:
+    """A draw the kernel reads when it runs: iteration[0] · per_iteration + offset.
+
+    iteration: int64 [1] on the kernel's device, rewritten between replays of a CUDA graph
+    (``gpt2fast.driver``'s iteration pointer), so that one captured iteration draws the
+    weights of whichever iteration it replays.
+    """
+
+    iteration: torch.Tensor
+    per_iteration: int
+    offset: int
+
+    def check(self, device: torch.device) -> None:
+        _check_tensor("iteration", self.iteration, (1,), torch.int64, device)
+        check_range("per_iteration", self.per_iteration, 2**32)
+        check_range("step offset", self.offset, 2**32)
+
+
+Step = int | StepInMemory
 
 
 def _autotuned(configs: list[triton.Config]):
@@ -280,6 +309,7 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
         raise ValueError(f"x and out must be matrices, got {tuple(x.shape)} and {tuple(out.shape)}")
     (m, k), n = x.shape, out.shape[1]
     dtype, device = x.dtype, x.device
+    iteration, per_iteration = None, 0
     if dtype not in DTYPES:
         raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
     if precision not in PRECISIONS:
@@ -303,6 +333,9 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
         key, stream, step = drawn
         check_range("key", key, 2**64)
         check_range("stream", stream, 2**32)
+        if isinstance(step, StepInMemory):
+            step.check(device)
+            iteration, per_iteration, step = step.iteration, step.per_iteration, step.offset
         check_range("step", step, 2**64)
         check_range("weight elements", n * k, MAX_ELEMENTS + 1)
         weight = bias = x  # not read: W is generated and b = 0
@@ -324,9 +357,12 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
     partial = torch.empty((splits, m, n), dtype=torch.float32, device=device) if splits > 1 else out
     ln_w, ln_b = ln if ln is not None else (x, x)
     res = residual if residual is not None else out
-    args = (x, weight, bias, ln_w, ln_b, res, out, partial, m, n, k, k_per_split, key, stream, step)
+    step_in_memory = iteration is not None
+    args = (x, weight, bias, ln_w, ln_b, res, out, partial, iteration if step_in_memory else x,
+            m, n, k, k_per_split, key, stream, step, per_iteration)
     flags = dict(LN=ln is not None, GELU=gelu and splits == 1, RESIDUAL=residual is not None and splits == 1,
-                 DRAWN=drawn is not None, PARTIAL=splits > 1, PRECISION=precision, BLOCK_M=tile_m)
+                 DRAWN=drawn is not None, STEP_IN_MEMORY=step_in_memory, PARTIAL=splits > 1,
+                 PRECISION=precision, BLOCK_M=tile_m)
 
     def grid(meta):
         return triton.cdiv(m, tile_m), triton.cdiv(n, meta["BLOCK_N"]), splits
@@ -349,16 +385,17 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
 def ln_linear(
     x: torch.Tensor, ln_w: torch.Tensor | None, ln_b: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, out: torch.Tensor, *, gelu: bool = False, precision: str = "ieee",
-    drawn: tuple[int, int, int] | None = None, config: triton.Config | None = None,
+    drawn: tuple[int, int, Step] | None = None, config: triton.Config | None = None,
 ) -> torch.Tensor:
     """out = act(LayerNorm(x) · weightᵀ + bias), act = tanh-GELU if ``gelu``; returns ``out``.
 
     x [M, K], ln_w, ln_b [K], weight [N, K], bias [N], out [M, N]: contiguous, one device, all
     float32 or all bfloat16; LayerNorm eps 1e-5. ``drawn = (key, stream, step)`` generates
     weight in-kernel as 0.02 · counter_normal(key, stream, step, n·K + k) with bias 0 (weight
-    and bias are then ignored and may be None). ``precision``: "ieee" (exact fp32 products)
-    or "tf32". ``config``: one of CONFIGS (DRAWN_CONFIGS if drawn) to use instead of the
-    autotuner's choice (CUDA) or DEFAULT_CONFIG / DEFAULT_DRAWN_CONFIG (CPU).
+    and bias are then ignored and may be None); ``step`` may be a ``StepInMemory``.
+    ``precision``: "ieee" (exact fp32 products) or "tf32". ``config``: one of CONFIGS
+    (DRAWN_CONFIGS if drawn) to use instead of the autotuner's choice (CUDA) or
+    DEFAULT_CONFIG / DEFAULT_DRAWN_CONFIG (CPU).
     """
     if ln_w is None or ln_b is None:
         raise ValueError("ln_w and ln_b are required")
@@ -367,7 +404,7 @@ def ln_linear(
 
 def linear_residual(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, residual: torch.Tensor,
-    out: torch.Tensor, *, precision: str = "ieee", drawn: tuple[int, int, int] | None = None,
+    out: torch.Tensor, *, precision: str = "ieee", drawn: tuple[int, int, Step] | None = None,
     config: triton.Config | None = None,
 ) -> torch.Tensor:
     """out = residual + x · weightᵀ + bias; returns ``out``, which may be ``residual`` itself.

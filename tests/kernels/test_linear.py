@@ -26,6 +26,7 @@ from gpt2fast.kernels.linear import (
     FINISH_NUM_WARPS,
     K_ALIGN,
     MAX_SPLIT,
+    StepInMemory,
     block_m,
     linear_residual,
     linear_residual_reference,
@@ -35,6 +36,7 @@ from gpt2fast.kernels.linear import (
 )
 
 ROWS = (1, 7, 27, 64, 130)
+BLOCK_MS = tuple(sorted({block_m(rows) for rows in range(1, 257)}))  # every BLOCK_M there is
 SHAPES = ((128, 384), (128, 512), (512, 128))  # (K, N): the tiny model's c_attn, c_fc, c_proj
 RAGGED = (520, 72)  # K and N off every tile size; K is split in two ragged slices (288 + 232)
 SEED, DRAW, STREAM = 1234, 5, 6
@@ -116,6 +118,26 @@ def test_linear_residual_drawn_weights_equal_drawn_tensor(device, rows):
     _assert_fp32_close(p["residual"], expected)
 
 
+@pytest.mark.parametrize("split", (False, True))
+def test_step_in_memory_draws_the_step_it_reads(device, split):
+    """The draw is iteration · per_iteration + offset, read from device memory at launch:
+    the same weights as the step passed by value, and new ones after the tensor changes."""
+    k, n = RAGGED if split else SHAPES[2]
+    rows = 27
+    per_iteration, offset = 3, 2
+    iteration = torch.tensor([1], dtype=torch.int64, device=device)  # draw 1·3 + 2 = 5 = DRAW
+    p = _params(rows, k, n, device)
+    by_value = linear_residual(p["x"], None, None, p["residual"], _nan(rows, n, device), drawn=(KEY, STREAM, DRAW))
+    in_memory = StepInMemory(iteration, per_iteration, offset)
+    out = linear_residual(p["x"], None, None, p["residual"], _nan(rows, n, device), drawn=(KEY, STREAM, in_memory))
+    torch.testing.assert_close(out, by_value, rtol=0, atol=0)
+    iteration.fill_(2)  # draw 8
+    out = ln_linear(p["x"], p["ln_w"], p["ln_b"], None, None, _nan(rows, n, device), drawn=(KEY, STREAM, in_memory))
+    d = _double(p)
+    weight = weight_stream.drawn_tensor(SEED, 8, STREAM, (n, k), "cpu").double()
+    _assert_fp32_close(out, ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], weight, torch.zeros(n).double()))
+
+
 @pytest.mark.parametrize(
     "config, drawn", [(c, False) for c in CONFIGS] + [(c, True) for c in DRAWN_CONFIGS],
     ids=[f"{c.kwargs}-{c.num_warps}w" for c in CONFIGS] + [f"drawn-{c.kwargs}-{c.num_warps}w" for c in DRAWN_CONFIGS],
@@ -176,8 +198,8 @@ def test_autotuner_keeps_an_in_place_residual_right(device, monkeypatch):
     d = _double(p)
     x, w, b, res = p["x"], p["weight"], p["bias"], p["residual"]
     tuner[lambda meta: (1, triton.cdiv(n, meta["BLOCK_N"]), 1)](
-        x, w, b, x, x, res, res, res, rows, n, k, k, 0, 0, 0, LN=False, GELU=False, RESIDUAL=True, DRAWN=False,
-        PARTIAL=False, PRECISION="ieee", BLOCK_M=block_m(rows),
+        x, w, b, x, x, res, res, res, x, rows, n, k, k, 0, 0, 0, 0, LN=False, GELU=False, RESIDUAL=True,
+        DRAWN=False, STEP_IN_MEMORY=False, PARTIAL=False, PRECISION="ieee", BLOCK_M=block_m(rows),
     )
     assert tuner.best_config is CONFIGS[-1]
     _assert_fp32_close(res, linear_residual_reference(d["x"], d["weight"], d["bias"], d["residual"]))
@@ -214,6 +236,10 @@ def _bad_calls():
     out_over_x = shared[rows * k - 1 : rows * (k + n) - 1].view(rows, n)
     res_shifted = shared[1 : rows * n + 1].view(rows, n)
     out_shared = shared[: rows * n].view(rows, n)
+
+    def in_memory(dtype=torch.int64, size=1, offset=0) -> StepInMemory:
+        return StepInMemory(torch.ones(size, dtype=dtype), 1, offset)
+
     return [
         ("non-contiguous x", lambda: ln_linear(wide[:, ::2], lw, lb, w, b, out)),
         ("transposed weight", lambda: linear_residual(x, w.t().contiguous().t(), b, res, out)),
@@ -233,6 +259,9 @@ def _bad_calls():
         ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x3")),
         ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0))),
         ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1))),
+        ("step in an int32 tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32)))),
+        ("step in a tensor of two", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(size=2)))),
+        ("negative step offset", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(offset=-1)))),
         ("unknown config", lambda: ln_linear(x, lw, lb, w, b, out, config=object())),
         ("drawn config for stored weights", lambda: ln_linear(x, lw, lb, w, b, out, config=DRAWN_CONFIGS[0])),
     ]
@@ -248,15 +277,17 @@ def _gemm_spec(label: str, config, block_m: int, dtype: str = "fp32", **flags) -
     """fused_linear_kernel for one config, BLOCK_M, dtype and variant (flags override LN + GELU)."""
     pointer = f"*{dtype}"
     signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "ln_w_ptr", "ln_b_ptr", "res_ptr", "out_ptr")}
-    signature |= {"part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32",
-                  "key": "u64", "stream": "u32", "step": "u64"}
-    constexprs = dict(LN=True, GELU=True, RESIDUAL=False, DRAWN=False, PARTIAL=False, PRECISION="ieee")
+    signature |= {"part_ptr": "*fp32", "iteration_ptr": "*i64", "M": "i32", "N": "i32", "K": "i32",
+                  "k_per_split": "i32", "key": "u64", "stream": "u32", "step": "u64", "steps_per_iteration": "u64"}
+    constexprs = dict(LN=True, GELU=True, RESIDUAL=False, DRAWN=False, STEP_IN_MEMORY=False, PARTIAL=False,
+                      PRECISION="ieee")
     constexprs |= flags | {"BLOCK_M": block_m, **config.kwargs}
     signature |= {name: "constexpr" for name in constexprs}
     return AotSpec(
         label=f"fused_linear_kernel {label} BLOCK_M={block_m} {config.kwargs} warps={config.num_warps}",
         kernel="gpt2fast.kernels.linear:fused_linear_kernel", signature=signature, constexprs=constexprs,
-        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages}
+        | ({"maxnreg": config.maxnreg} if config.maxnreg else {}),
     )
 
 
@@ -270,17 +301,20 @@ def _finish_spec(label: str, dtype: str = "fp32", **flags) -> AotSpec:
 
 
 # Every autotuner config with the heaviest fp32 variant (LayerNorm + GELU) and the residual
-# one, and every drawn config, at BLOCK_M = 64 (most registers); the other BLOCK_M and variants
-# once. Sizes are runtime arguments: BLOCK_M = 32 is the real M = 27 of gpt2 and gpt2-xl alike.
+# one at every BLOCK_M (register use does not grow monotonically with it: ptxas spilled drawn
+# variants at 16 and 32 but not 64); the other variants once. Sizes are runtime arguments:
+# BLOCK_M = 32 is the real M = 27 of gpt2 and gpt2-xl alike.
+EVERY_CONFIG = [(c, False, "") for c in CONFIGS] + [(c, True, "drawn ") for c in DRAWN_CONFIGS]
 AOT_SPECS = (
-    [_gemm_spec("ln+gelu", c, 64) for c in CONFIGS]
-    + [_gemm_spec("residual", c, 64, LN=False, GELU=False, RESIDUAL=True) for c in CONFIGS]
-    + [_gemm_spec("drawn ln+gelu", c, 64, DRAWN=True) for c in DRAWN_CONFIGS]
+    [_gemm_spec(f"{prefix}ln+gelu", c, m, DRAWN=drawn) for m in BLOCK_MS for c, drawn, prefix in EVERY_CONFIG]
+    + [_gemm_spec(f"{prefix}residual", c, m, LN=False, GELU=False, RESIDUAL=True, DRAWN=drawn)
+       for m in BLOCK_MS for c, drawn, prefix in EVERY_CONFIG]
     + [_gemm_spec("drawn residual partial", c, 64, LN=False, GELU=False, DRAWN=True, PARTIAL=True)
        for c in DRAWN_CONFIGS]
+    + [_gemm_spec("drawn step in memory ln+gelu", c, 32, DRAWN=True, STEP_IN_MEMORY=True) for c in DRAWN_CONFIGS]
+    + [_gemm_spec("drawn step in memory residual", c, 32, LN=False, GELU=False, RESIDUAL=True, DRAWN=True,
+                  STEP_IN_MEMORY=True) for c in DRAWN_CONFIGS]
     + [
-        _gemm_spec("ln+gelu", CONFIGS[1], 16),
-        _gemm_spec("ln+gelu", CONFIGS[1], 32),
         _gemm_spec("ln partial", CONFIGS[1], 64, GELU=False, PARTIAL=True),
         _gemm_spec("tf32 ln+gelu", CONFIGS[1], 64, PRECISION="tf32"),
         _gemm_spec("bf16 ln+gelu", CONFIGS[1], 64, dtype="bf16"),
