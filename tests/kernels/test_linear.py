@@ -259,7 +259,7 @@ def _bad_calls():
         ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x3")),
         ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0))),
         ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1))),
-        ("step in an int32 tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32)))),
+        ("int32 step tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32)))),
         ("step in a tensor of two", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(size=2)))),
         ("negative step offset", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(offset=-1)))),
         ("unknown config", lambda: ln_linear(x, lw, lb, w, b, out, config=object())),
