@@ -6,6 +6,7 @@
 #   gpu-tests the GPU-only tests, then the Triton backend, driver and kernel tests on CUDA
 #   profile   bench/gpu_profile.py: graph replay vs floor, kernels by device time
 #   kernels   bench/test_kernels.py: achieved GB/s of each GEMM and the LM head
+#   precision bench/precision_study.py: each dot precision's error against float64 (seconds)
 #   sweep     bench/linear_sweep.py: the fused GEMM's tile configurations vs cuBLAS (minutes)
 #   main      the README's main job, gpt2-xl, N = 2000, each backend (random weights)
 #   bench     the consensus/generation benchmarks (BENCH_N iterations, default 200)
@@ -49,6 +50,7 @@ for name in $STAGES; do
     profile) TAIL=60 stage profile 90 python3 bench/gpu_profile.py gpt2-xl ;;
     kernels) TAIL=30 stage kernels 50 $PYTEST bench/test_kernels.py --benchmark-only -s \
         --benchmark-columns=mean,rounds ;;
+    precision) TAIL=10 stage precision 40 python3 bench/precision_study.py ;;
     sweep) TAIL=50 stage sweep 420 python3 bench/linear_sweep.py --top 6 ;;
     main) stage main-triton 120 bash -c 'main_job triton gpt2-xl'
         stage main-torch 90 bash -c 'main_job torch gpt2-xl' ;;

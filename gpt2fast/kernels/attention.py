@@ -18,8 +18,8 @@ One launch: program (m, p·H + h) owns query rows m·BLOCK_M .. m·BLOCK_M + BLO
 prompt p, head h. It keeps the running row maximum, row sum and un-normalised output of a
 flash-attention online softmax while it walks the key blocks 0 .. min(end of its query
 block, T_p); key blocks above the diagonal and query blocks at or past T_p are never
-visited. Both products are ``tl.dot`` with IEEE fp32 inputs by default (``precision="tf32"``
-opts into tensor-core TF32). Tile choice (``causal_config``): prompts up to 128 tokens use
+visited. Both products are ``tl.dot`` with IEEE fp32 inputs by default (``precision``: one
+of ``dot_precision.PRECISIONS``). Tile choice (``causal_config``): prompts up to 128 tokens use
 16×32 tiles (16 query rows, 32 keys; 4 warps) so a 27-token prompt still spreads over 2·H
 programs; longer ones use 64×32 tiles with 8 warps, which read each key/value block once per
 64 queries and give 16·P·H programs at T = 1024. IEEE fp32 ``tl.dot`` runs as FMAs with each
@@ -74,9 +74,9 @@ import triton
 import triton.language as tl
 
 from ..model import merge_heads, split_heads
+from .dot_precision import check_precision
 
 HEAD_DIM = 64
-PRECISIONS = ("ieee", "tf32")
 DTYPES = (torch.float32, torch.bfloat16)
 SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
 CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
@@ -161,8 +161,7 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
     products are TF32 whatever ``precision`` says), all on one device; C = n_head·64.
     Rows t < T_p hold the attention output, rows t ≥ T_p zeros.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if qkv.dim() != 3 or qkv.dtype not in DTYPES or not qkv.is_contiguous():
         raise ValueError(f"qkv must be a contiguous float32 or bfloat16 [P, T, 3C], got {qkv.dtype} {tuple(qkv.shape)}")
     n_prompts, length, three_width = qkv.shape
@@ -276,8 +275,7 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
     bfloat16, contiguous, one device; 1 ≤ length ≤ capacity. ``precision`` is accepted for a uniform interface: the
     one-row products run in IEEE fp32 in either mode.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if q.dim() != 2 or q.shape[1] != HEAD_DIM:
         raise ValueError(f"q must be [H, {HEAD_DIM}], got {tuple(q.shape)}")
     n_head = q.shape[0]

@@ -49,6 +49,7 @@ import triton.language as tl
 
 from ..metrics import consensus_metrics
 from ..model import LAYERNORM_EPS
+from .dot_precision import check_precision
 
 MAX_C = 2048
 FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
@@ -56,7 +57,6 @@ COMBINE_WARPS = 4
 TARGET_GRAM_PROGRAMS = 128  # split C until the Gram launch has about this many programs
 MIN_SLICE = 128  # ... with slices of C at least this wide
 MAX_SPLIT_BT = 32  # only tiles up to this size split (the split 64 x 64 build spills on sm_80)
-PRECISIONS = ("ieee", "tf32")
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,7 @@ def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths:
     tensors = [x, ln_f_w, ln_f_b, lengths, err_out] + ([] if gram_out is None else [gram_out])
     if any(tensor.device != x.device for tensor in tensors):
         raise ValueError("x, ln_f_w, ln_f_b, lengths, err_out and gram_out must share a device")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
 
 
 def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor,
@@ -276,8 +275,9 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
     lengths [P] int64 with 1 <= T_p <= T (not checked: that would need a host sync);
     err_out [P, 2] float32, any strides (e.g. ``err_slot[row][:, layer]``); gram_out None or
     [P, T, T] float32, any strides (e.g. ``gram_slot[row][:, layer]``), NaN outside each
-    prompt's block. ``precision`` is the ``tl.dot`` input precision: "ieee" (exact fp32,
-    default) or "tf32" (tensor cores, ~3e-4 relative error in G). Allocates two float32
+    prompt's block. ``precision`` is the ``tl.dot`` input precision, one of
+    ``dot_precision.PRECISIONS``: "ieee" (exact fp32, default), "tf32x3" or "tf32" (~3e-4
+    relative error in G). Allocates two float32
     scratch buffers, [P, T, C] and [P, tiles, 2], and at small T the slices of G
     [P, S, T', T'], with ``torch.empty``.
     """

@@ -18,10 +18,10 @@ layout W [N, K] = [out, in], row-major.
 
 Dtypes: x, W, b, γ, β, residual and out all float32, or all bfloat16 (LayerNorm, accumulation
 and epilogue in fp32; LN(x) is rounded to bf16 before the product, as PyTorch's bf16 layer_norm
-output is, and out once at the store). fp32 dots are IEEE by default (``precision="tf32"``
-opts into TF32 tensor cores); bf16 operands are upcast and multiplied as TF32, which holds
-every bf16 value exactly: exact products on the tensor cores (and the interpreter, which
-cannot multiply bf16 matrices, computes the same).
+output is, and out once at the store). fp32 dots are IEEE by default (``precision``: one of
+``dot_precision.PRECISIONS``, "tf32x3" and "tf32" on the tensor cores); bf16 operands are
+upcast and multiplied as TF32, which holds every bf16 value exactly: exact products on the
+tensor cores (and the interpreter, which cannot multiply bf16 matrices, computes the same).
 
 Tiling. Program (j, i, s) of the grid (⌈M/BLOCK_M⌉, ⌈N/BLOCK_N⌉, S) computes the output
 tile rows j·BLOCK_M.., columns i·BLOCK_N.. over the s-th slice of K (k_per_split wide, a
@@ -49,8 +49,8 @@ attn c_proj and mlp c_proj S = 6). Caps:
   the FMA peak (and the operands' shared-memory reads bind before it), so IEEE GEMMs are
   FLOP-capped, at roughly half the bandwidth floor for M ≈ 27 and worse at M = 64; at
   M ≤ 16 (BLOCK_M = 16, generation's single rows included) bandwidth binds.
-  ``precision="tf32"`` (or bf16, which also halves the bytes) moves the products to the
-  tensor cores and removes that cap.
+  ``precision="tf32x3"`` (float32's accuracy in three TF32 products), ``"tf32"`` or bf16
+  (which also halves the bytes) move the products to the tensor cores and remove that cap.
 - drawn weights read no W at all but cost a Philox4x32-10 and a Box-Muller per weight
   element per M tile: integer/SFU-bound, a few times slower than streaming stored weights.
 - a call is a few µs at gpt2 sizes, so launch gaps matter: run the block as a CUDA graph.
@@ -75,6 +75,7 @@ import triton.language as tl
 from ..model import LAYERNORM_EPS, layer_norm
 from ..philox import MAX_ELEMENTS, check_range
 from .counter_normal import counter_normal
+from .dot_precision import check_precision
 
 # The FMA path of an IEEE fp32 tl.dot holds a thread's rows and columns of both operands over
 # all of BLOCK_K in registers, so BLOCK_K stays at 16-32 (64 spills at BLOCK_M = 64). Drawn
@@ -103,7 +104,6 @@ CPU_SM_COUNT = 132  # an H100's; the interpreter plans as on one
 FINISH_BLOCK_M = 16
 FINISH_BLOCK_N = 128
 FINISH_NUM_WARPS = 4
-PRECISIONS = ("ieee", "tf32")
 DTYPES = (torch.float32, torch.bfloat16)
 
 INIT_STD: tl.constexpr = tl.constexpr(0.02)  # gpt2fast.weights.INIT_STD, the drawn weights' std
@@ -312,8 +312,7 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
     iteration, per_iteration = None, 0
     if dtype not in DTYPES:
         raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     _check_tensor("x", x, (m, k), dtype, device)
     _check_tensor("out", out, (m, n), dtype, device)
     if ln is not None:
@@ -393,7 +392,7 @@ def ln_linear(
     float32 or all bfloat16; LayerNorm eps 1e-5. ``drawn = (key, stream, step)`` generates
     weight in-kernel as 0.02 · counter_normal(key, stream, step, n·K + k) with bias 0 (weight
     and bias are then ignored and may be None); ``step`` may be a ``StepInMemory``.
-    ``precision``: "ieee" (exact fp32 products) or "tf32". ``config``: one of CONFIGS
+    ``precision``: one of ``dot_precision.PRECISIONS``. ``config``: one of CONFIGS
     (DRAWN_CONFIGS if drawn) to use instead of the autotuner's choice (CUDA) or
     DEFAULT_CONFIG / DEFAULT_DRAWN_CONFIG (CPU).
     """

@@ -66,8 +66,8 @@ from ..philox import counter_normal as counter_normal_vector
 from ..philox import check_range
 from ..weights import INIT_STD
 from .counter_normal import counter_normal
+from .dot_precision import check_precision
 
-PRECISIONS = ("ieee", "tf32")
 DTYPES = (torch.float32, torch.bfloat16)
 ARGMAX_BLOCK_V = 64
 ARGMAX_BLOCK_K = 16  # tl.dot needs K >= 16 (Triton 3.6 refuses 8); see ARGMAX_WARPS for spills
@@ -206,8 +206,7 @@ def check_head_arguments(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, 
         raise ValueError("y, out and (unless drawn) wte must be contiguous")
     if len({t.device for t in (y, wte, out)}) != 1:
         raise ValueError("y, wte and out must be on one device")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if drawn is None:
         return NO_DRAW
     key, stream, step = drawn
@@ -223,12 +222,14 @@ def argmax_config(n_rows: int, precision: str, drawn: bool) -> tuple[int, int, s
     BLOCK_M is the smallest power of two >= M among ARGMAX_WARPS (16, 32, 64; tl.dot needs
     16 rows), 64 for M > 64. A drawn head always runs DRAWN_CONFIG: regenerating a weight
     costs far more than the BLOCK_M products it feeds, so tf32 would gain nothing there, and
-    the widest row block regenerates wte the fewest times.
+    the widest row block regenerates wte the fewest times. "tf32x3" runs as "ieee" (the same
+    float32 accuracy; its build spills at BLOCK_M = 32, and the head runs only at decode
+    iterations, where its speed hardly counts).
     """
     if drawn:
         return DRAWN_CONFIG
     block_m = min(max(triton.next_power_of_2(n_rows), min(ARGMAX_WARPS)), max(ARGMAX_WARPS))
-    return block_m, ARGMAX_WARPS[block_m], precision
+    return block_m, ARGMAX_WARPS[block_m], "ieee" if precision == "tf32x3" else precision
 
 
 def lm_head_argmax(y: torch.Tensor, wte: torch.Tensor, out_ids: torch.Tensor, *,
@@ -237,8 +238,8 @@ def lm_head_argmax(y: torch.Tensor, wte: torch.Tensor, out_ids: torch.Tensor, *,
 
     y [M, C] (ln_f-normalised rows) and wte [V, C] (only its shape and dtype when
     ``drawn`` = (key < 2**64, stream < 2**32, step < 2**64) is given), both float32 or both
-    bfloat16; contiguous, one device. precision: "ieee" (exact float32 products) or "tf32"
-    (opt-in tensor cores; ignored when drawn, see ``argmax_config``; bf16 values always run
+    bfloat16; contiguous, one device. precision: one of ``dot_precision.PRECISIONS``
+    (tensor-core modes ignored when drawn, see ``argmax_config``; bf16 values always run
     as TF32, which multiplies them exactly).
     Allocates float32 and int32 partials [splits, M], splits <= TARGET_PROGRAMS.
     """

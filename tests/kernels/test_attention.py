@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from aot import AotSpec, check_compiles
+from gpt2fast.kernels.dot_precision import PRECISIONS
 from gpt2fast.kernels.attention import (
     CAUSAL_CONFIGS,
     COMBINE_NUM_WARPS,
@@ -24,7 +25,6 @@ from gpt2fast.kernels.attention import (
     DECODE_NUM_WARPS,
     HEAD_DIM,
     MAX_SPLITS,
-    PRECISIONS,
     causal_attention,
     causal_attention_reference,
     causal_config,
@@ -174,7 +174,7 @@ def test_causal_of_nothing_launches_nothing():
         (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 5, WIDTH), N_HEAD, "ieee"),
         (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64),
          torch.empty(2, WIDTH, 4).transpose(1, 2), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x3"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x2"),
         (torch.empty(2, 4, 3 * WIDTH, dtype=torch.bfloat16), torch.ones(2, dtype=torch.int64),
          torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
     ],

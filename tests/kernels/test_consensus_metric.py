@@ -13,6 +13,7 @@ import torch
 
 from aot import AotSpec, check_compiles
 from gpt2fast.kernels import consensus_metric as metric_module
+from gpt2fast.kernels.dot_precision import PRECISIONS
 from gpt2fast.kernels.consensus_metric import (
     COMBINE_WARPS,
     FINALIZE_BLOCK,
@@ -77,7 +78,7 @@ AOT_SPECS = [
     _unit_rows_spec("C=768/1024 bf16", "bf16", 1024),
     _unit_rows_spec("C=1280/1600 bf16", "bf16", 2048),
     *[_gram_spec(config, precision, write_gram, split) for config in GRAM_CONFIGS
-      for precision in ("ieee", "tf32") for write_gram in (True, False)
+      for precision in PRECISIONS for write_gram in (True, False)
       for split in ((False, True) if config.block_t <= MAX_SPLIT_BT else (False,))],
     *[_combine_spec(config, write_gram) for config in GRAM_CONFIGS if config.block_t <= MAX_SPLIT_BT
       for write_gram in (True, False)],
@@ -236,7 +237,7 @@ def _bad(**changes):
         (_bad(err_out=torch.empty(2, 3)), "ieee"),
         (_bad(err_out=torch.empty(2, 2, dtype=torch.float64)), "ieee"),
         (_bad(gram_out=torch.empty(2, 5, 4)), "ieee"),
-        (_bad(), "tf32x3"),
+        (_bad(), "tf32x2"),
     ],
 )
 def test_rejects_bad_arguments(arguments, precision):

@@ -171,6 +171,23 @@ def test_bf16_matches_the_bf16_reference(device, rows, k, n):
     torch.testing.assert_close(p["residual"].cpu().float(), expected.float(), rtol=1e-2, atol=1e-2)
 
 
+def test_tf32x3_is_as_accurate_as_ieee(device):
+    """Three TF32 products per float32 product keep float32's accuracy (against float64); on
+    a GPU this compares the tensor-core and CUDA-core paths, under the interpreter (exact
+    products in every mode) both are exact."""
+    rows, (k, n) = 27, RAGGED
+    p = _params(rows, k, n, device)
+    d = _double(p)
+    expected = ln_linear_reference(d["x"], d["ln_w"], d["ln_b"], d["weight"], d["bias"], gelu=True)
+
+    def error(precision: str) -> float:
+        out = ln_linear(p["x"], p["ln_w"], p["ln_b"], p["weight"], p["bias"], _nan(rows, n, device), gelu=True,
+                        precision=precision)
+        return float((out.cpu().double() - expected).norm() / expected.norm())
+
+    assert error("tf32x3") <= max(2 * error("ieee"), 1e-6)
+
+
 def test_tf32_precision_stays_close(device):
     rows, (k, n) = 27, SHAPES[2]
     p = _params(rows, k, n, device)
@@ -256,7 +273,7 @@ def _bad_calls():
         ("out overlapping x", lambda: linear_residual(x_in_shared, w, b, res, out_over_x)),
         ("out overlapping the weight", lambda: ln_linear(x, lw, lb, w, b, w.view(-1)[: rows * n].view(rows, n))),
         ("residual partly overlapping out", lambda: linear_residual(x, w, b, res_shifted, out_shared)),
-        ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x3")),
+        ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x2")),
         ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0))),
         ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1))),
         ("int32 step tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32)))),
@@ -316,7 +333,8 @@ AOT_SPECS = (
                   STEP_IN_MEMORY=True) for c in DRAWN_CONFIGS]
     + [
         _gemm_spec("ln partial", CONFIGS[1], 64, GELU=False, PARTIAL=True),
-        _gemm_spec("tf32 ln+gelu", CONFIGS[1], 64, PRECISION="tf32"),
+        *(_gemm_spec(f"{precision} ln+gelu", c, 32, PRECISION=precision) for precision in ("tf32x3", "tf32")
+          for c in CONFIGS),
         _gemm_spec("bf16 ln+gelu", CONFIGS[1], 64, dtype="bf16"),
         _gemm_spec("bf16 residual", CONFIGS[1], 64, dtype="bf16", LN=False, GELU=False, RESIDUAL=True),
         _finish_spec("bias+gelu", HAS_BIAS=True, GELU=True, RESIDUAL=False),

@@ -14,6 +14,7 @@ import torch
 from aot import AotSpec, check_compiles
 from gpt2fast import weight_stream
 from gpt2fast.kernels import lm_head
+from gpt2fast.kernels.dot_precision import PRECISIONS
 from gpt2fast.kernels.lm_head import (
     ARGMAX_BLOCK_K,
     ARGMAX_BLOCK_V,
@@ -22,7 +23,6 @@ from gpt2fast.kernels.lm_head import (
     LOGITS_BLOCK_K,
     LOGITS_BLOCK_V,
     NUM_WARPS,
-    PRECISIONS,
     argmax_config,
     lm_head_argmax,
     lm_head_argmax_reference,
@@ -257,7 +257,7 @@ BAD_HEAD_ARGUMENTS = [
     ("wte", torch.empty(0, WIDTH)),
     ("wte", torch.empty(7, WIDTH, dtype=torch.float64)),
     ("wte", torch.empty(WIDTH, 7).T),
-    ("precision", "tf32x3"),
+    ("precision", "tf32x2"),
     ("drawn", (2**64, 0, 0)),
     ("drawn", (0, 2**32, 0)),
     ("drawn", (0, 0, -1)),
