@@ -161,7 +161,7 @@ def test_iteration_read_from_a_tensor_draws_that_iterations_weights(random_init,
 def test_triton_cuda_graph_replays_the_eager_iteration(random_init, const_reset, tmp_path):
     """On a GPU the driver replays a captured CUDA graph of the Triton iteration: the same
     kernels in the same order as the eager calls, so the same numbers; over 3 iterations
-    both also match the torch backend on the CPU. Under --const-reset iteration 0 runs
+    both also match the torch backend on the same GPU. Under --const-reset iteration 0 runs
     eagerly and the graph, reading the iteration from device memory, the rest."""
     flags = ConsensusFlags(iterations=3, random_init=random_init, const_reset=const_reset, seed=2,
                            decode_iterations=(0, 2))
@@ -172,4 +172,4 @@ def test_triton_cuda_graph_replays_the_eager_iteration(random_init, const_reset,
     assert captured is not None and captured.first_iteration == int(const_reset)
     graphed = run(TritonEngine, flags, tmp_path, cuda)
     assert_same_run(graphed, run(EagerTritonEngine, flags, tmp_path, cuda), rtol=1e-6, atol=1e-7)
-    assert_same_run(graphed, run(TorchEngine, flags, tmp_path, torch.device("cpu")), rtol=1e-4, atol=1e-5)
+    assert_same_run(graphed, run(TorchEngine, flags, tmp_path, cuda), rtol=1e-4, atol=1e-5)
