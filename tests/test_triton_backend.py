@@ -134,13 +134,12 @@ class EagerTritonEngine(TritonEngine):
         return None
 
 
-@pytest.mark.parametrize("random_init", [False, True])
-def test_iteration_read_from_a_tensor_draws_that_iterations_weights(random_init, device):
+def test_iteration_read_from_a_tensor_draws_that_iterations_weights(device):
     """Under --const-reset the graphed iteration takes its index as a device tensor that
     the GEMM kernels read when they run: iterations 1 and 2 computed that way (one tensor,
     rewritten in between, as the driver does between replays) equal the same iterations
     with the index passed by value."""
-    stream = WeightStream(CFG, STATE, seed=3, random_init=random_init, const_reset=True, device=device,
+    stream = WeightStream(CFG, STATE, seed=3, random_init=False, const_reset=True, device=device,
                           dtype=torch.float32)
     by_value, from_tensor = TritonEngine(stream, PROMPTS, False), TritonEngine(stream, PROMPTS, False)
     shape = (len(PROMPTS), CFG.n_layer)
