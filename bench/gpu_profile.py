@@ -71,7 +71,7 @@ def main(model: str) -> None:
           f"{weight_bytes / 1e9:.2f} GB per iteration, floor {floor_ms:.3f} ms", flush=True)
     for backend in ("triton", "torch"):
         engine = make_engine(backend, stream, tokens, False, "fp32")
-        captured = engine.capture_iteration(True)
+        captured = engine.capture_iteration(True, DRIVEN_ITERATIONS)
         graph_ms = replay_ms(captured.graph)
         with tempfile.TemporaryDirectory() as folder:
             drive(make_engine(backend, stream, tokens, False, "fp32"), 2, Path(folder) / "e.npy",

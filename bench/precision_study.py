@@ -3,11 +3,13 @@
 For every gpt2-xl Linear at the default workload (M = 27 rows of LayerNorm-scale inputs,
 N(0, 0.02²) weights) prints the relative error ‖out − exact‖ / ‖exact‖ of:
     ieee    float32 products (PyTorch's matmul on the CPU; the fused kernel on a GPU)
-    tf32x3  a = a_hi + a_lo with a_hi = tf32(a), a_lo = tf32(a − a_hi) (round to nearest, ties
-            away, as ``cvt.rna.tf32.f32``), product a_lo·b_hi + a_hi·b_lo + a_hi·b_hi, each
-            TF32·TF32 product exact in float32: Triton's "tf32x3" emulated on the CPU
-    tf32    tf32(a)·tf32(b)
-On a GPU the fused kernel's own results in each mode are printed beside the emulation.
+    tf32x3  a_hi = rna(a) (round to nearest TF32, ties away, ``cvt.rna.tf32.f32``), a_lo =
+            a − a_hi, product a_lo·b_hi + a_hi·b_lo + a_hi·b_hi: Triton's "tf32x3" emulated
+    tf32    a·b with TF32 operands
+where the tensor cores read a float32 operand as TF32 by dropping its 13 low mantissa bits
+(truncation, assumed here, the pessimistic reading) and every TF32·TF32 product is exact in
+float32. On a GPU the fused kernel's own results in each mode are printed beside the
+emulation.
 
 Usage: python bench/precision_study.py
 """
@@ -24,21 +26,28 @@ ROWS = 27
 TF32_DROPPED_BITS = 13  # float32 keeps 23 mantissa bits, TF32 10
 
 
+LOW_BITS = (1 << TF32_DROPPED_BITS) - 1
+
+
 def round_to_tf32(a: torch.Tensor) -> torch.Tensor:
     """float32 -> the nearest TF32 value (ties away from zero), still stored as float32."""
-    half = 1 << (TF32_DROPPED_BITS - 1)
-    bits = (a.view(torch.int32) + half) & ~((1 << TF32_DROPPED_BITS) - 1)
+    bits = (a.view(torch.int32) + (1 << (TF32_DROPPED_BITS - 1))) & ~LOW_BITS
     return bits.view(torch.float32)
+
+
+def truncate_to_tf32(a: torch.Tensor) -> torch.Tensor:
+    """float32 -> TF32 by dropping the low mantissa bits (how a tensor core reads it)."""
+    return (a.view(torch.int32) & ~LOW_BITS).view(torch.float32)
 
 
 def emulated(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
     """a [M, K] · b [K, N] in float32 as ``precision`` computes it."""
     if precision == "ieee":
         return a @ b
-    a_hi, b_hi = round_to_tf32(a), round_to_tf32(b)
     if precision == "tf32":
-        return a_hi @ b_hi
-    a_lo, b_lo = round_to_tf32(a - a_hi), round_to_tf32(b - b_hi)
+        return truncate_to_tf32(a) @ truncate_to_tf32(b)
+    a_hi, b_hi = round_to_tf32(a), round_to_tf32(b)
+    a_lo, b_lo = truncate_to_tf32(a - a_hi), truncate_to_tf32(b - b_hi)
     return (a_lo @ b_hi + a_hi @ b_lo) + a_hi @ b_hi
 
 

@@ -73,7 +73,7 @@ def drive(
         engine.iteration(index, err_slots[slot][row], None if gram is None else gram[row])
 
     try:
-        graph = engine.capture_iteration(wants_gram)
+        graph = engine.capture_iteration(wants_gram, n_iterations)
         if graph is not None:
             return driver.run_graph(
                 graph.graph.raw_cuda_graph_exec(), torch.cuda.current_stream().cuda_stream,

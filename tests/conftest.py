@@ -9,6 +9,7 @@ real GPUs needs the compiled mode and runs in a child process (tests/kernels/aot
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -44,3 +45,21 @@ def device() -> torch.device:
     """Where kernel tests put their tensors: the GPU when there is one, else the CPU
     (then the kernels run under the interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def host_reads_forbidden(monkeypatch):
+    """A context manager inside which reading any tensor's value on the host raises: what
+    runs there could be captured in a CUDA graph, whose replays never re-run host code."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor's value was read on the host")
+
+    @contextmanager
+    def forbidden():
+        with monkeypatch.context() as patch:
+            for name in ("item", "tolist", "__int__", "__index__", "__float__", "__bool__"):
+                patch.setattr(torch.Tensor, name, refuse)
+            yield
+
+    return forbidden

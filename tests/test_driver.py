@@ -192,7 +192,7 @@ def test_chunk_size_keeps_staging_bounded():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_path_matches_the_cpu_path(tmp_path):
     engine = engine_for(device="cuda")
-    assert engine.capture_iteration(True) is not None
+    assert engine.capture_iteration(True, 7) is not None and engine.capture_iteration(True, 1) is None
     engine = engine_for(device="cuda")
     decoded = {}
     assert drive(engine, 7, tmp_path / "e.npy", tmp_path / "g.npy", decode_iterations=frozenset({2}),

@@ -27,14 +27,14 @@ PROMPTS = [[464, 208, 7, 211, 18, 62, 262], [511], [318, 257, 13, 286, 262, 100]
 FLAG_COMBINATIONS = list(itertools.product([False, True], repeat=3))
 
 
-def run(engine_class, flags: ConsensusFlags, tmp_path, device, dtype=torch.float32):
+def run(engine_class, flags: ConsensusFlags, tmp_path, device, dtype=torch.float32, chunk: int | None = None):
     stream = WeightStream(CFG, STATE, seed=flags.seed, random_init=flags.random_init,
                           const_reset=flags.const_reset, device=device, dtype=dtype)
     engine = engine_class(stream, PROMPTS, flags.noff)
     name = engine_class.backend
     decoded = {}
     drive(engine, flags.iterations, tmp_path / f"{name}-e.npy", tmp_path / f"{name}-g.npy",
-          decode_iterations=frozenset(flags.decode_iterations), on_decode=decoded.__setitem__)
+          decode_iterations=frozenset(flags.decode_iterations), on_decode=decoded.__setitem__, chunk=chunk)
     return np.load(tmp_path / f"{name}-e.npy"), np.load(tmp_path / f"{name}-g.npy"), decoded
 
 
@@ -130,15 +130,15 @@ class EagerTritonEngine(TritonEngine):
 
     backend = "triton-eager"
 
-    def capture_iteration(self, with_gram: bool) -> None:
+    def capture_iteration(self, with_gram: bool, n_iterations: int) -> None:
         return None
 
 
-def test_iteration_read_from_a_tensor_draws_that_iterations_weights(device):
+def test_iteration_read_from_a_tensor_draws_that_iterations_weights(device, host_reads_forbidden):
     """Under --const-reset the graphed iteration takes its index as a device tensor that
-    the GEMM kernels read when they run: iterations 1 and 2 computed that way (one tensor,
-    rewritten in between, as the driver does between replays) equal the same iterations
-    with the index passed by value."""
+    the GEMM kernels read when they run (never the host, which a graph replay would not
+    re-run): iterations 1 and 2 computed that way (one tensor, rewritten in between, as the
+    driver does between replays) equal the same iterations with the index passed by value."""
     stream = WeightStream(CFG, STATE, seed=3, random_init=False, const_reset=True, device=device,
                           dtype=torch.float32)
     by_value, from_tensor = TritonEngine(stream, PROMPTS, False), TritonEngine(stream, PROMPTS, False)
@@ -150,25 +150,40 @@ def test_iteration_read_from_a_tensor_draws_that_iterations_weights(device):
         err, gram = torch.empty(*shape, 2), torch.empty(gram_shape)
         by_value.iteration(iteration, want_err, want_gram)
         index.fill_(iteration)
-        from_tensor.iteration(index if iteration > 0 else iteration, err, gram)
+        if iteration == 0:
+            from_tensor.iteration(iteration, err, gram)
+        else:
+            with host_reads_forbidden():
+                from_tensor.iteration(index, err, gram)
         assert torch.equal(err, want_err) and torch.equal(gram.nan_to_num(), want_gram.nan_to_num())
     assert torch.equal(from_tensor.x, by_value.x)
+
+
+def test_iteration_index_from_a_tensor_needs_const_reset(device):
+    stream = WeightStream(CFG, STATE, seed=3, random_init=True, const_reset=False, device=device,
+                          dtype=torch.float32)
+    engine = TritonEngine(stream, PROMPTS, False)
+    err = torch.empty(len(PROMPTS), CFG.n_layer, 2)
+    with pytest.raises(ValueError):
+        engine.iteration(torch.ones(1, dtype=torch.int64, device=device), err, None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("random_init, const_reset", [(False, False), (False, True), (True, True)])
 def test_triton_cuda_graph_replays_the_eager_iteration(random_init, const_reset, tmp_path):
     """On a GPU the driver replays a captured CUDA graph of the Triton iteration: the same
-    kernels in the same order as the eager calls, so the same numbers; over 3 iterations
+    kernels in the same order as the eager calls, so the same numbers; over 4 iterations
     both also match the torch backend on the same GPU. Under --const-reset iteration 0 runs
-    eagerly and the graph, reading the iteration from device memory, the rest."""
-    flags = ConsensusFlags(iterations=3, random_init=random_init, const_reset=const_reset, seed=2,
-                           decode_iterations=(0, 2))
+    eagerly and the graph, reading the iteration from device memory, the rest. One iteration
+    per staging slot, so the eager iteration fills a slot of its own and the graph's are
+    handed over one by one."""
+    flags = ConsensusFlags(iterations=4, random_init=random_init, const_reset=const_reset, seed=2,
+                           decode_iterations=(0, 3))
     cuda = torch.device("cuda")
     stream = WeightStream(CFG, STATE, seed=2, random_init=random_init, const_reset=const_reset, device=cuda,
                           dtype=torch.float32)
-    captured = TritonEngine(stream, PROMPTS, False).capture_iteration(True)
+    captured = TritonEngine(stream, PROMPTS, False).capture_iteration(True, flags.iterations)
     assert captured is not None and captured.first_iteration == int(const_reset)
-    graphed = run(TritonEngine, flags, tmp_path, cuda)
+    graphed = run(TritonEngine, flags, tmp_path, cuda, chunk=1)
     assert_same_run(graphed, run(EagerTritonEngine, flags, tmp_path, cuda), rtol=1e-6, atol=1e-7)
     assert_same_run(graphed, run(TorchEngine, flags, tmp_path, cuda), rtol=1e-4, atol=1e-5)

@@ -18,6 +18,7 @@ from .cpu_packed import PACKED, packed_blocks
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
+MIN_GRAPH_REPLAYS = 2  # a graph replayed once would not pay for its warm-up and capture
 
 
 def pad_prompts(token_lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +103,12 @@ class TorchEngine:
         return torch.stack([(rows @ lm_head.T).argmax(-1) for rows in y]).cpu()
 
     @torch.no_grad()
-    def capture_iteration(self, with_gram: bool) -> CapturedIteration | None:
-        """A CUDA graph of one iteration that updates x in place, or None where a graph
-        cannot stand for every iteration: off CUDA, and under ``--const-reset`` (each step
-        then has its own weights, drawn from Python)."""
-        if self.x.device.type != "cuda" or self.stream.const_reset:
+    def capture_iteration(self, with_gram: bool, n_iterations: int) -> CapturedIteration | None:
+        """A CUDA graph of one iteration that updates x in place for a run of
+        ``n_iterations``, or None where a graph cannot stand for every iteration (off CUDA,
+        and under ``--const-reset``: each step then has its own weights, drawn from Python)
+        or would replay fewer than MIN_GRAPH_REPLAYS times."""
+        if self.x.device.type != "cuda" or self.stream.const_reset or n_iterations < MIN_GRAPH_REPLAYS:
             return None
         return capture_in_place(self, with_gram)
 

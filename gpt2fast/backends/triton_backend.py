@@ -28,7 +28,7 @@ from ..model import BlockParams, layer_norm
 from ..philox import mix_key
 from ..weight_stream import DRAW_DOMAIN, WTE_STREAM, WeightStream, linear_stream
 from ..weights import LINEAR_NAMES
-from .torch_backend import CapturedIteration, capture_in_place, pad_prompts
+from .torch_backend import MIN_GRAPH_REPLAYS, CapturedIteration, capture_in_place, pad_prompts
 
 Drawn = tuple[int, int, Step] | None
 
@@ -48,6 +48,8 @@ def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tenso
     """``step_weights`` of block ``layer`` in an iteration >= 1 under --const-reset, whose
     index the GEMM kernels read from ``iteration`` (int64 [1] on the device) when they run:
     every Linear drawn at step iteration · L + layer."""
+    if not stream.const_reset:
+        raise ValueError("an iteration index read at run time is for --const-reset runs only")
     step = StepInMemory(iteration, stream.cfg.n_layer, layer)
     return stream.loaded[layer], {name: (key, linear_stream(layer, name), step) for name in LINEAR_NAMES}
 
@@ -101,8 +103,8 @@ class TritonEngine:
     """All prompts' hidden states x [P, T, C] (the weights' dtype, float32 or bfloat16) and
     the kernels that move them.
 
-    Same interface as ``TorchEngine``; ``precision`` is ``"ieee"`` (faithful fp32) or
-    ``"tf32"``.
+    Same interface as ``TorchEngine``; ``precision`` is one of ``dot_precision.PRECISIONS``
+    (``"ieee"``: faithful fp32).
     """
 
     backend = "triton"
@@ -169,18 +171,20 @@ class TritonEngine:
         return ids.view(self.n_prompts, self.length).cpu()
 
     @torch.no_grad()
-    def capture_iteration(self, with_gram: bool) -> CapturedIteration | None:
-        """A CUDA graph of one iteration (see TorchEngine.capture_iteration); None off CUDA.
+    def capture_iteration(self, with_gram: bool, n_iterations: int) -> CapturedIteration | None:
+        """A CUDA graph of one iteration (see TorchEngine.capture_iteration); None off CUDA
+        or where it would replay fewer than MIN_GRAPH_REPLAYS times.
 
         Under --const-reset the graph stands for iterations 1.. (iteration 0's first block
         uses the loaded weights, every later step a draw): its GEMMs read the iteration
         from a device tensor the driver writes before each replay."""
-        if self.x.device.type != "cuda":
+        first_iteration = int(self.stream.const_reset)
+        if self.x.device.type != "cuda" or n_iterations - first_iteration < MIN_GRAPH_REPLAYS:
             return None
-        if not self.stream.const_reset:
+        if first_iteration == 0:
             return capture_in_place(self, with_gram)
         iteration = torch.ones(1, dtype=torch.int64, device=self.x.device)
-        return capture_in_place(self, with_gram, iteration, first_iteration=1)
+        return capture_in_place(self, with_gram, iteration, first_iteration)
 
 
 class TritonGeneration:

@@ -55,7 +55,7 @@ attn c_proj and mlp c_proj S = 6). Caps:
   element per M tile: integer/SFU-bound, a few times slower than streaming stored weights.
 - a call is a few µs at gpt2 sizes, so launch gaps matter: run the block as a CUDA graph.
 Autotuning: on CUDA, ``triton.autotune`` picks among ``CONFIGS`` (``DRAWN_CONFIGS`` for drawn
-weights; BLOCK_N, BLOCK_K, warps, stages) per (M, N, K, k_per_split, dtypes, variant),
+weights; BLOCK_N, BLOCK_K, warps, stages) per (M, N, K, k_per_split, dtypes, variant flags),
 benchmarking on the first call of each (warm up before capturing a CUDA graph; during tuning
 ``out`` is restored between runs, so an in-place residual stays right). On CPU (Triton's
 interpreter) ``DEFAULT_CONFIG`` / ``DEFAULT_DRAWN_CONFIG`` is used. S comes from the heuristic
@@ -257,8 +257,8 @@ Step = int | StepInMemory
 
 
 def _autotuned(configs: list[triton.Config]):
-    return triton.autotune(configs=configs, key=["M", "N", "K", "k_per_split"], restore_value=["out_ptr"])(
-        fused_linear_kernel)
+    key = ["M", "N", "K", "k_per_split", "LN", "GELU", "RESIDUAL", "STEP_IN_MEMORY", "PARTIAL", "PRECISION"]
+    return triton.autotune(configs=configs, key=key, restore_value=["out_ptr"])(fused_linear_kernel)
 
 
 AUTOTUNED = {False: _autotuned(CONFIGS), True: _autotuned(DRAWN_CONFIGS)}  # by "weights drawn"

@@ -119,17 +119,21 @@ def test_linear_residual_drawn_weights_equal_drawn_tensor(device, rows):
 
 
 @pytest.mark.parametrize("split", (False, True))
-def test_step_in_memory_draws_the_step_it_reads(device, split):
-    """The draw is iteration · per_iteration + offset, read from device memory at launch:
-    the same weights as the step passed by value, and new ones after the tensor changes."""
-    k, n = RAGGED if split else SHAPES[2]
+def test_step_in_memory_draws_the_step_it_reads(device, split, host_reads_forbidden):
+    """The draw is iteration · per_iteration + offset, read from device memory by the
+    kernel (never on the host): the same weights as the step passed by value, and new ones
+    after the tensor changes."""
+    k, n = RAGGED if split else SHAPES[0]
     rows = 27
+    assert split_k(rows, n, k, 132)[0] == (2 if split else 1)
     per_iteration, offset = 3, 2
     iteration = torch.tensor([1], dtype=torch.int64, device=device)  # draw 1·3 + 2 = 5 = DRAW
     p = _params(rows, k, n, device)
     by_value = linear_residual(p["x"], None, None, p["residual"], _nan(rows, n, device), drawn=(KEY, STREAM, DRAW))
     in_memory = StepInMemory(iteration, per_iteration, offset)
-    out = linear_residual(p["x"], None, None, p["residual"], _nan(rows, n, device), drawn=(KEY, STREAM, in_memory))
+    with host_reads_forbidden():
+        out = linear_residual(p["x"], None, None, p["residual"], _nan(rows, n, device),
+                              drawn=(KEY, STREAM, in_memory))
     torch.testing.assert_close(out, by_value, rtol=0, atol=0)
     iteration.fill_(2)  # draw 8
     out = ln_linear(p["x"], p["ln_w"], p["ln_b"], None, None, _nan(rows, n, device), drawn=(KEY, STREAM, in_memory))
@@ -321,20 +325,18 @@ def _finish_spec(label: str, dtype: str = "fp32", **flags) -> AotSpec:
 # one at every BLOCK_M (register use does not grow monotonically with it: ptxas spilled drawn
 # variants at 16 and 32 but not 64); the other variants once. Sizes are runtime arguments:
 # BLOCK_M = 32 is the real M = 27 of gpt2 and gpt2-xl alike.
-EVERY_CONFIG = [(c, False, "") for c in CONFIGS] + [(c, True, "drawn ") for c in DRAWN_CONFIGS]
+EVERY_CONFIG = ([(c, {}, "") for c in CONFIGS] + [(c, {"DRAWN": True}, "drawn ") for c in DRAWN_CONFIGS]
+                + [(c, {"DRAWN": True, "STEP_IN_MEMORY": True}, "drawn step in memory ") for c in DRAWN_CONFIGS])
 AOT_SPECS = (
-    [_gemm_spec(f"{prefix}ln+gelu", c, m, DRAWN=drawn) for m in BLOCK_MS for c, drawn, prefix in EVERY_CONFIG]
-    + [_gemm_spec(f"{prefix}residual", c, m, LN=False, GELU=False, RESIDUAL=True, DRAWN=drawn)
-       for m in BLOCK_MS for c, drawn, prefix in EVERY_CONFIG]
+    [_gemm_spec(f"{prefix}ln+gelu", c, m, **flags) for m in BLOCK_MS for c, flags, prefix in EVERY_CONFIG]
+    + [_gemm_spec(f"{prefix}residual", c, m, LN=False, GELU=False, RESIDUAL=True, **flags)
+       for m in BLOCK_MS for c, flags, prefix in EVERY_CONFIG]
     + [_gemm_spec("drawn residual partial", c, 64, LN=False, GELU=False, DRAWN=True, PARTIAL=True)
        for c in DRAWN_CONFIGS]
-    + [_gemm_spec("drawn step in memory ln+gelu", c, 32, DRAWN=True, STEP_IN_MEMORY=True) for c in DRAWN_CONFIGS]
-    + [_gemm_spec("drawn step in memory residual", c, 32, LN=False, GELU=False, RESIDUAL=True, DRAWN=True,
-                  STEP_IN_MEMORY=True) for c in DRAWN_CONFIGS]
     + [
         _gemm_spec("ln partial", CONFIGS[1], 64, GELU=False, PARTIAL=True),
-        *(_gemm_spec(f"{precision} ln+gelu", c, 32, PRECISION=precision) for precision in ("tf32x3", "tf32")
-          for c in CONFIGS),
+        *(_gemm_spec("tf32x3 ln+gelu", c, 32, PRECISION="tf32x3") for c in CONFIGS),
+        _gemm_spec("tf32 ln+gelu", CONFIGS[1], 64, PRECISION="tf32"),
         _gemm_spec("bf16 ln+gelu", CONFIGS[1], 64, dtype="bf16"),
         _gemm_spec("bf16 residual", CONFIGS[1], 64, dtype="bf16", LN=False, GELU=False, RESIDUAL=True),
         _finish_spec("bias+gelu", HAS_BIAS=True, GELU=True, RESIDUAL=False),
