@@ -2,7 +2,7 @@
 
 For every gpt2-xl Linear at the default workload (M = 27 rows of LayerNorm-scale inputs,
 N(0, 0.02²) weights) prints the relative error ‖out − exact‖ / ‖exact‖ of:
-    ieee    float32 products (PyTorch's matmul on the CPU; the fused kernel on a GPU)
+    ieee    PyTorch's float32 matmul
     tf32x3  a_hi = rna(a) (round to nearest TF32, ties away, ``cvt.rna.tf32.f32``), a_lo =
             a − a_hi, product a_lo·b_hi + a_hi·b_lo + a_hi·b_hi: Triton's "tf32x3" emulated
     tf32    a·b with TF32 operands

@@ -3,7 +3,8 @@
 // The backend supplies one iteration as an opaque step: a Python callable (CPU, or any
 // device) that writes the iteration's metrics into a staging slot, or a captured CUDA graph
 // that writes them to fixed device buffers, which the driver copies into pinned slots with
-// no Python per iteration. Full slots go to the ChunkWriter's thread while the next chunk
+// no Python per iteration (a graph may start at a later iteration, the earlier ones then
+// running through the callable). Full slots go to the ChunkWriter's thread while the next chunk
 // computes. A stop request (the first Ctrl-C / SIGTERM) ends the loop at the next iteration
 // with everything computed so far written.
 #include <pybind11/numpy.h>

@@ -3,7 +3,8 @@
 The driver owns the N-iteration loop, two staging slots of c iterations each, and a writer
 thread that transposes full slots into the ``.npy`` files (see ``csrc/``). A backend hands
 it one iteration as a step: a captured CUDA graph when the engine can provide one (launched
-from C++, no Python per iteration), else a Python callable that fills a slot row.
+from C++, no Python per iteration; under --const-reset on triton from iteration 1, with
+iteration 0 through the callable), else a Python callable that fills a slot row.
 """
 
 from __future__ import annotations

@@ -176,8 +176,9 @@ class TritonEngine:
         or where it would replay fewer than MIN_GRAPH_REPLAYS times.
 
         Under --const-reset the graph stands for iterations 1.. (iteration 0's first block
-        uses the loaded weights, every later step a draw): its GEMMs read the iteration
-        from a device tensor the driver writes before each replay."""
+        uses stored weights, loaded or --random-init's draw 0; every later step a fresh
+        draw): its GEMMs read the iteration from a device tensor the driver writes before
+        each replay."""
         first_iteration = int(self.stream.const_reset)
         if self.x.device.type != "cuda" or n_iterations - first_iteration < MIN_GRAPH_REPLAYS:
             return None

@@ -272,8 +272,8 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
     """One new token's attention over a key/value cache; writes and returns ``out``.
 
     q [H, 64], cache_k and cache_v [H, capacity, 64], out [H, 64]: all float32 or all
-    bfloat16, contiguous, one device; 1 ≤ length ≤ capacity. ``precision`` is accepted for a uniform interface: the
-    one-row products run in IEEE fp32 in either mode.
+    bfloat16, contiguous, one device; 1 ≤ length ≤ capacity. ``precision`` is accepted for
+    a uniform interface: the one-row products run in IEEE fp32 in every mode.
     """
     check_precision(precision)
     if q.dim() != 2 or q.shape[1] != HEAD_DIM:

@@ -65,7 +65,7 @@ class GramConfig:
 
     An fp32 "ieee" ``tl.dot`` runs on the FMA units and holds each thread's rows and columns
     of the K step in registers, so BK shrinks as BT grows: every config compiles without
-    spills for sm_80 and sm_90 (at most 128 registers), tf32 included."""
+    spills for sm_80 and sm_90 (at most 128 registers), tf32 and tf32x3 included."""
 
     block_t: int
     block_k: int

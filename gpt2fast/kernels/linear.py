@@ -81,7 +81,7 @@ from .dot_precision import check_precision
 # all of BLOCK_K in registers, so BLOCK_K stays at 16-32 (64 spills at BLOCK_M = 64). Drawn
 # weights load no W, so two stages suffice, and BLOCK_K = 16 keeps a thread at 4 generated
 # weights per step (8 spill the Philox state). Left to itself ptxas caps the drawn variants at
-# 80-168 registers and spills 8-40 bytes at some BLOCK_M; maxnreg = 255 lets them take the
+# 80-168 registers and spills 8-88 bytes at some BLOCK_M; maxnreg = 255 lets them take the
 # 93-238 they need. None spills on sm_80/sm_90 at any BLOCK_M (tests/kernels/test_linear.py).
 CONFIGS = [
     triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),

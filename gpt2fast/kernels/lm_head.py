@@ -24,7 +24,8 @@ dominates every call, so both kernels are bandwidth bound and read wte exactly o
 block of BLOCK_M rows (once per call for M <= 64): ~46 µs (gpt2) and ~96 µs (gpt2-xl) at an
 H100's ~3.35 TB/s. The [M, V] logits are never materialised. With "ieee" the argmax's
 BLOCK_M·V·C FMAs run on the CUDA cores (BLOCK_M = 32, gpt2: 1.2 G FMAs, the same order as
-the read time at ~30 T FMA/s); "tf32" moves them to the tensor cores. A drawn head reads
+the read time at ~30 T FMA/s); "tf32" moves them to the tensor cores ("tf32x3" runs as "ieee"
+here, ``argmax_config``). A drawn head reads
 nothing but costs a Philox4x32-10 and a Box-Muller pair per weight element and row block
 (V·C = 39 M elements for gpt2, 80 M for gpt2-xl): there the integer and SFU work bounds it.
 
@@ -274,8 +275,9 @@ def lm_head_logits(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, *,
     """Write the logits wte · y into ``out`` [V] float32; returns ``out``.
 
     y [C] (one ln_f-normalised row) and wte [V, C] (only its shape and dtype when ``drawn``
-    is given), both float32 or both bfloat16, as ``lm_head_argmax``; contiguous, one device. ``precision`` is
-    checked like ``lm_head_argmax``'s, but both values give the same IEEE float32 FMAs.
+    is given), both float32 or both bfloat16, as ``lm_head_argmax``; contiguous, one device.
+    ``precision`` is checked like ``lm_head_argmax``'s, but every value gives the same IEEE
+    float32 FMAs.
     """
     if y.dim() != 1:
         raise ValueError(f"y must be [C], got {tuple(y.shape)}")

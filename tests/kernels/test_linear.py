@@ -178,7 +178,7 @@ def test_bf16_matches_the_bf16_reference(device, rows, k, n):
 def test_tf32x3_is_as_accurate_as_ieee(device):
     """Three TF32 products per float32 product keep float32's accuracy (against float64); on
     a GPU this compares the tensor-core and CUDA-core paths, under the interpreter (exact
-    products in every mode) both are exact."""
+    products in every mode) both give the same result."""
     rows, (k, n) = 27, RAGGED
     p = _params(rows, k, n, device)
     d = _double(p)
