@@ -4,8 +4,8 @@
 // device) that writes the iteration's metrics into a staging slot, or a captured CUDA graph
 // that writes them to fixed device buffers, which the driver copies into pinned slots with
 // no Python per iteration (a graph may start at a later iteration, the earlier ones then
-// running through the callable). Full slots go to the ChunkWriter's thread while the next chunk
-// computes. A stop request (the first Ctrl-C / SIGTERM) ends the loop at the next iteration
+// running through the callable). Full slots go to the ChunkWriter's thread while the next
+// chunk computes. A stop request (the first Ctrl-C / SIGTERM) ends the loop at the next iteration
 // with everything computed so far written.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -96,7 +96,8 @@ class Driver {
   // Runs the loop by launching `graph_exec` on `stream` for iterations `first_graph_iteration`
   // onwards (the earlier ones through `step`, as in run_callable); the graph leaves one
   // iteration's err [P, L, 2] at `current_err` and G [P, L, T, T] at `current_gram` (device
-  // pointers). When `iteration_pointer` is not 0, the iteration index (int64) is copied there first.
+  // pointers). When `iteration_pointer` is not 0, the iteration index (int64) is copied
+  // there first.
   int64_t run_graph(uintptr_t graph_exec, uintptr_t stream, uintptr_t current_err,
                     uintptr_t current_gram, uintptr_t iteration_pointer, int64_t first_graph_iteration,
                     const py::function& step, const py::function& decode,
@@ -236,7 +237,8 @@ PYBIND11_MODULE(_driver, m) {
            "Run step(iteration, slot, row) for each iteration; returns iterations completed.")
       .def("run_graph", &Driver::run_graph, py::arg("graph_exec"), py::arg("stream"),
            py::arg("current_err"), py::arg("current_gram"), py::arg("iteration_pointer"),
-           py::arg("first_graph_iteration"), py::arg("step"), py::arg("decode"), py::arg("decode_iterations"), py::arg("on_progress"),
+           py::arg("first_graph_iteration"), py::arg("step"), py::arg("decode"),
+           py::arg("decode_iterations"), py::arg("on_progress"),
            "Launch a captured CUDA graph per iteration; returns iterations completed.")
       .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
 

@@ -36,11 +36,10 @@ Drawn = tuple[int, int, Step] | None
 def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, Drawn]]:
     """The block of step ``step`` and, per Linear, the in-kernel draw (key, stream, draw)
     that replaces its stored weight under --const-reset (None: use the stored one)."""
-    layer = step % stream.cfg.n_layer
     draw = stream.draw_of(step)
     if draw is None or draw == 0:
         return stream.block(step), dict.fromkeys(LINEAR_NAMES)
-    return stream.loaded[layer], {name: (key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
+    return in_kernel_draws(stream, key, step % stream.cfg.n_layer, draw)
 
 
 def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tensor,
@@ -50,8 +49,12 @@ def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tenso
     every Linear drawn at step iteration · L + layer."""
     if not stream.const_reset:
         raise ValueError("an iteration index read at run time is for --const-reset runs only")
-    step = StepInMemory(iteration, stream.cfg.n_layer, layer)
-    return stream.loaded[layer], {name: (key, linear_stream(layer, name), step) for name in LINEAR_NAMES}
+    return in_kernel_draws(stream, key, layer, StepInMemory(iteration, stream.cfg.n_layer, layer))
+
+
+def in_kernel_draws(stream: WeightStream, key: int, layer: int, draw: Step) -> tuple[BlockParams, dict[str, Drawn]]:
+    """Block ``layer`` with every Linear drawn in-kernel at ``draw`` (its LayerNorms loaded)."""
+    return stream.loaded[layer], {name: (key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
 
 
 def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, Drawn]:

@@ -277,9 +277,8 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
     [P, T, T] float32, any strides (e.g. ``gram_slot[row][:, layer]``), NaN outside each
     prompt's block. ``precision`` is the ``tl.dot`` input precision, one of
     ``dot_precision.PRECISIONS``: "ieee" (exact fp32, default), "tf32x3" or "tf32" (~3e-4
-    relative error in G). Allocates two float32
-    scratch buffers, [P, T, C] and [P, tiles, 2], and at small T the slices of G
-    [P, S, T', T'], with ``torch.empty``.
+    relative error in G). Allocates two float32 scratch buffers, [P, T, C] and [P, tiles, 2],
+    and at small T the slices of G [P, S, T', T'], with ``torch.empty``.
     """
     _check(x, ln_f_w, ln_f_b, lengths, err_out, gram_out, precision)
     n_prompts, length, width = x.shape
