@@ -1,5 +1,6 @@
-"""Packaging for gpt2fast: the Python package and the C++ loop driver (``gpt2fast._driver``),
-built through CMake with a C++ compiler alone."""
+"""Packaging for gpt2fast: the Python package and its two C++ modules, the loop driver
+(``gpt2fast._driver``) and the CPU's few-row Linear (``gpt2fast._panel_linear``), built
+through CMake with a C++ compiler alone."""
 
 import os
 import subprocess
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 class CMakeExtension(Extension):
-    """An extension whose sources CMakeLists.txt lists."""
+    """An extension whose sources CMakeLists.txt lists, as the target named like the module."""
 
     def __init__(self, name: str):
         super().__init__(name, sources=[])
@@ -39,7 +40,8 @@ class CMakeBuild(build_ext):
             check=True,
         )
         jobs = str(max(1, os.cpu_count() or 1))
-        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        target = ext.name.rsplit(".", 1)[-1]
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", target, "--parallel", jobs], check=True)
 
 
 setup(
@@ -48,7 +50,7 @@ setup(
     description="Fast, faithful GPT-2 consensus (rank-collapse) experiments",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2fast", "gpt2fast.*"]),
-    ext_modules=[CMakeExtension("gpt2fast._driver")],
+    ext_modules=[CMakeExtension("gpt2fast._driver"), CMakeExtension("gpt2fast._panel_linear")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         # Bounded so that the CPU build torch 2.13.0 satisfies it and pip never replaces it

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2fast.backends import cpu_packed
+from gpt2fast.backends import cpu_packed, cpu_panels
 from gpt2fast.backends.torch_backend import TorchEngine
 from gpt2fast.metrics import PromptMasks, consensus_metrics
 from gpt2fast.model import DENSE, block
@@ -54,7 +54,7 @@ def test_ragged_block_equals_the_padded_block_on_real_rows():
     assert relative_error(got, want) < 1e-6
 
 
-@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
+@pytest.mark.skipif(not cpu_packed.onednn_available(), reason="PyTorch built without oneDNN")
 @pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
 def test_packed_linears_equal_dense_ones(form):
     generator = torch.Generator().manual_seed(4)
@@ -66,35 +66,60 @@ def test_packed_linears_equal_dense_ones(form):
     assert relative_error(got, getattr(DENSE, form)(x, weight, bias, *extra)) < 1e-6
 
 
-@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
-def test_packing_is_shared_per_stream_and_skipped_for_const_reset():
+ONEDNN_ONLY = pytest.mark.skipif(not cpu_packed.onednn_available(), reason="PyTorch built without oneDNN")
+PANELS_ONLY = pytest.mark.skipif(not cpu_panels.available(), reason="CPU without AVX-512F")
+
+
+@pytest.fixture
+def onednn_layout(monkeypatch):
+    """Every row count gets oneDNN's layout (as many rows would)."""
+    monkeypatch.setattr(cpu_packed, "PANEL_ROWS_MAX", 0)
+
+
+@PANELS_ONLY
+def test_few_rows_get_panels_and_many_rows_onednn():
     weights = stream()
-    assert cpu_packed.packed_blocks(weights, False) is cpu_packed.packed_blocks(weights, False)
-    assert len(cpu_packed.packed_blocks(weights, False)) == CFG.n_layer
-    without_mlp = cpu_packed.packed_blocks(weights, True)[0]
+    blocks, ops = cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX)
+    assert ops is cpu_panels.PANELS and blocks[0].attn_w.shape == (3 * CFG.n_embd // 16, CFG.n_embd, 16)
+    if cpu_packed.onednn_available():
+        assert cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX + 1)[1] is cpu_packed.PACKED
+
+
+@pytest.mark.parametrize("layout", [pytest.param("panels", marks=PANELS_ONLY),
+                                    pytest.param("onednn", marks=ONEDNN_ONLY)])
+def test_packing_is_shared_per_stream_and_skipped_for_const_reset(request, layout):
+    if layout == "onednn":
+        request.getfixturevalue("onednn_layout")
+    weights = stream()
+    blocks, _ = cpu_packed.packed_blocks(weights, False, 11)
+    assert blocks is cpu_packed.packed_blocks(weights, False, 11)[0] and len(blocks) == CFG.n_layer
+    without_mlp = cpu_packed.packed_blocks(weights, True, 11)[0][0]
     assert without_mlp.fc_w is weights.block(0).fc_w and without_mlp.attn_w is not weights.block(0).attn_w
-    assert cpu_packed.packed_blocks(stream(const_reset=True), False) is None
+    assert cpu_packed.packed_blocks(stream(const_reset=True), False, 11) is None
 
 
-@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
 def test_packing_is_skipped_when_memory_is_short(monkeypatch):
     monkeypatch.setattr(cpu_packed, "available_memory", lambda device: 1000)
-    assert cpu_packed.packed_blocks(stream(), False) is None
+    assert cpu_packed.packed_blocks(stream(), False, 11) is None
 
 
-@pytest.mark.skipif(not cpu_packed.available(), reason="PyTorch built without oneDNN")
-def test_engine_with_and_without_packing_agree(monkeypatch):
-    def run() -> np.ndarray:
-        engine = TorchEngine(stream(), PROMPTS, False)
-        err = torch.empty(3, CFG.n_layer, 2)
-        for index in range(2):
-            engine.iteration(index, err, None)
-        return err.numpy().copy()
+def run_engine() -> np.ndarray:
+    engine = TorchEngine(stream(), PROMPTS, False)
+    err = torch.empty(3, CFG.n_layer, 2)
+    for index in range(2):
+        engine.iteration(index, err, None)
+    return err.numpy().copy()
 
-    packed = run()
-    monkeypatch.setattr(cpu_packed, "available", lambda: False)
+
+@pytest.mark.parametrize("layout", [pytest.param("panels", marks=PANELS_ONLY),
+                                    pytest.param("onednn", marks=ONEDNN_ONLY)])
+def test_engine_with_and_without_packing_agree(request, monkeypatch, layout):
+    if layout == "onednn":
+        request.getfixturevalue("onednn_layout")
+    packed = run_engine()
+    monkeypatch.setattr(cpu_packed, "layout_for", lambda rows: None)
     assert TorchEngine(stream(), PROMPTS, False).packed is None
-    np.testing.assert_allclose(packed, run(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(packed, run_engine(), rtol=1e-5, atol=1e-6)
 
 
 def test_metrics_without_padding_skip_the_masks_and_agree_with_them():

@@ -1,14 +1,19 @@
-"""Linear layers on weights prepacked once for oneDNN: the CPU's faster GEMMs at few rows.
+"""Block weights prepacked once for the CPU's faster GEMMs, in the layout that suits the rows.
 
-At the consensus workload's few rows (M = P·T, often < 64) a CPU GEMM streams its weight
-from memory every call; ``F.linear`` (MKL) also repacks the weight into its panel layout on
-every call. Packing each block's four weights once (``mkldnn._reorder_linear_weight``) and
-computing with ``mkldnn._linear_pointwise`` skips that: about 22 % less GEMM time for gpt2 at
-T = 27 on the 2-core development machine (bench/RESULTS.md). The GELU of c_fc and the
-residual adds of both projections run as oneDNN post-ops of the same call. Float32 only;
-results agree with ``F.linear`` to float32 rounding (the summation order differs). The
-packed copy doubles the memory of the block weights (gpt2: +0.34 GB, gpt2-xl: +6 GB); it is
-skipped when it would take more than half the free memory.
+At the consensus workload's rows (M = P·T) a CPU GEMM streams its weight from memory every
+call; ``F.linear`` (MKL) also repacks the weight into its panel layout on every call.
+Packing each block's four weights once skips that, in one of two layouts:
+
+- few rows (M <= PANEL_ROWS_MAX, CPUs with AVX-512F): 16-column panels for the kernel of
+  ``cpu_panels``, which overlaps the weight stream with its FMAs best;
+- otherwise oneDNN's layout (``mkldnn._reorder_linear_weight``), computed by
+  ``mkldnn._linear_pointwise`` with the GELU of c_fc and the residual adds of both
+  projections as post-ops of the same call: about 22 % less GEMM time than ``F.linear`` for
+  gpt2 at T = 27 on the 2-core development machine (bench/RESULTS.md).
+
+Float32 only; results agree with ``F.linear`` to float32 rounding (the summation order
+differs). The packed copy doubles the memory of the block weights (gpt2: +0.34 GB, gpt2-xl:
++6 GB); it is skipped when it would take more than half the free memory.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ import torch
 from ..generate import available_memory
 from ..model import BlockParams
 from ..weight_stream import WeightStream
+from . import cpu_panels
 
 ATTENTION_NAMES = ("attn_w", "attn_proj_w")
 MLP_NAMES = ("fc_w", "fc_proj_w")
+# Up to this many rows the panel kernel beats oneDNN (1.3x at 27 rows, 1.05x at 96, for
+# gpt2 on the development machine; bench/RESULTS.md).
+PANEL_ROWS_MAX = 96
 
 
-def available() -> bool:
+def onednn_available() -> bool:
     """Whether this PyTorch build has the oneDNN (mkldnn) linear operators."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
@@ -51,30 +60,42 @@ PACKED = PackedLinears()
 _PACKED_BY_STREAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def pack_block(p: BlockParams, names: tuple[str, ...]) -> BlockParams:
-    """``p`` with the Linear weights ``names`` reordered into oneDNN's packed layout (copies)."""
-    return dataclasses.replace(p, **{name: torch.ops.mkldnn._reorder_linear_weight(getattr(p, name))
-                                     for name in names})
+def pack_block(p: BlockParams, names: tuple[str, ...], pack) -> BlockParams:
+    """``p`` with the Linear weights ``names`` replaced by ``pack(weight)`` (copies)."""
+    return dataclasses.replace(p, **{name: pack(getattr(p, name)) for name in names})
 
 
-def packed_blocks(stream: WeightStream, noff: bool) -> list[BlockParams] | None:
-    """The L blocks of every iteration, packed, when they can be: float32 weights on the
-    CPU that stay the same from one iteration to the next (not ``--const-reset``), a
-    PyTorch with oneDNN, and room for the copy in half the free memory. None otherwise
-    (the caller then uses ``stream.block``).
+def layout_for(rows: int) -> tuple[object, object] | None:
+    """(pack function, Linear forms) of the faster packed layout for ``rows`` rows, or None
+    where this PyTorch and CPU have neither."""
+    if rows <= PANEL_ROWS_MAX and cpu_panels.available():
+        return cpu_panels.pack_panels, cpu_panels.PANELS
+    if onednn_available():
+        return torch.ops.mkldnn._reorder_linear_weight, PACKED
+    return None
 
-    Packed once per stream and ``noff`` (which leaves the unused MLP weights as they are),
-    kept while the stream lives, so every engine of one set of weights shares it."""
-    usable = (stream.wte.device.type == "cpu" and stream.wte.dtype == torch.float32
-              and not stream.const_reset and available())
-    if not usable:
+
+def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[BlockParams], object] | None:
+    """The L blocks of every iteration packed for GEMMs of ``rows`` rows, with the Linear
+    forms that compute on them, when they can be: float32 weights on the CPU that stay the
+    same from one iteration to the next (not ``--const-reset``), a packed layout
+    (``layout_for``), and room for the copy in half the free memory. None otherwise (the
+    caller then uses ``stream.block`` and ``model.DENSE``).
+
+    Packed once per stream, ``noff`` (which leaves the unused MLP weights as they are) and
+    layout, kept while the stream lives, so every engine of one set of weights shares it."""
+    layout = layout_for(rows)
+    usable = stream.wte.device.type == "cpu" and stream.wte.dtype == torch.float32 and not stream.const_reset
+    if not usable or layout is None:
         return None
+    pack, ops = layout
     names = ATTENTION_NAMES if noff else ATTENTION_NAMES + MLP_NAMES
     packed = _PACKED_BY_STREAM.setdefault(stream, {})
-    if noff not in packed:
+    key = (noff, pack)
+    if key not in packed:
         first = stream.block(0)
         copy_bytes = stream.cfg.n_layer * sum(getattr(first, name).nbytes for name in names)
         if copy_bytes > available_memory(torch.device("cpu")) // 2:
             return None
-        packed[noff] = [pack_block(stream.block(layer), names) for layer in range(stream.cfg.n_layer)]
-    return packed[noff]
+        packed[key] = [pack_block(stream.block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
+    return packed[key], ops

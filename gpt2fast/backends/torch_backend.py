@@ -14,7 +14,7 @@ import torch
 from ..metrics import PromptMasks, consensus_metrics
 from ..model import DENSE, BlockParams, block, cached_block, embed, layer_norm
 from ..ragged import RaggedRows
-from .cpu_packed import PACKED, packed_blocks
+from .cpu_packed import packed_blocks
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -67,12 +67,13 @@ class TorchEngine:
         self.rows = RaggedRows(self.lengths, self.length)
         self.masks = PromptMasks(self.lengths, self.length)
         self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
-        self.packed = packed_blocks(stream, noff)
+        self.packed = packed_blocks(stream, noff, self.rows.n_rows)
 
     def block_of(self, step: int) -> tuple[BlockParams, object]:
         """The weights of step ``step`` and the Linear forms that use them."""
         if self.packed is not None:
-            return self.packed[step % self.n_layer], PACKED
+            blocks, ops = self.packed
+            return blocks[step % self.n_layer], ops
         return self.stream.block(step), DENSE
 
     @torch.no_grad()

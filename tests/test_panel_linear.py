@@ -1,0 +1,113 @@
+"""The CPU's few-row Linear (csrc/panel_linear_avx512.cpp through backends/cpu_panels.py)
+against ``F.linear`` in float64, at shapes that exercise every tile: row counts around the
+9-row block, panel counts around the 3-panel block, columns that end inside a panel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2fast import _panel_linear
+from gpt2fast.backends import cpu_panels
+from gpt2fast.model import DENSE
+
+pytestmark = pytest.mark.skipif(not cpu_panels.available(), reason="CPU without AVX-512F")
+
+POISON = 1.0e30
+
+
+def operands(rows: int, in_features: int, out_features: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, in_features, generator=generator)
+    weight = torch.randn(out_features, in_features, generator=generator) / in_features ** 0.5
+    bias = torch.randn(out_features, generator=generator)
+    residual = torch.randn(rows, out_features, generator=generator)
+    return x, weight, bias, residual
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+def test_panels_hold_sixteen_output_columns_each_zero_past_the_end():
+    weight = torch.arange(40 * 3, dtype=torch.float32).view(40, 3)
+    panels = cpu_panels.pack_panels(weight)
+    assert panels.shape == (3, 3, 16)
+    for column in range(40):
+        assert torch.equal(panels[column // 16, :, column % 16], weight[column])
+    assert torch.equal(panels[2, :, 8:], torch.zeros(3, 8))
+
+
+@pytest.mark.parametrize("rows", [1, 8, 9, 10, 27, 31])
+@pytest.mark.parametrize("out_features", [5, 16, 32, 48, 53, 80, 144])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_panel_linear_equals_the_float64_product(rows, out_features, with_residual):
+    x, weight, bias, residual = operands(rows, 37, out_features)
+    want = x.double() @ weight.double().T + bias.double()
+    if with_residual:
+        want = residual.double() + want
+    got = cpu_panels.panel_linear(x, cpu_panels.pack_panels(weight), bias, residual if with_residual else None)
+    assert got.shape == (rows, out_features)
+    assert relative_error(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("rows", [3, 27])
+def test_writes_stay_inside_the_output(rows):
+    """The last panel's columns past N and the memory after y are left alone."""
+    x, weight, bias, residual = operands(rows, 24, 53, seed=3)
+    panels = cpu_panels.pack_panels(weight)
+    y = torch.full((rows * 53 + 64,), POISON)
+    _panel_linear.linear(x.data_ptr(), rows, 24, panels.data_ptr(), bias.data_ptr(), 53, residual.data_ptr(),
+                         y.data_ptr())
+    assert torch.all(y[rows * 53:] == POISON)
+    want = residual.double() + x.double() @ weight.double().T + bias.double()
+    assert relative_error(y[: rows * 53].view(rows, 53), want) < 1e-6
+
+
+@pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
+def test_panel_forms_equal_dense_ones_on_batched_rows(form):
+    x, weight, bias, _ = operands(2 * 5, 48, 80, seed=4)
+    x = x.view(2, 5, 48)
+    extra = (torch.randn(2, 5, 80, generator=torch.Generator().manual_seed(5)),) if form == "linear_add" else ()
+    got = getattr(cpu_panels.PANELS, form)(x, cpu_panels.pack_panels(weight), bias, *extra)
+    want = getattr(DENSE, form)(x, weight, bias, *extra)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Every output is summed by one thread in one order, so the result is bitwise fixed."""
+    x, weight, bias, _ = operands(27, 96, 7 * 48, seed=6)
+    panels = cpu_panels.pack_panels(weight)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = cpu_panels.panel_linear(x, panels, bias)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, cpu_panels.panel_linear(x, panels, bias))
+
+
+def test_non_contiguous_inputs_are_read_correctly():
+    x, weight, bias, residual = operands(12, 32, 48, seed=7)
+    column_major_x, column_major_residual = x.T.contiguous().T, residual.T.contiguous().T
+    assert not column_major_x.is_contiguous()
+    got = cpu_panels.panel_linear(column_major_x, cpu_panels.pack_panels(weight), bias, column_major_residual)
+    torch.testing.assert_close(got, residual + F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["in_features", "panels", "dtype", "residual_dtype"])
+def test_mismatched_operands_are_refused(change):
+    x, weight, bias, residual = operands(4, 32, 48)
+    panels = cpu_panels.pack_panels(weight)
+    if change == "in_features":
+        x = x[:, :31]
+    elif change == "panels":
+        panels = panels[:2]
+    elif change == "dtype":
+        x = x.double()
+    else:
+        residual = residual.double()
+    with pytest.raises(ValueError, match="panel linear"):
+        cpu_panels.panel_linear(x, panels, bias, residual)
