@@ -1,8 +1,9 @@
 """Benchmark plumbing: a ratio table of gpt2fast against its baseline, printed after the run.
 
 Each benchmark sets ``benchmark.group`` to its case and ``benchmark.extra_info["role"]`` to
-``"baseline"`` or ``"gpt2fast"``; the summary divides the baseline's mean time by
-gpt2fast's for every case where both ran. A gpt2fast benchmark that also records
+``"baseline"`` or ``"gpt2fast"``; the summary divides the baseline's median time by
+gpt2fast's for every case where both ran (medians: one disturbed round on a shared machine
+moves a mean of a few rounds by tens of per cent). A gpt2fast benchmark that also records
 ``floor_s`` (the hardware floor of its whole run, ``roofline.py``), ``units`` and ``unit``
 gets a line comparing its time per unit with the floor per unit.
 """
@@ -37,12 +38,12 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def ratio_lines(session) -> list[str]:
-    """The table of mean times per case where both roles ran, with baseline / gpt2fast."""
+    """The table of median times per case where both roles ran, with baseline / gpt2fast."""
     cases: dict[str, dict[str, float]] = {}
     for bench in session.benchmarks:
         role = bench.extra_info.get("role")
         if role is not None and bench.stats is not None:
-            cases.setdefault(bench.group, {})[role] = bench.stats.mean
+            cases.setdefault(bench.group, {})[role] = bench.stats.median
     rows = [(case, times) for case, times in sorted(cases.items())
             if {"baseline", "gpt2fast"} <= set(times)]
     if not rows:
@@ -67,9 +68,9 @@ def roofline_lines(session) -> list[str]:
         info = bench.extra_info
         if info.get("role") != "gpt2fast" or "floor_s" not in info or bench.stats is None:
             continue
-        achieved = bench.stats.mean / info["units"]
+        achieved = bench.stats.median / info["units"]
         floor = info["floor_s"] / info["units"]
-        rate = f", {info['new_tokens'] / bench.stats.mean:.1f} tokens/s" if "new_tokens" in info else ""
+        rate = f", {info['new_tokens'] / bench.stats.median:.1f} tokens/s" if "new_tokens" in info else ""
         lines.append(f"{bench.group:<48} {achieved * 1e3:>10.3f} ms/{info['unit']} "
                      f"floor {floor * 1e3:.3f} ms ({info['bound']}, {info['card']}) "
                      f"achieved/floor {achieved / floor:.2f}{rate}")

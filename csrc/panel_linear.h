@@ -1,4 +1,5 @@
-// A float32 Linear for few rows on x86-64 CPUs with AVX-512: y = x·Wᵀ + b (+ residual).
+// A float32 Linear for few rows on x86-64 CPUs with AVX-512: y = x·Wᵀ + b, optionally
+// through GPT-2's GELU, optionally plus a residual.
 //
 // The weight is prepacked into 16-column panels, float32 [ceil(N/16), K, 16] (panel j holds
 // output columns 16j..16j+15 for every k, zero-padded past N), so a kernel reads it as one
@@ -14,10 +15,11 @@ constexpr int kPanelWidth = 16;
 // Whether this build has the kernel and the CPU runs AVX-512F.
 bool panel_linear_supported();
 
-// y [rows, out_features] = x [rows, in_features] · Wᵀ + bias [out_features], plus residual
-// [rows, out_features] when it is not null. All row-major, contiguous, float32; `panels` is
-// the packed W. Runs on the OpenMP threads. Call only where panel_linear_supported().
+// y [rows, out_features] = x [rows, in_features] · Wᵀ + bias [out_features], then GELU (tanh
+// approximation) if `gelu`, then plus residual [rows, out_features] when it is not null. All
+// row-major, contiguous, float32; `panels` is the packed W. Runs on the OpenMP threads. Call
+// only where panel_linear_supported().
 void panel_linear(const float* x, int64_t rows, int64_t in_features, const float* panels,
-                  const float* bias, int64_t out_features, const float* residual, float* y);
+                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y);
 
 }  // namespace gpt2fast

@@ -9,7 +9,7 @@
 //
 // Register tile: kRowBlock rows × kPanelBlock panels = 27 zmm accumulators; per k it loads
 // kPanelBlock weight vectors and broadcasts kRowBlock x values. Summation runs over k in
-// order, starting from the bias; the residual is added last, as residual + (x·Wᵀ + b).
+// order, starting from the bias; then GELU, then the residual, as residual + gelu(x·Wᵀ + b).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -37,7 +37,32 @@ struct Tile {
   float* y;                // output at the tile's first row and column
   int64_t out_features;    // row stride of y and residual
   __mmask16 last_mask;     // columns of the tile's last panel that exist (< N)
+  bool gelu;               // apply GELU (tanh approximation) before the residual
 };
+
+// e^a, to about 2 ulp: a = n·ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-7 Taylor
+// polynomial (truncation below 1e-8), times 2^n by scalef (which overflows to inf and
+// underflows to 0 as e^a does).
+__m512 exp_ps(__m512 a) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), a);  // ln 2, high bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);        // ln 2, the rest
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  }
+  return _mm512_scalef_ps(p, n);
+}
+
+// GPT-2's GELU, 0.5·v·(1 + tanh(u)) with u = sqrt(2/π)·(v + 0.044715·v³), written as
+// v / (1 + e^(-2u)) (the same function; no cancellation where tanh(u) is near -1).
+__m512 gelu_tanh_ps(__m512 v) {
+  const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.797884561f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), cube, v));
+  const __m512 clamped = _mm512_max_ps(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)), _mm512_set1_ps(-100.0f));
+  return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_ps(_mm512_min_ps(clamped, _mm512_set1_ps(100.0f)))));
+}
 
 template <int NR, int MR>
 void run_tile(const Tile& t) {
@@ -67,7 +92,7 @@ void run_tile(const Tile& t) {
   for (int m = 0; m < MR; ++m) {
     for (int n = 0; n < NR; ++n) {
       const int64_t offset = m * t.out_features + n * kPanelWidth;
-      __m512 value = acc[m][n];
+      __m512 value = t.gelu ? gelu_tanh_ps(acc[m][n]) : acc[m][n];
       if (t.residual != nullptr) value = _mm512_add_ps(_mm512_maskz_loadu_ps(masks[n], t.residual + offset), value);
       _mm512_mask_storeu_ps(t.y + offset, masks[n], value);
     }
@@ -91,7 +116,7 @@ constexpr std::array<std::array<TileFn, kRowBlock>, kPanelBlock> kTiles = {
 }  // namespace
 
 void panel_linear(const float* x, int64_t rows, int64_t in_features, const float* panels,
-                  const float* bias, int64_t out_features, const float* residual, float* y) {
+                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y) {
   const int64_t n_panels = (out_features + kPanelWidth - 1) / kPanelWidth;
   const int64_t n_groups = (n_panels + kPanelBlock - 1) / kPanelBlock;
   const int tail_columns = static_cast<int>(out_features - (n_panels - 1) * kPanelWidth);
@@ -113,7 +138,8 @@ void panel_linear(const float* x, int64_t rows, int64_t in_features, const float
                       residual == nullptr ? nullptr : residual + row * out_features + column,
                       y + row * out_features + column,
                       out_features,
-                      holds_tail ? tail_mask : __mmask16(0xFFFF)};
+                      holds_tail ? tail_mask : __mmask16(0xFFFF),
+                      gelu};
       kTiles[width - 1][height - 1](tile);
     }
   }

@@ -58,11 +58,22 @@ def test_writes_stay_inside_the_output(rows):
     x, weight, bias, residual = operands(rows, 24, 53, seed=3)
     panels = cpu_panels.pack_panels(weight)
     y = torch.full((rows * 53 + 64,), POISON)
-    _panel_linear.linear(x.data_ptr(), rows, 24, panels.data_ptr(), bias.data_ptr(), 53, residual.data_ptr(),
+    _panel_linear.linear(x.data_ptr(), rows, 24, panels.data_ptr(), bias.data_ptr(), 53, False, residual.data_ptr(),
                          y.data_ptr())
     assert torch.all(y[rows * 53:] == POISON)
     want = residual.double() + x.double() @ weight.double().T + bias.double()
     assert relative_error(y[: rows * 53].view(rows, 53), want) < 1e-6
+
+
+def test_gelu_follows_the_float64_tanh_approximation_over_a_wide_range():
+    """Identity weights make y = GELU(x), so the kernel's GELU is seen alone."""
+    values = torch.linspace(-30, 30, 48_000)
+    got = cpu_panels.panel_linear(values.view(-1, 16), cpu_panels.pack_panels(torch.eye(16)), torch.zeros(16),
+                                  gelu=True).view(-1).double()
+    want = F.gelu(values.double(), approximate="tanh")
+    ulp = torch.finfo(torch.float32).eps
+    assert torch.all((got - want).abs() <= 4 * ulp * torch.maximum(want.abs(), torch.tensor(0.5)))
+    assert got[0] == 0 and got[-1] == 30
 
 
 @pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
