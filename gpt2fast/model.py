@@ -143,21 +143,23 @@ def cached_block(
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     start: int,
+    ops=DENSE,
 ) -> torch.Tensor:
     """``block`` for rows at positions ``start..start+T-1`` that also attend to a key/value cache.
 
     x [1, T, C]; cache_k, cache_v [1, H, capacity, D] hold positions ``0..start-1`` and get
     this call's keys and values written at ``start..start+T-1``. Either ``start == 0`` (the
     prompt: causal among the new rows) or ``T == 1`` (one new token: it sees everything).
+    ops: how the Linears are computed (``DenseLinears`` interface).
     """
     length = x.shape[1]
     if start != 0 and length != 1:
         raise ValueError("cached_block takes a whole prompt at start 0 or one token after it")
-    q, k, v = split_heads(attention_inputs(x, p), n_head)
+    q, k, v = split_heads(attention_inputs(x, p, ops), n_head)
     end = start + length
     cache_k[:, :, start:end] = k
     cache_v[:, :, start:end] = v
     attended = F.scaled_dot_product_attention(
         q, cache_k[:, :, :end], cache_v[:, :, :end], is_causal=start == 0
     )
-    return finish_block(x, merge_heads(attended), p, noff)
+    return finish_block(x, merge_heads(attended), p, noff, ops)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt2fast.backends import cpu_packed, cpu_panels
-from gpt2fast.backends.torch_backend import TorchEngine
+from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
 from gpt2fast.metrics import PromptMasks, consensus_metrics
 from gpt2fast.model import DENSE, block
 from gpt2fast.ragged import RaggedRows
@@ -120,6 +120,21 @@ def test_engine_with_and_without_packing_agree(request, monkeypatch, layout):
     monkeypatch.setattr(cpu_packed, "layout_for", lambda rows: None)
     assert TorchEngine(stream(), PROMPTS, False).packed is None
     np.testing.assert_allclose(packed, run_engine(), rtol=1e-5, atol=1e-6)
+
+
+@PANELS_ONLY
+def test_generation_with_and_without_packing_agree(monkeypatch):
+    """Generation packs its weights for one row: the prompt, then each token, the same logits."""
+    def logits() -> torch.Tensor:
+        runner = TorchGeneration(stream(), False, 2)
+        runner.start(8)
+        return torch.stack([runner.advance(PROMPTS[2], 0), runner.advance([17], 6), runner.advance([3], 7)])
+
+    assert TorchGeneration(stream(), False, 2).packed[1] is cpu_panels.PANELS
+    packed = logits()
+    monkeypatch.setattr(cpu_packed, "layout_for", lambda rows: None)
+    assert TorchGeneration(stream(), False, 2).packed is None
+    torch.testing.assert_close(packed, logits(), rtol=1e-5, atol=1e-5)
 
 
 def test_metrics_without_padding_skip_the_masks_and_agree_with_them():

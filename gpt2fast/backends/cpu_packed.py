@@ -24,7 +24,7 @@ import weakref
 import torch
 
 from ..generate import available_memory
-from ..model import BlockParams
+from ..model import DENSE, BlockParams
 from ..weight_stream import WeightStream
 from . import cpu_panels
 
@@ -99,3 +99,14 @@ def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[Blo
             return None
         packed[key] = [pack_block(stream.block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
     return packed[key], ops
+
+
+def step_block(stream: WeightStream, packed: tuple[list[BlockParams], object] | None,
+               step: int) -> tuple[BlockParams, object]:
+    """The weights of step ``step`` and the Linear forms that use them: from ``packed`` (what
+    ``packed_blocks`` returned) where it is not None, else ``stream.block(step)`` and
+    ``model.DENSE``."""
+    if packed is None:
+        return stream.block(step), DENSE
+    blocks, ops = packed
+    return blocks[step % stream.cfg.n_layer], ops

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ..metrics import PromptMasks, consensus_metrics
-from ..model import DENSE, BlockParams, block, cached_block, embed, layer_norm
+from ..model import block, cached_block, embed, layer_norm
 from ..ragged import RaggedRows
-from .cpu_packed import packed_blocks
+from .cpu_packed import packed_blocks, step_block
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -69,13 +69,6 @@ class TorchEngine:
         self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
         self.packed = packed_blocks(stream, noff, self.rows.n_rows)
 
-    def block_of(self, step: int) -> tuple[BlockParams, object]:
-        """The weights of step ``step`` and the Linear forms that use them."""
-        if self.packed is not None:
-            blocks, ops = self.packed
-            return blocks[step % self.n_layer], ops
-        return self.stream.block(step), DENSE
-
     @torch.no_grad()
     def iteration(self, index: int, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
         """Apply blocks 0..L-1 once (steps index·L .. index·L + L - 1), writing metrics.
@@ -85,7 +78,7 @@ class TorchEngine:
         """
         x = self.x
         for layer in range(self.n_layer):
-            params, ops = self.block_of(index * self.n_layer + layer)
+            params, ops = step_block(self.stream, self.packed, index * self.n_layer + layer)
             x = block(x, params, self.n_head, self.noff, ops, self.rows)
             err, gram = consensus_metrics(self.rows.pad(x), self.stream.ln_f_w, self.stream.ln_f_b,
                                           self.lengths, self.masks, with_gram=gram_out is not None)
@@ -154,13 +147,15 @@ def capture_in_place(engine, with_gram: bool, iteration: torch.Tensor | None = N
 
 class TorchGeneration:
     """Generation's cached forward pass on the torch backend: per step u a key and a value
-    cache [1, H, capacity, D] (``model.cached_block``)."""
+    cache [1, H, capacity, D] (``model.cached_block``). On the CPU the block weights are
+    prepacked for one row (each new token), as the consensus engine's are for its rows."""
 
     def __init__(self, stream: WeightStream, noff: bool, iterations: int):
         self.stream = stream
         self.noff = noff
         self.steps = iterations * stream.cfg.n_layer
         self.cache_k = self.cache_v = None
+        self.packed = packed_blocks(stream, noff, 1)
 
     def start(self, capacity: int) -> None:
         cfg, wte = self.stream.cfg, self.stream.wte
@@ -175,7 +170,8 @@ class TorchGeneration:
         new_ids = torch.tensor([ids], dtype=torch.int64, device=stream.wte.device)
         x = embed(new_ids, stream.wte, stream.wpe, start)
         for step in range(self.steps):
-            x = cached_block(x, stream.block(step), stream.cfg.n_head, self.noff,
-                             self.cache_k[step], self.cache_v[step], start)
+            params, ops = step_block(stream, self.packed, step)
+            x = cached_block(x, params, stream.cfg.n_head, self.noff, self.cache_k[step], self.cache_v[step],
+                             start, ops)
         last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b)
         return last @ stream.lm_head_after(self.steps - 1).T
