@@ -17,9 +17,12 @@ bool panel_linear_supported();
 
 // y [rows, out_features] = x [rows, in_features] · Wᵀ + bias [out_features], then GELU (tanh
 // approximation) if `gelu`, then plus residual [rows, out_features] when it is not null. All
-// row-major, contiguous, float32; `panels` is the packed W. Runs on the OpenMP threads. Call
-// only where panel_linear_supported().
+// row-major, contiguous, float32; `panels` is the packed W; y must not overlap x (it may be
+// the residual). Runs on `threads` OpenMP threads (the caller passes PyTorch's count, which
+// OpenMP would otherwise only know on the thread that set it). Call only where
+// panel_linear_supported().
 void panel_linear(const float* x, int64_t rows, int64_t in_features, const float* panels,
-                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y);
+                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y,
+                  int threads);
 
 }  // namespace gpt2fast

@@ -116,14 +116,15 @@ constexpr std::array<std::array<TileFn, kRowBlock>, kPanelBlock> kTiles = {
 }  // namespace
 
 void panel_linear(const float* x, int64_t rows, int64_t in_features, const float* panels,
-                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y) {
+                  const float* bias, int64_t out_features, bool gelu, const float* residual, float* y,
+                  int threads) {
   const int64_t n_panels = (out_features + kPanelWidth - 1) / kPanelWidth;
   const int64_t n_groups = (n_panels + kPanelBlock - 1) / kPanelBlock;
   const int tail_columns = static_cast<int>(out_features - (n_panels - 1) * kPanelWidth);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail_columns) - 1u);
 
   // Each thread takes a contiguous run of panel groups and streams its weights once.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t group = 0; group < n_groups; ++group) {
     const int64_t first_panel = group * kPanelBlock;
     const int64_t width = std::min<int64_t>(kPanelBlock, n_panels - first_panel);

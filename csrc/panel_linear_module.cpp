@@ -23,7 +23,8 @@ bool panel_linear_supported() {
 }
 
 #ifndef GPT2FAST_PANEL_LINEAR_AVX512
-void panel_linear(const float*, int64_t, int64_t, const float*, const float*, int64_t, bool, const float*, float*) {
+void panel_linear(const float*, int64_t, int64_t, const float*, const float*, int64_t, bool, const float*, float*,
+                  int) {
   throw std::runtime_error("panel linear: built without the AVX-512 kernel");
 }
 #endif
@@ -35,13 +36,14 @@ namespace {
 const float* as_floats(uintptr_t address) { return reinterpret_cast<const float*>(address); }
 
 void linear(uintptr_t x, int64_t rows, int64_t in_features, uintptr_t panels, uintptr_t bias,
-            int64_t out_features, bool gelu, uintptr_t residual, uintptr_t y) {
+            int64_t out_features, bool gelu, uintptr_t residual, uintptr_t y, int threads) {
   if (!gpt2fast::panel_linear_supported()) {
     throw std::runtime_error("panel linear: this build or CPU has no AVX-512F kernel");
   }
+  if (threads < 1) throw std::invalid_argument("panel linear: threads must be at least 1");
   py::gil_scoped_release release;
   gpt2fast::panel_linear(as_floats(x), rows, in_features, as_floats(panels), as_floats(bias), out_features, gelu,
-                         as_floats(residual), reinterpret_cast<float*>(y));
+                         as_floats(residual), reinterpret_cast<float*>(y), threads);
 }
 
 }  // namespace
@@ -53,6 +55,8 @@ PYBIND11_MODULE(_panel_linear, m) {
         "Whether the AVX-512 kernel is built in and this CPU can run it.");
   m.def("linear", &linear, py::arg("x"), py::arg("rows"), py::arg("in_features"), py::arg("panels"),
         py::arg("bias"), py::arg("out_features"), py::arg("gelu"), py::arg("residual"), py::arg("y"),
+        py::arg("threads"),
         "y = gelu?(x·Wᵀ + bias) (+ residual, unless its address is 0), from data pointers of contiguous "
-        "float32 tensors: x [rows, in], panels [ceil(out/16), in, 16], bias [out], y [rows, out].");
+        "float32 tensors: x [rows, in], panels [ceil(out/16), in, 16], bias [out], y [rows, out] "
+        "(y must not overlap x; it may be the residual), on `threads` OpenMP threads.");
 }

@@ -98,9 +98,17 @@ def test_packing_is_shared_per_stream_and_skipped_for_const_reset(request, layou
     assert cpu_packed.packed_blocks(stream(const_reset=True), False, 11) is None
 
 
+@pytest.mark.skipif(cpu_packed.layout_for(11) is None, reason="neither AVX-512F nor oneDNN here")
 def test_packing_is_skipped_when_memory_is_short(monkeypatch):
+    assert cpu_packed.packed_blocks(stream(), False, 11) is not None
     monkeypatch.setattr(cpu_packed, "available_memory", lambda device: 1000)
     assert cpu_packed.packed_blocks(stream(), False, 11) is None
+
+
+@ONEDNN_ONLY
+def test_without_the_panel_kernel_few_rows_get_onednn(monkeypatch):
+    monkeypatch.setattr(cpu_panels, "available", lambda: False)
+    assert cpu_packed.layout_for(1)[1] is cpu_packed.PACKED
 
 
 def run_engine() -> np.ndarray:

@@ -59,21 +59,54 @@ def test_writes_stay_inside_the_output(rows):
     panels = cpu_panels.pack_panels(weight)
     y = torch.full((rows * 53 + 64,), POISON)
     _panel_linear.linear(x.data_ptr(), rows, 24, panels.data_ptr(), bias.data_ptr(), 53, False, residual.data_ptr(),
-                         y.data_ptr())
+                         y.data_ptr(), torch.get_num_threads())
     assert torch.all(y[rows * 53:] == POISON)
     want = residual.double() + x.double() @ weight.double().T + bias.double()
     assert relative_error(y[: rows * 53].view(rows, 53), want) < 1e-6
 
 
-def test_gelu_follows_the_float64_tanh_approximation_over_a_wide_range():
-    """Identity weights make y = GELU(x), so the kernel's GELU is seen alone."""
-    values = torch.linspace(-30, 30, 48_000)
+def test_gelu_follows_the_exact_tanh_approximation_over_a_wide_range():
+    """Identity weights make y = GELU(x), so the kernel's GELU is seen alone. The exact value
+    is 0.5·v·(1 + tanh u) = v / (1 + e^(-2u)) in float64 (float64 ``F.gelu`` itself cancels
+    to 0 below v ≈ -6). Computing u in float32 moves e^(-2u) by about |2u| ulp, so the bound
+    is 4 ulp plus that (3|2u| ulp), whatever the method."""
+    values = torch.linspace(-9, 30, 48_000)
     got = cpu_panels.panel_linear(values.view(-1, 16), cpu_panels.pack_panels(torch.eye(16)), torch.zeros(16),
                                   gelu=True).view(-1).double()
-    want = F.gelu(values.double(), approximate="tanh")
-    ulp = torch.finfo(torch.float32).eps
-    assert torch.all((got - want).abs() <= 4 * ulp * torch.maximum(want.abs(), torch.tensor(0.5)))
-    assert got[0] == 0 and got[-1] == 30
+    v = values.double()
+    u = 0.7978845608028654 * (v + 0.044715 * v**3)
+    want = v / (1 + torch.exp(-2 * u))
+    ulp = torch.finfo(torch.float32).eps * want.abs()
+    assert torch.all((got - want).abs() <= (4 + 3 * (2 * u).abs().where(u < 0, 0)) * ulp)
+    assert got[-1] == 30
+
+
+@pytest.mark.parametrize("in_features,out_features", [(768, 2304), (3072, 768)])
+def test_gpt2_sized_products(in_features, out_features):
+    x, weight, bias, residual = operands(27, in_features, out_features, seed=8)
+    got = cpu_panels.panel_linear(x, cpu_panels.pack_panels(weight), bias, residual)
+    want = residual.double() + x.double() @ weight.double().T + bias.double()
+    assert float((got.double() - want).norm() / want.norm()) < 1e-6
+
+
+def test_output_is_float32_whatever_the_default_dtype():
+    x, weight, bias, _ = operands(5, 16, 32, seed=9)
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = cpu_panels.panel_linear(x, cpu_panels.pack_panels(weight), bias)
+    finally:
+        torch.set_default_dtype(default)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_a_thread_count_below_one_is_refused():
+    x, weight, bias, _ = operands(2, 16, 16)
+    y = torch.empty(2, 16)
+    with pytest.raises(ValueError, match="threads"):
+        _panel_linear.linear(x.data_ptr(), 2, 16, cpu_panels.pack_panels(weight).data_ptr(), bias.data_ptr(), 16,
+                             False, 0, y.data_ptr(), 0)
 
 
 @pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
@@ -108,7 +141,8 @@ def test_non_contiguous_inputs_are_read_correctly():
     torch.testing.assert_close(got, residual + F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", ["in_features", "panels", "dtype", "residual_dtype"])
+@pytest.mark.parametrize("change", ["in_features", "panels", "unpacked", "panel_dtype", "bias_rank", "dtype",
+                                    "residual_dtype", "residual_shape"])
 def test_mismatched_operands_are_refused(change):
     x, weight, bias, residual = operands(4, 32, 48)
     panels = cpu_panels.pack_panels(weight)
@@ -116,9 +150,17 @@ def test_mismatched_operands_are_refused(change):
         x = x[:, :31]
     elif change == "panels":
         panels = panels[:2]
+    elif change == "unpacked":
+        panels, bias = weight[:1], bias[:1]
+    elif change == "panel_dtype":
+        panels = panels.double()
+    elif change == "bias_rank":
+        bias = bias.view(24, 2)
     elif change == "dtype":
         x = x.double()
-    else:
+    elif change == "residual_dtype":
         residual = residual.double()
+    else:
+        residual = residual.T.contiguous()
     with pytest.raises(ValueError, match="panel linear"):
         cpu_panels.panel_linear(x, panels, bias, residual)

@@ -12,8 +12,9 @@ Packing each block's four weights once skips that, in one of two layouts:
   gpt2 at T = 27 on the 2-core development machine (bench/RESULTS.md).
 
 Float32 only; results agree with ``F.linear`` to float32 rounding (the summation order
-differs). The packed copy doubles the memory of the block weights (gpt2: +0.34 GB, gpt2-xl:
-+6 GB); it is skipped when it would take more than half the free memory.
+differs). Each packed copy takes as much memory as the block weights (gpt2: +0.34 GB,
+gpt2-xl: +6 GB; a stream that serves both few and many rows keeps one of each layout), and
+is skipped when it would take more than half the free memory.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 from ..metrics import PromptMasks, consensus_metrics
 from ..model import block, cached_block, embed, layer_norm
 from ..ragged import RaggedRows
-from .cpu_packed import packed_blocks, step_block
+from .cpu_packed import PANEL_ROWS_MAX, packed_blocks, step_block
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -148,7 +148,9 @@ def capture_in_place(engine, with_gram: bool, iteration: torch.Tensor | None = N
 class TorchGeneration:
     """Generation's cached forward pass on the torch backend: per step u a key and a value
     cache [1, H, capacity, D] (``model.cached_block``). On the CPU the block weights are
-    prepacked for one row (each new token), as the consensus engine's are for its rows."""
+    prepacked for one row (each new token), as the consensus engine's are for its rows; a
+    prompt longer than the panel kernel's rows (``cpu_packed.PANEL_ROWS_MAX``) runs once
+    on the stored weights instead, so no second packed copy is made for it."""
 
     def __init__(self, stream: WeightStream, noff: bool, iterations: int):
         self.stream = stream
@@ -169,8 +171,9 @@ class TorchGeneration:
         stream = self.stream
         new_ids = torch.tensor([ids], dtype=torch.int64, device=stream.wte.device)
         x = embed(new_ids, stream.wte, stream.wpe, start)
+        packed = self.packed if len(ids) <= PANEL_ROWS_MAX else None
         for step in range(self.steps):
-            params, ops = step_block(stream, self.packed, step)
+            params, ops = step_block(stream, packed, step)
             x = cached_block(x, params, stream.cfg.n_head, self.noff, self.cache_k[step], self.cache_v[step],
                              start, ops)
         last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b)
