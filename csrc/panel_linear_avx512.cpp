@@ -123,26 +123,29 @@ void panel_linear(const float* x, int64_t rows, int64_t in_features, const float
   const int tail_columns = static_cast<int>(out_features - (n_panels - 1) * kPanelWidth);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail_columns) - 1u);
 
-  // Each thread takes a contiguous run of panel groups and streams its weights once.
+  // Tiles in order (panel group, then row block), split into contiguous runs: with more tiles
+  // than threads each thread owns whole panel groups and streams their weights once, the
+  // later row blocks reading them from its cache; with fewer groups than threads (many
+  // cores), the row blocks of a group spread over threads too.
+  const int64_t n_row_blocks = (rows + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t group = 0; group < n_groups; ++group) {
-    const int64_t first_panel = group * kPanelBlock;
+  for (int64_t index = 0; index < n_groups * n_row_blocks; ++index) {
+    const int64_t first_panel = index / n_row_blocks * kPanelBlock;
+    const int64_t row = index % n_row_blocks * kRowBlock;
     const int64_t width = std::min<int64_t>(kPanelBlock, n_panels - first_panel);
+    const int64_t height = std::min<int64_t>(kRowBlock, rows - row);
     const int64_t column = first_panel * kPanelWidth;
     const bool holds_tail = first_panel + width == n_panels;
-    for (int64_t row = 0; row < rows; row += kRowBlock) {
-      const int64_t height = std::min<int64_t>(kRowBlock, rows - row);
-      const Tile tile{x + row * in_features,
-                      in_features,
-                      panels + first_panel * in_features * kPanelWidth,
-                      bias + column,
-                      residual == nullptr ? nullptr : residual + row * out_features + column,
-                      y + row * out_features + column,
-                      out_features,
-                      holds_tail ? tail_mask : __mmask16(0xFFFF),
-                      gelu};
-      kTiles[width - 1][height - 1](tile);
-    }
+    const Tile tile{x + row * in_features,
+                    in_features,
+                    panels + first_panel * in_features * kPanelWidth,
+                    bias + column,
+                    residual == nullptr ? nullptr : residual + row * out_features + column,
+                    y + row * out_features + column,
+                    out_features,
+                    holds_tail ? tail_mask : __mmask16(0xFFFF),
+                    gelu};
+    kTiles[width - 1][height - 1](tile);
   }
 }
 
