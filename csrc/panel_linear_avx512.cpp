@@ -1,6 +1,6 @@
 // The AVX-512 kernel of panel_linear.h (this file alone is compiled with -mavx512f).
 //
-// Why not oneDNN: at few rows (M = P·T ≲ 48) a consensus iteration streams every weight
+// Why not oneDNN: at few rows (M = P·T ≲ 100) a consensus iteration streams every weight
 // from memory once, and oneDNN's small-M GEMM overlaps that stream poorly with its FMAs
 // (about 150 GFLOP/s for gpt2 at M = 27 on the 2-core development machine, where a hot
 // weight gives 250 and the memory alone allows about 25 GB/s). Here each thread streams its

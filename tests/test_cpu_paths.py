@@ -87,6 +87,18 @@ def test_few_rows_get_panels_and_many_rows_onednn():
 
 @pytest.mark.parametrize("layout", [pytest.param("panels", marks=PANELS_ONLY),
                                     pytest.param("onednn", marks=ONEDNN_ONLY)])
+def test_panels_serve_only_few_rows_and_onednn_any(request, layout):
+    if layout == "onednn":
+        request.getfixturevalue("onednn_layout")
+    packed = cpu_packed.packed_blocks(stream(), False, 1)
+    limit = cpu_packed.PANEL_ROWS_MAX
+    assert cpu_packed.suiting_rows(packed, limit) is packed
+    assert (cpu_packed.suiting_rows(packed, limit + 1) is None) == (layout == "panels")
+    assert cpu_packed.suiting_rows(None, 1) is None
+
+
+@pytest.mark.parametrize("layout", [pytest.param("panels", marks=PANELS_ONLY),
+                                    pytest.param("onednn", marks=ONEDNN_ONLY)])
 def test_packing_is_shared_per_stream_and_skipped_for_const_reset(request, layout):
     if layout == "onednn":
         request.getfixturevalue("onednn_layout")

@@ -102,6 +102,15 @@ def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[Blo
     return packed[key], ops
 
 
+def suiting_rows(packed: tuple[list[BlockParams], object] | None,
+                 rows: int) -> tuple[list[BlockParams], object] | None:
+    """``packed`` (what ``packed_blocks`` returned) where its layout serves GEMMs of ``rows``
+    rows well, else None: panels only up to PANEL_ROWS_MAX rows, oneDNN's layout any."""
+    if packed is not None and packed[1] is cpu_panels.PANELS and rows > PANEL_ROWS_MAX:
+        return None
+    return packed
+
+
 def step_block(stream: WeightStream, packed: tuple[list[BlockParams], object] | None,
                step: int) -> tuple[BlockParams, object]:
     """The weights of step ``step`` and the Linear forms that use them: from ``packed`` (what

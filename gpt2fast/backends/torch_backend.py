@@ -14,7 +14,7 @@ import torch
 from ..metrics import PromptMasks, consensus_metrics
 from ..model import block, cached_block, embed, layer_norm
 from ..ragged import RaggedRows
-from .cpu_packed import PANEL_ROWS_MAX, packed_blocks, step_block
+from .cpu_packed import packed_blocks, step_block, suiting_rows
 from ..weight_stream import WeightStream
 
 GRAPH_WARMUP_ITERATIONS = 2
@@ -149,8 +149,8 @@ class TorchGeneration:
     """Generation's cached forward pass on the torch backend: per step u a key and a value
     cache [1, H, capacity, D] (``model.cached_block``). On the CPU the block weights are
     prepacked for one row (each new token), as the consensus engine's are for its rows; a
-    prompt longer than the panel kernel's rows (``cpu_packed.PANEL_ROWS_MAX``) runs once
-    on the stored weights instead, so no second packed copy is made for it."""
+    prompt too long for that layout (``cpu_packed.suiting_rows``) runs once on the stored
+    weights instead, so no second packed copy is made for it."""
 
     def __init__(self, stream: WeightStream, noff: bool, iterations: int):
         self.stream = stream
@@ -171,7 +171,7 @@ class TorchGeneration:
         stream = self.stream
         new_ids = torch.tensor([ids], dtype=torch.int64, device=stream.wte.device)
         x = embed(new_ids, stream.wte, stream.wpe, start)
-        packed = self.packed if len(ids) <= PANEL_ROWS_MAX else None
+        packed = suiting_rows(self.packed, len(ids))
         for step in range(self.steps):
             params, ops = step_block(stream, packed, step)
             x = cached_block(x, params, stream.cfg.n_head, self.noff, self.cache_k[step], self.cache_v[step],
