@@ -23,6 +23,26 @@ def versions() -> dict[str, str]:
     return found
 
 
+def host() -> dict[str, str | None]:
+    """The machine's processor and the CPU panel-kernel variant it runs (``avx512``,
+    ``avx2``, or None where the CPU backend's few-row GEMMs use oneDNN)."""
+    from .backends.cpu_panels import kernel_variant
+
+    return {"machine": platform.machine(), "processor": processor_name(), "panel_kernel": kernel_variant()}
+
+
+def processor_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -73,6 +93,7 @@ def consensus_metadata(
         "dtype": dtype,
         "backend": backend,
         "versions": versions(),
+        "host": host(),
         "prompts": prompt_records(texts, token_lists),
         "step_index": {
             "formula": "u = iteration * n_layer + layer",

@@ -1,6 +1,7 @@
-"""The CPU's few-row Linear (csrc/panel_linear_avx512.cpp through backends/cpu_panels.py)
-against ``F.linear`` in float64, at shapes that exercise every tile: row counts around the
-9-row block, panel counts around the 3-panel block, columns that end inside a panel."""
+"""The CPU's few-row Linear (csrc/panel_linear_*.cpp through backends/cpu_panels.py), every
+variant this build and CPU run, against ``F.linear`` in float64, at shapes that exercise every
+tile: row counts around the row blocks (9 rows for avx512, 6 for avx2), panel counts around
+the 3-panel block of avx512, columns that end inside a panel or inside its first half."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import torch.nn.functional as F
 
 from gpt2fast import _panel_linear
 from gpt2fast.backends import cpu_panels
+from gpt2fast.errors import InputError
 from gpt2fast.model import DENSE
 
-pytestmark = pytest.mark.skipif(not cpu_panels.available(), reason="CPU without AVX-512F")
+VARIANTS = _panel_linear.variants()
+pytestmark = pytest.mark.skipif(not VARIANTS, reason="no panel-kernel variant is built or runs on this CPU")
 
 POISON = 1.0e30
+
+
+@pytest.fixture(params=VARIANTS or ["none"], autouse=True)
+def variant(request, monkeypatch) -> str:
+    """Every test runs once per variant, chosen as a user would force it."""
+    monkeypatch.setenv(cpu_panels.VARIANT_ENV, request.param)
+    return request.param
 
 
 def operands(rows: int, in_features: int, out_features: int, seed: int = 0):
@@ -39,8 +49,8 @@ def test_panels_hold_sixteen_output_columns_each_zero_past_the_end():
     assert torch.equal(panels[2, :, 8:], torch.zeros(3, 8))
 
 
-@pytest.mark.parametrize("rows", [1, 8, 9, 10, 27, 31])
-@pytest.mark.parametrize("out_features", [5, 16, 32, 48, 53, 80, 144])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 8, 9, 10, 27, 31])
+@pytest.mark.parametrize("out_features", [5, 8, 11, 16, 32, 48, 53, 80, 144])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_panel_linear_equals_the_float64_product(rows, out_features, with_residual):
     x, weight, bias, residual = operands(rows, 37, out_features)
@@ -53,13 +63,13 @@ def test_panel_linear_equals_the_float64_product(rows, out_features, with_residu
 
 
 @pytest.mark.parametrize("rows", [3, 27])
-def test_writes_stay_inside_the_output(rows):
+def test_writes_stay_inside_the_output(rows, variant):
     """The last panel's columns past N and the memory after y are left alone."""
     x, weight, bias, residual = operands(rows, 24, 53, seed=3)
     panels = cpu_panels.pack_panels(weight)
     y = torch.full((rows * 53 + 64,), POISON)
     _panel_linear.linear(x.data_ptr(), rows, 24, panels.data_ptr(), bias.data_ptr(), 53, False, residual.data_ptr(),
-                         y.data_ptr(), torch.get_num_threads())
+                         y.data_ptr(), torch.get_num_threads(), variant)
     assert torch.all(y[rows * 53:] == POISON)
     want = residual.double() + x.double() @ weight.double().T + bias.double()
     assert relative_error(y[: rows * 53].view(rows, 53), want) < 1e-6
@@ -101,12 +111,14 @@ def test_output_is_float32_whatever_the_default_dtype():
     torch.testing.assert_close(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-def test_a_thread_count_below_one_is_refused():
+@pytest.mark.parametrize("threads, name, message", [(0, None, "threads must be at least 1"),
+                                                    (1, "sse9", "this build has no sse9 variant")])
+def test_bad_threads_or_variant_are_refused(variant, threads, name, message):
     x, weight, bias, _ = operands(2, 16, 16)
     y = torch.empty(2, 16)
-    with pytest.raises(ValueError, match="threads"):
+    with pytest.raises(ValueError, match=message):
         _panel_linear.linear(x.data_ptr(), 2, 16, cpu_panels.pack_panels(weight).data_ptr(), bias.data_ptr(), 16,
-                             False, 0, y.data_ptr(), 0)
+                             False, 0, y.data_ptr(), threads, name or variant)
 
 
 @pytest.mark.parametrize("form", ["linear", "linear_gelu", "linear_add"])
@@ -164,3 +176,37 @@ def test_mismatched_operands_are_refused(change):
         residual = residual.T.contiguous()
     with pytest.raises(ValueError, match="panel linear"):
         cpu_panels.panel_linear(x, panels, bias, residual)
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_variants_sum_in_the_same_order(monkeypatch, gelu):
+    """Every variant starts each output from its bias and adds x[m, k]·W[n, k] by FMA for
+    k = 0, 1, ... in order, and computes GELU with the same operations, so all of them give
+    the same bits (this is what lets a run be compared across CPUs of either ISA)."""
+    x, weight, bias, residual = operands(31, 40, 53, seed=12)
+    panels = cpu_panels.pack_panels(weight)
+    results = []
+    for name in VARIANTS:
+        monkeypatch.setenv(cpu_panels.VARIANT_ENV, name)
+        results.append(cpu_panels.panel_linear(x, panels, bias, residual, gelu=gelu))
+    for result in results[1:]:
+        assert torch.equal(result, results[0])
+
+
+def test_the_fastest_runnable_variant_is_chosen_unless_one_is_forced(monkeypatch):
+    monkeypatch.delenv(cpu_panels.VARIANT_ENV)
+    assert cpu_panels.kernel_variant() == VARIANTS[0]
+    assert set(VARIANTS) <= set(_panel_linear.compiled())
+    for name in VARIANTS:
+        monkeypatch.setenv(cpu_panels.VARIANT_ENV, name.upper())
+        assert cpu_panels.kernel_variant() == name
+    monkeypatch.setenv(cpu_panels.VARIANT_ENV, "off")
+    assert cpu_panels.kernel_variant() is None and not cpu_panels.available()
+    with pytest.raises(ValueError, match="no kernel variant runs here"):
+        cpu_panels.panel_linear(*operands(2, 16, 16)[:1], cpu_panels.pack_panels(torch.eye(16)), torch.zeros(16))
+
+
+def test_a_variant_this_machine_lacks_is_refused(monkeypatch):
+    monkeypatch.setenv(cpu_panels.VARIANT_ENV, "neon")
+    with pytest.raises(InputError, match=r"GPT2FAST_PANEL_KERNEL=neon: this build and CPU run only .*off"):
+        cpu_panels.kernel_variant()

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import InputError
 from ..weight_stream import WeightStream
+from .cpu_panels import kernel_variant
 
 BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels' float32 product precision per --dtype. bf16 operands are multiplied as
@@ -21,7 +22,10 @@ AUTO_TRITON_DTYPES = ("fp32", "tf32")
 
 def resolve_backend(name: str, device: torch.device, dtype: str) -> str:
     """``auto`` -> triton on CUDA for AUTO_TRITON_DTYPES, else torch; refuse triton where it
-    cannot run."""
+    cannot run, and a forced CPU panel-kernel variant this machine lacks
+    (``cpu_panels.kernel_variant``)."""
+    if device.type == "cpu":
+        kernel_variant()
     if name == "auto":
         return "triton" if device.type == "cuda" and dtype in AUTO_TRITON_DTYPES else "torch"
     if name == "triton":

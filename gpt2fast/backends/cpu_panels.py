@@ -1,24 +1,48 @@
 """Linear layers for few rows on the CPU: weights packed into 16-column panels, computed by
-the AVX-512 kernel of ``gpt2fast._panel_linear`` (csrc/panel_linear_avx512.cpp).
+a kernel of ``gpt2fast._panel_linear`` (csrc/panel_linear_tiles.h), in the variant for this
+CPU's vector ISA: ``avx512`` (AVX-512F) or else ``avx2`` (AVX2 + FMA).
 
 A consensus iteration on one short prompt multiplies few rows (M = P·T) by every weight
 once, so it streams the weights from memory; oneDNN overlaps that stream with its FMAs
 poorly at small M, the panel kernel well (bench/RESULTS.md). float32 only; the sums run in
-another order than ``F.linear``'s, so results agree with it to float32 rounding.
+another order than ``F.linear``'s, so results agree with it to float32 rounding. Every
+variant reads the same panels; ``GPT2FAST_PANEL_KERNEL=avx512|avx2|off`` forces one (tests,
+benchmarks), and ``kernel_variant()`` says which one runs.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import _panel_linear
+from ..errors import InputError
 
 PANEL_WIDTH = _panel_linear.PANEL_WIDTH
+VARIANT_ENV = "GPT2FAST_PANEL_KERNEL"
+OFF = "off"
+
+
+def kernel_variant() -> str | None:
+    """The variant the panel kernel runs (``avx512`` or ``avx2``), or None where none can:
+    the fastest this build has and this CPU runs, unless ``GPT2FAST_PANEL_KERNEL`` names
+    one (``off``: none). Raises InputError when it names a variant this build or CPU lacks."""
+    runnable = _panel_linear.variants()
+    forced = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if not forced:
+        return runnable[0] if runnable else None
+    if forced == OFF:
+        return None
+    if forced not in runnable:
+        choices = ", ".join([*runnable, OFF])
+        raise InputError(f"{VARIANT_ENV}={forced}: this build and CPU run only {choices}")
+    return forced
 
 
 def available() -> bool:
-    """Whether the kernel is built in and this CPU runs AVX-512F."""
-    return _panel_linear.supported()
+    """Whether a panel-kernel variant runs here (``kernel_variant()`` is not None)."""
+    return kernel_variant() is not None
 
 
 def pack_panels(weight: torch.Tensor) -> torch.Tensor:
@@ -51,7 +75,7 @@ def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
     """``x @ Wᵀ + bias``, then GPT-2's GELU (tanh approximation) if ``gelu``, then
     ``residual +`` it, for x [..., K] float32 on the CPU, with W given as ``pack_panels(W)``
     [ceil(N/16), K, 16] and N read from bias [N]; residual [..., N]; returns [..., N]
-    float32. Runs on ``torch.get_num_threads()`` threads.
+    float32. Runs on ``torch.get_num_threads()`` threads, by ``kernel_variant()``.
 
     The kernel's GELU is its own (x / (1 + e^(-2u)), e^ to about 2 ulp): within 1 float32
     ulp of the exact function for x >= 0, and within 4 + 3|2u| ulp below (the float32
@@ -59,6 +83,9 @@ def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
     it saves about 0.8 ms per gpt2 iteration against ``F.gelu`` after the GEMM
     (bench/RESULTS.md)."""
     check_operands(x, panels, bias, residual)
+    variant = kernel_variant()
+    if variant is None:
+        raise ValueError("panel linear: no kernel variant runs here (see cpu_panels.kernel_variant)")
     in_features, out_features = panels.shape[1], bias.shape[0]
     # Contiguous copies where needed, held in locals so they outlive the call.
     rows, panels, bias = x.reshape(-1, in_features).contiguous(), panels.contiguous(), bias.contiguous()
@@ -67,7 +94,7 @@ def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
     y = torch.empty(rows.shape[0], out_features, dtype=torch.float32, device="cpu")
     _panel_linear.linear(rows.data_ptr(), rows.shape[0], in_features, panels.data_ptr(), bias.data_ptr(),
                          out_features, gelu, 0 if residual is None else residual.data_ptr(), y.data_ptr(),
-                         torch.get_num_threads())
+                         torch.get_num_threads(), variant)
     return y.view(*x.shape[:-1], out_features)
 
 
