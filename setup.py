@@ -66,6 +66,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4"],
+        # cmake and pybind11 build the panel module in other configurations (tests/test_panel_build.py)
+        "test": ["pytest>=8", "pytest-benchmark>=4", "cmake>=3.18", "pybind11>=2.12"],
     },
 )

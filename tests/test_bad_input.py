@@ -105,3 +105,12 @@ def test_triton_backend_without_gpu_or_interpreter(monkeypatch, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--backend triton needs a CUDA GPU" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("forced", ["sse9", "AVX-512"])
+def test_a_panel_kernel_variant_this_machine_lacks(monkeypatch, tmp_path, capsys, forced):
+    monkeypatch.setenv("GPT2FAST_PANEL_KERNEL", forced)
+    assert main(["--weights", "random", "--size", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gpt2fast: error: GPT2FAST_PANEL_KERNEL={forced.lower()}: ")
+    assert list(tmp_path.iterdir()) == []
