@@ -7,6 +7,7 @@ same post-ops (``cpu_packed.PACKED``), the variants on panels (``cpu_panels.PANE
 
     python bench/panel_linear.py                          # oneDNN at its best ISA
     python bench/panel_linear.py --onednn-isa AVX2        # oneDNN limited to AVX2
+    pytest bench/test_panel_linear.py --benchmark-only    # M = 27 as benchmarks
 
 ``--onednn-isa`` sets ``ONEDNN_MAX_CPU_ISA`` before oneDNN starts (torch is imported only
 after the flags are read). Prints a markdown table of milliseconds per unit (best of
@@ -17,6 +18,7 @@ speed-up over oneDNN.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -104,12 +106,16 @@ def main() -> None:
     parser.add_argument("--onednn-isa", help="ONEDNN_MAX_CPU_ISA for this run, e.g. AVX2 or AVX512_CORE")
     parser.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print {path: {rows: ms}} instead of the table")
     args = parser.parse_args()
     if args.onednn_isa:
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.onednn_isa
     import torch
 
     paths, best = measure(args.rows, args.repeats)
+    if args.json:
+        print(json.dumps({path: {rows: best[path, rows] * 1e3 for rows in args.rows} for path in paths}))
+        return
     print(f"48 gpt2 GEMMs per unit, {torch.get_num_threads()} threads, "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}, best of {args.repeats}")
     print(table(paths, best, args.rows))
