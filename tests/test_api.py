@@ -26,6 +26,7 @@ def test_consensus_returns_what_the_cli_writes(tiny_checkpoint, tmp_path, capsys
     printed = capsys.readouterr().out
     result = gpt2fast.consensus(PROMPTS, weights=tiny_checkpoint, size=3, matrix=True, decode=(0, 2),
                                 progress=False)
+    # Bit for bit: the same engine on the same inputs in one process, the same operations
     assert np.array_equal(result.err, np.load(tmp_path / "Eplot.npy"), equal_nan=True)
     assert np.array_equal(result.err2, np.load(tmp_path / "m.npy"), equal_nan=True)
     written = json.loads((tmp_path / "Eplot.json").read_text())

@@ -58,6 +58,8 @@ def test_driver_writes_what_the_plain_loop_computes(tmp_path, n_iterations, chun
     assert done == n_iterations
     assert progress == list(range(1, n_iterations + 1))
     want_err, want_gram, want_decoded = plain_loop(n_iterations, decode_iterations=decodes)
+    # Bit for bit: the same engine's operations in the same order, on the same thread; only the
+    # driving and the writing differ.
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), want_err)
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), want_gram)
     assert sorted(decoded) == sorted(decodes)
@@ -70,7 +72,7 @@ def test_err_only_run_writes_no_matrix_file(tmp_path):
     full run's to float32 rounding rather than bit for bit."""
     assert drive(engine_for(), 3, tmp_path / "e.npy", None, chunk=2) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]
-    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), plain_loop(3)[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), plain_loop(3)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_stop_request_ends_at_the_next_iteration(tmp_path):
@@ -200,4 +202,6 @@ def test_cuda_graph_path_matches_the_cpu_path(tmp_path):
     want_err, want_gram, want_decoded = plain_loop(7, decode_iterations={2})
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), want_err, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "g.npy"), want_gram, rtol=1e-4, atol=1e-5)
+    # Exact across devices: every position's top two logits (padding rows' included) differ by
+    # at least 1e-2 of the largest |logit|, thousands of times the float32 difference.
     assert torch.equal(decoded[2], want_decoded[2])

@@ -20,6 +20,9 @@ PROMPTS = [
     [50256],
     [int(t) for t in torch.randint(0, 50257, (27,), generator=torch.Generator().manual_seed(1))],
 ]
+# Decoded ids are compared exactly although engine and reference sum in other orders: at every
+# compared position the top two logits differ by at least 2e-4 of the largest |logit|, some 250
+# times the two's float32 difference (< 1e-6 of it, measured).
 
 
 def run_engine(flags: ConsensusFlags, tmp_path, token_lists=PROMPTS, with_gram=True):
@@ -64,7 +67,7 @@ def test_engine_matches_reference(tmp_path, iterations, noff):
         assert_close(err[p], ref_err.numpy())
         assert_close(gram[p, :t, :t], ref_gram.numpy())
         assert np.isnan(gram[p, t:]).all() and np.isnan(gram[p, :, t:]).all()
-        for i in flags.decode_iterations:
+        for i in flags.decode_iterations:  # exact: see PROMPTS
             assert decoded[i][p, :t].tolist() == ref_decoded[i]
 
 
@@ -81,7 +84,7 @@ def test_redraws_match_reference(tmp_path, random_init, const_reset):
         t = len(tokens)
         assert_close(err[p], ref_err.numpy())
         assert_close(gram[p, :t, :t], ref_gram.numpy())
-        for i in (0, 1):
+        for i in (0, 1):  # exact: see PROMPTS
             assert decoded[i][p, :t].tolist() == ref_decoded[i]
 
 
@@ -91,9 +94,10 @@ def test_redraws_change_the_numbers_and_follow_the_seed(tmp_path):
         ConsensusFlags(iterations=1, const_reset=True, seed=seed), tmp_path, with_gram=False
     )[0]
     first, again, other = reset(1), reset(1), reset(2)
-    np.testing.assert_array_equal(first, again)
-    # Step 0 uses the loaded weights under --const-reset; later steps use fresh draws.
-    np.testing.assert_allclose(first[:, 0], plain[:, 0], rtol=1e-6)
+    np.testing.assert_array_equal(first, again)  # one process, the same operations in the same order
+    # Step 0 uses the loaded weights under --const-reset (through other GEMMs: --const-reset
+    # skips packing, so float32 rounding apart); later steps use fresh draws.
+    np.testing.assert_allclose(first[:, 0], plain[:, 0], rtol=1e-5)
     assert not np.allclose(first[:, 1:], plain[:, 1:])
     assert not np.allclose(first[:, 1:], other[:, 1:])
 
@@ -106,8 +110,9 @@ def test_prompt_results_do_not_depend_on_the_batch(tmp_path):
 
 def test_single_token_prompt_is_fully_aligned(tmp_path):
     err, gram, _ = run_engine(ConsensusFlags(iterations=1), tmp_path, token_lists=[[50256]])
-    np.testing.assert_allclose(err, 1.0, rtol=1e-6)
-    np.testing.assert_allclose(gram, 1.0, rtol=1e-6)
+    # 1 up to the rounding of float32 sums over C = 128 terms (‖y‖, ŷ·ŷ), which depends on their order
+    np.testing.assert_allclose(err, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(gram, 1.0, rtol=1e-5)
 
 
 def test_long_run_stays_finite_and_bounded(tmp_path):

@@ -44,6 +44,10 @@ def test_cached_blocks_equal_recomputing_the_whole_sequence():
     torch.testing.assert_close(torch.cat(rows, dim=1), full, rtol=1e-4, atol=1e-5)
 
 
+# Generated tokens are compared exactly with the reference's, which recomputes the whole
+# sequence (other shapes, other summation orders): greedy steps' top two logits differ by at
+# least 3e-3 of the largest, and no token changes when every logit moves by up to 1e-3 of it
+# (tried), against float32 differences below 1e-6.
 @pytest.mark.parametrize("iterations", [1, 2])
 @pytest.mark.parametrize("noff,random_init,const_reset", [
     (False, False, False), (True, False, False), (False, True, False), (False, False, True),

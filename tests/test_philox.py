@@ -80,6 +80,8 @@ def test_counter_normal_follows_the_definition():
 
 
 def test_counter_normal_is_deterministic_and_prefix_stable():
+    """Bit for bit: each element comes from its own Philox words through elementwise float32
+    operations, whatever the length (or, below, the chunking)."""
     a = counter_normal(1, 2, 3, 1001)
     assert torch.equal(a, counter_normal(1, 2, 3, 1001))
     assert torch.equal(a[:10], counter_normal(1, 2, 3, 10))

@@ -46,6 +46,8 @@ def assert_same_run(got, want, rtol: float, atol: float) -> None:
     np.testing.assert_allclose(gram, want_gram, rtol=rtol, atol=atol)
     assert np.array_equal(np.isnan(gram), np.isnan(want_gram))
     assert decoded.keys() == want_decoded.keys()
+    # Exact ids: no compared one changes when every logit moves by up to 3e-4 of the largest
+    # (tried), while the backends' logits differ by < 1e-6 of it.
     for i in decoded:
         for p, tokens in enumerate(PROMPTS):
             assert decoded[i][p, : len(tokens)].tolist() == want_decoded[i][p, : len(tokens)].tolist()
@@ -112,7 +114,7 @@ def test_triton_generation_matches_torch_generation(number, device):
                         temperature=1.0, generator=torch.Generator().manual_seed(0))
 
     grown = grow(TritonGeneration)
-    assert grown == grow(TorchGeneration)
+    assert grown == grow(TorchGeneration)  # exact: top two logits >= 9e-3 of the largest apart
     assert len(grown) == 9 and grown[: len(PROMPTS[0])] == PROMPTS[0]
 
 
@@ -155,8 +157,12 @@ def test_iteration_read_from_a_tensor_draws_that_iterations_weights(device, host
         else:
             with host_reads_forbidden():
                 from_tensor.iteration(index, err, gram)
-        assert torch.equal(err, want_err) and torch.equal(gram.nan_to_num(), want_gram.nan_to_num())
-    assert torch.equal(from_tensor.x, by_value.x)
+        # Not bit for bit: on a GPU the autotuner tunes the GEMMs that read the step from memory
+        # apart from those passed it, and another config may reduce the LayerNorm in another
+        # order. Another iteration's weights would move err by far more than 1e-5.
+        torch.testing.assert_close(err, want_err, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gram, want_gram, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(from_tensor.x, by_value.x, rtol=1e-5, atol=1e-5)
 
 
 def test_iteration_index_from_a_tensor_needs_const_reset(device):

@@ -2,6 +2,8 @@
 
 The launches run under Triton's interpreter on CPU tensors (or compiled on a GPU when there
 is one, see tests/conftest.py); the ahead-of-time compilation runs in a child process.
+float32 outputs are compared bit for bit: each element is one addition wte + wpe, correctly
+rounded on every device, in the kernel and in torch alike.
 """
 
 from __future__ import annotations

@@ -106,12 +106,24 @@ def integer_valued(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randint(-3, 4, shape, generator=generator).float()
 
 
+def assert_argmax_is_clear(y: torch.Tensor, wte: torch.Tensor) -> None:
+    """Each row's largest logit leads its second by more than twice float32's worst-case
+    summation error (C·2⁻²⁴·Σ|y_k w_k|), so every summation order (the kernel's tiles, BLAS)
+    finds the same argmax: random data can then be compared exactly."""
+    y, wte = y.cpu().double(), wte.cpu().double()
+    if wte.shape[0] > 1:
+        top = (y @ wte.T).topk(2, dim=-1).values
+        error = y.shape[1] * 2**-24 * (y.abs() @ wte.abs().T).amax(dim=-1)
+        assert (top[:, 0] - top[:, 1] > 2 * error).all(), "the seeded data has a near tie"
+
+
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("vocab", VOCABS)
 def test_argmax_matches_reference(device, vocab, rows):
     generator = torch.Generator().manual_seed(vocab * 1000 + rows)
     y = torch.randn(rows, WIDTH, generator=generator).to(device)
     wte = torch.randn(vocab, WIDTH, generator=generator).to(device)
+    assert_argmax_is_clear(y, wte)
     assert torch.equal(argmax_of(y, wte), lm_head_argmax_reference(y, wte).cpu())
 
 
@@ -132,17 +144,23 @@ def test_argmax_ties_go_to_the_lowest_index(device, monkeypatch, programs, vocab
 
 @pytest.mark.parametrize("programs", [lm_head.TARGET_PROGRAMS, FEW_PROGRAMS])
 def test_argmax_finds_maxima_at_tile_edges(device, monkeypatch, programs):
+    """Small integers (|value| <= 13) throughout: every logit is exact in float32 and in every
+    product precision (TF32 and bf16 hold such operands exactly), whatever the summation
+    order, so a planted tie is a tie on any machine."""
     monkeypatch.setattr(lm_head, "TARGET_PROGRAMS", programs)
     generator = torch.Generator().manual_seed(programs)
     vocab, planted = 1031, len(EDGES)
-    y = torch.randn(2 * planted, WIDTH, generator=generator)
-    wte = torch.randn(vocab, WIDTH, generator=generator)
+    y = integer_valued(generator, 2 * planted, WIDTH)
+    wte = integer_valued(generator, vocab, WIDTH)
     expected = torch.empty(2 * planted, dtype=torch.int64)
     for row, (edge, partner) in enumerate(zip(EDGES, TIE_PARTNERS)):
-        wte[edge] = 4 * y[row]  # a clear maximum of row `row` ...
-        wte[partner] = wte[edge]  # ... and of row `planted + row`, tied with another tile
+        y[row, 0] = 1
+        wte[edge] = 4 * y[row]  # row `row`'s maximum, 4·|y|² > 3·|y|₁ >= any random row's logit ...
+        wte[partner] = wte[edge]
+        wte[partner, 0] -= 1  # ... which leads the partner's by 1
         y[planted + row] = y[row]
-        expected[row] = expected[planted + row] = min(edge, partner)
+        y[planted + row, 0] = 0  # row `planted + row` does not see that column: a tie
+        expected[row], expected[planted + row] = edge, min(edge, partner)
     assert torch.equal(lm_head_argmax_reference(y, wte), expected)
     for precision in PRECISIONS:
         assert torch.equal(argmax_of(y.to(device), wte.to(device), precision=precision), expected)
@@ -167,6 +185,7 @@ def test_argmax_with_a_ragged_width(device):
     generator = torch.Generator().manual_seed(80)
     y = torch.randn(27, 80, generator=generator).to(device)
     wte = torch.randn(300, 80, generator=generator).to(device)
+    assert_argmax_is_clear(y, wte)
     assert torch.equal(argmax_of(y, wte), lm_head_argmax_reference(y, wte).cpu())
 
 
@@ -182,6 +201,7 @@ def test_drawn_head_is_the_weight_stream_redraw(device, seed, draw):
     redraw = weight_stream.drawn_tensor(seed, draw, weight_stream.WTE_STREAM, (vocab, WIDTH), device)
     shape_only = torch.full((1, WIDTH), float("nan"), device=device).expand(vocab, WIDTH)
     drawn = drawn_args(seed, draw)
+    assert_argmax_is_clear(y, redraw)  # a margin that also covers the kernel's draw, a few ulp off
     ids = argmax_of(y, shape_only, drawn=drawn)
     assert torch.equal(ids, lm_head_argmax_reference(y, redraw).cpu())
     assert torch.equal(ids, lm_head_argmax_reference(y, shape_only, drawn=drawn).cpu())
