@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from gpt2fast import reference
-from gpt2fast.backends import make_engine, make_generation, resolve_backend
+from gpt2fast.backends import cpu_packed, cpu_panels, make_engine, make_generation, resolve_backend
 from gpt2fast.config import DEFAULT_PROMPT, PRESETS
 from gpt2fast.driver import drive
 from gpt2fast.generate import generate
@@ -83,11 +83,25 @@ def label(case: str, iterations: int, prompts: list[list[int]]) -> str:
     return f"({case}) {MODEL} P={len(prompts)} {shape} N={iterations}{gram}"
 
 
-def set_roofline(benchmark, ceilings, work: tuple[int, int], units: int, unit: str) -> None:
-    """Record the floor time of ``units`` repetitions of ``work`` (bytes, FLOPs)."""
-    floor_s, bound = ceilings.floor_s(*work)
-    benchmark.extra_info.update(floor_s=floor_s * units, bound=bound, units=units, unit=unit,
-                                card=ceilings.device)
+def gemm_kernel(engine) -> str:
+    """Which kernel computes a CPU engine's (or generation's) Linear layers: the panel
+    kernel's variant, oneDNN, or ``F.linear``, as ``cpu_packed.step_block`` hands them out."""
+    _, ops = cpu_packed.step_block(engine.stream, engine.packed, 0)
+    if ops is cpu_panels.PANELS:
+        return f"panels {cpu_panels.kernel_variant()}"
+    return "oneDNN" if ops is cpu_packed.PACKED else "F.linear"
+
+
+def set_roofline(benchmark, ceilings, work: tuple[int, int], units: int, unit: str, engine) -> None:
+    """Record ``units`` repetitions of ``work`` (bytes, FLOPs) and their floor
+    (``Ceilings.floor_record``; conftest rewrites it if the ceilings measured again after the
+    benchmarks are higher), and on the CPU this process's panel-kernel variant and the kernel
+    ``engine``'s Linear layers run on."""
+    bytes_moved, flops = work[0] * units, work[1] * units
+    benchmark.extra_info.update(bytes=bytes_moved, flops=flops, units=units, unit=unit,
+                                **ceilings.floor_record(bytes_moved, flops))
+    if not ON_GPU:
+        benchmark.extra_info.update(panel_kernel=cpu_panels.kernel_variant(), gemm=gemm_kernel(engine))
 
 
 @pytest.mark.parametrize("case", ["a", "b", "c"])
@@ -103,9 +117,10 @@ def test_consensus(benchmark, ceilings, stream, model, tmp_path, case, role):
             engine = make_engine(backend(), stream, prompts, False, "fp32")
             drive(engine, iterations, tmp_path / "e.npy", tmp_path / "g.npy" if with_gram else None)
 
-        drive(make_engine(backend(), stream, prompts, False, "fp32"), 1, tmp_path / "w.npy", None)
+        warm = make_engine(backend(), stream, prompts, False, "fp32")
+        drive(warm, 1, tmp_path / "w.npy", None)  # compiles and autotunes
         set_roofline(benchmark, ceilings, iteration_work(CFG, [len(t) for t in prompts], with_gram),
-                     iterations, "iteration")  # the drive above compiled and autotuned
+                     iterations, "iteration", warm)
     else:
         def run():
             for number, tokens in enumerate(prompts):
@@ -135,14 +150,14 @@ def test_generation(benchmark, ceilings, stream, state, role, iterations):
                              generator=torch.Generator().manual_seed(0))
             assert len(grown) == MAX_LENGTH
 
-        generate(make_generation(backend(), stream, False, iterations, "fp32"), prompt,
-                 max_length=len(prompt) + 2, top_k=10, temperature=1.0,
+        warm = make_generation(backend(), stream, False, iterations, "fp32")
+        generate(warm, prompt, max_length=len(prompt) + 2, top_k=10, temperature=1.0,
                  generator=torch.Generator().manual_seed(0))
         prefill_bytes, prefill_flops = iteration_work(CFG, [len(prompt)], False)
         per_token = [token_work(CFG, iterations, context) for context in range(len(prompt), MAX_LENGTH)]
         work = (prefill_bytes * iterations + sum(b for b, _ in per_token),
                 prefill_flops * iterations + sum(f for _, f in per_token))
-        set_roofline(benchmark, ceilings, work, 1, "run")
+        set_roofline(benchmark, ceilings, work, 1, "run", warm)
     else:
         def run():
             grown = reference.generate(CFG, state, prompt, max_length=MAX_LENGTH, iterations=iterations,
