@@ -1,6 +1,6 @@
-"""Packaging for gpt2fast: the Python package and its two C++ modules, the loop driver
-(``gpt2fast._driver``) and the CPU's few-row Linear (``gpt2fast._panel_linear``), built
-through CMake with a C++ compiler alone."""
+"""Packaging for gpt2fast: the Python package and its C++ modules, the loop driver
+(``gpt2fast._driver``), the CPU's few-row Linear (``gpt2fast._panel_linear``) and the CPU's
+weight preparation (``gpt2fast._weight_prep``), built through CMake with a C++ compiler alone."""
 
 import os
 import subprocess
@@ -50,7 +50,8 @@ setup(
     description="Fast, faithful GPT-2 consensus (rank-collapse) experiments",
     python_requires=">=3.10",
     packages=find_packages(include=["gpt2fast", "gpt2fast.*"]),
-    ext_modules=[CMakeExtension("gpt2fast._driver"), CMakeExtension("gpt2fast._panel_linear")],
+    ext_modules=[CMakeExtension("gpt2fast._driver"), CMakeExtension("gpt2fast._panel_linear"),
+                 CMakeExtension("gpt2fast._weight_prep")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         # Bounded so that the CPU build torch 2.13.0 satisfies it and pip never replaces it

@@ -14,6 +14,7 @@ NaN in the steps it did not reach and ``metadata["status"] == "interrupted"``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import os
@@ -141,14 +142,18 @@ def check_writable(path: Path, label: str) -> None:
 
 def load_weights(weights: str | os.PathLike | Weights | None, model: str | None, seed: int) -> tuple[Weights, str]:
     """The run's weights and model name: a ``Weights`` as given, else ``resolve_weights``
-    (a checkpoint path, ``"random"``, or None to search), notes going to stderr."""
+    (a checkpoint path, ``"random"``, or None to search), notes going to stderr, marked
+    ``single_use``: the run they are loaded for keeps their only copy."""
     if model is not None and model not in PRESETS:
         raise InputError(f"model must be one of {', '.join(sorted(PRESETS))}, got {model!r}")
     name = model or DEFAULT_MODEL
     if isinstance(weights, Weights):
+        if weights.single_use and not weights.state:
+            raise InputError("these weights were loaded for one run, which has taken them; load them again")
         return weights, name
     spec = None if weights is None else os.fspath(weights)
-    return resolve_weights(spec, name, PRESETS[name], model is not None, seed, warn), name
+    loaded = resolve_weights(spec, name, PRESETS[name], model is not None, seed, warn)
+    return dataclasses.replace(loaded, single_use=True), name
 
 
 def warn(message: str) -> None:
@@ -325,7 +330,7 @@ def generate(
         raise InputError(f"the key/value cache for size {size} and length {max_length} (--use-model) "
                          f"needs {format_bytes(needed)}, {device_} has {format_bytes(available)} free")
     stream = WeightStream(cfg, loaded.state, seed=seed, random_init=random_init, const_reset=const_reset,
-                          device=device_, dtype=storage)
+                          device=device_, dtype=storage, owned=loaded.single_use)
     generator = torch.Generator().manual_seed(seed)
     encoding = gpt2_encoding()
     result = GenerationResult(texts=[], tokens=[])

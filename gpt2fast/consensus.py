@@ -67,6 +67,7 @@ def run_consensus(
         const_reset=flags.const_reset,
         device=device,
         dtype=storage_dtype(dtype),
+        owned=weights.single_use,
     )
     engine = make_engine(backend, stream, token_lists, flags.noff, dtype)
     steps = cfg.n_layer * flags.iterations

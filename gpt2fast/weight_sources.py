@@ -9,7 +9,6 @@ warning that says everywhere it looked.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import socket
 import urllib.parse
@@ -17,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
-import torch
 
 from .checkpoints import CONFIG_FILE, HF_FILES, load_checkpoint, reason
 from .config import ModelConfig
-from .weights import Weights, random_state
+from .weights import Weights, random_state, state_sha256
 
 RANDOM_SPEC = "random"
 HF_ORG = "openai-community"
@@ -78,22 +76,11 @@ def resolve_weights(
 
 
 def random_weights(cfg: ModelConfig, seed: int) -> Weights:
-    """Seeded GPT-2 initialisation of a model of sizes ``cfg``; source ``random(seed=S)``."""
-    state = random_state(cfg, seed)
-    return Weights(
-        config=cfg, state=state, source=f"random(seed={seed})", sha256=state_sha256(state)
-    )
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Hex SHA-256 of a state dict: for each name in sorted order, its name, dtype and shape,
-    then the tensor's raw bytes (row-major)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """Seeded GPT-2 initialisation of a model of sizes ``cfg``; source ``random(seed=S)``,
+    sha256 ``state_sha256`` of the tensors (each hashed by the thread that drew it)."""
+    digests: dict[str, str] = {}
+    state = random_state(cfg, seed, digests)
+    return Weights(config=cfg, state=state, source=f"random(seed={seed})", sha256=state_sha256(state, digests))
 
 
 def hf_cache_dir() -> Path:

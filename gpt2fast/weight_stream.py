@@ -78,6 +78,9 @@ class WeightStream:
 
     Loaded weights are moved to ``device``/``dtype`` once; the ``--random-init`` draw is
     made once and kept; ``--const-reset`` draws are made when asked for and not kept.
+    owned: the tensors of ``state`` become the stream's (its run loaded them for itself): it
+    empties ``state``, so that it holds the only references, and may hand its block weights
+    over for good (``give_block``) to be repacked in place.
     """
 
     def __init__(
@@ -90,17 +93,22 @@ class WeightStream:
         const_reset: bool,
         device: torch.device,
         dtype: torch.dtype,
+        owned: bool = False,
     ):
         self.cfg = cfg
         self.seed = seed
         self.random_init = random_init
         self.const_reset = const_reset
+        self.owned = owned
         on_device = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+        if owned:
+            state.clear()
         self.wte = on_device["wte.weight"]
         self.wpe = on_device["wpe.weight"]
         self.ln_f_w = on_device["ln_f.weight"]
         self.ln_f_b = on_device["ln_f.bias"]
-        self.loaded = [block_params_from_state(on_device, layer) for layer in range(cfg.n_layer)]
+        self.loaded: list[BlockParams | None] = [block_params_from_state(on_device, layer)
+                                                 for layer in range(cfg.n_layer)]
         self._kept_blocks: dict[int, BlockParams] = {}
         self._kept_wte: tuple[int, torch.Tensor] | None = None
 
@@ -110,14 +118,36 @@ class WeightStream:
     def block(self, step: int) -> BlockParams:
         """Parameters of the block applied at step ``step`` (layer ``step % L``)."""
         layer = step % self.cfg.n_layer
+        loaded = self.loaded[layer]
+        if loaded is None:
+            raise RuntimeError(f"the weights of block {layer} were handed over (WeightStream.give_block)")
         draw = self.draw_of(step)
         if draw is None:
-            return self.loaded[layer]
+            return loaded
         if draw == 0:
             if layer not in self._kept_blocks:
-                self._kept_blocks[layer] = drawn_block(self.cfg, self.loaded[layer], self.seed, 0, layer)
+                self._kept_blocks[layer] = drawn_block(self.cfg, loaded, self.seed, 0, layer)
             return self._kept_blocks[layer]
-        return drawn_block(self.cfg, self.loaded[layer], self.seed, draw, layer)
+        return drawn_block(self.cfg, loaded, self.seed, draw, layer)
+
+    @property
+    def owns_blocks(self) -> bool:
+        """Whether the block weights of every iteration are the stream's alone, to hand over:
+        loaded weights it owns, or its kept ``--random-init`` redraw (not under --const-reset,
+        whose weights change every step)."""
+        return not self.const_reset and (self.owned or self.random_init)
+
+    def give_block(self, layer: int) -> BlockParams:
+        """The parameters of block ``layer`` at every iteration, handed over for good (only
+        where ``owns_blocks``): the stream drops its references to them, and to the loaded
+        weights a redraw replaced, so the caller may repack them in place; ``block`` refuses
+        that layer from then on."""
+        if not self.owns_blocks:
+            raise RuntimeError("give_block: the stream does not own its block weights")
+        params = self.block(layer)
+        self._kept_blocks.pop(layer, None)
+        self.loaded[layer] = None
+        return params
 
     def lm_head_after(self, step: int) -> torch.Tensor:
         """The ``lm_head`` weight [V, C] (tied to ``wte``) in effect right after step ``step``."""

@@ -17,12 +17,16 @@ The canonical state dict uses Hugging Face's GPT-2 names without a prefix and Py
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from . import _weight_prep
 from .config import ModelConfig
 from .errors import InputError
+from .seeded_randn import randn_in_turn
 
 INIT_STD = 0.02
 LINEAR_NAMES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -83,31 +87,79 @@ class Weights:
     """A model's sizes, its canonical float32 state dict, and where it came from.
 
     source: a human-readable origin (a path, ``hf-cache:...``, ``random(seed=S)``);
-    sha256: hex digest of the checkpoint file's bytes, or of the tensors themselves for
-    random weights (``weight_sources.state_sha256``).
+    sha256: hex SHA-256 of the checkpoint file's bytes, or for random weights
+    ``state_sha256(state)``: SHA-256 over each tensor's name, dtype, shape and own XXH64.
+    single_use: weights the API loaded for one run (``api.load_weights``): that run takes
+    their tensors (``state`` is emptied) and keeps one copy of each, in the layout it computes
+    on. Weights made otherwise are left as they are (a run then copies what it needs).
     """
 
     config: ModelConfig
     state: dict[str, torch.Tensor]
     source: str
     sha256: str
+    single_use: bool = False
 
 
-def random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+def is_drawn(name: str) -> bool:
+    """Whether the GPT-2 initialisation draws parameter ``name``: Linear weights and the
+    embeddings (biases are 0, LayerNorms (1, 0))."""
+    is_layernorm = name.startswith("ln_f") or any(f".{ln}." in name for ln in LAYERNORM_NAMES)
+    return name.endswith("weight") and not is_layernorm
+
+
+def random_state(cfg: ModelConfig, seed: int, digests: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """GPT-2 initialisation: Linear weights and embeddings N(0, 0.02²), biases 0, LayerNorm (1, 0).
 
-    Drawn on the CPU from a ``torch.Generator`` seeded with ``seed``, in the order of
-    ``expected_shapes`` so the result depends on the seed alone.
+    The values are those of one ``torch.Generator`` seeded with ``seed`` drawing in the order
+    of ``expected_shapes``, so they depend on the seed alone:
+
+        generator = torch.Generator().manual_seed(seed)
+        for name, shape in expected_shapes(cfg).items():
+            if is_drawn(name):
+                state[name] = torch.randn(shape, generator=generator, dtype=torch.float32) * INIT_STD
+
+    drawn on ``torch.get_num_threads()`` threads with these bits (``seeded_randn``).
+    ``digests``, when given, receives each drawn tensor's ``tensor_xxh64``, computed by the
+    thread that drew it.
     """
-    generator = torch.Generator().manual_seed(seed)
+    shapes = expected_shapes(cfg)
+    drawn = [name for name in shapes if is_drawn(name)]
+    scale = np.float32(INIT_STD)  # what ``tensor * INIT_STD`` multiplies float32 by
+
+    def finish(index: int, tensor: torch.Tensor) -> None:
+        values = tensor.numpy()
+        np.multiply(values, scale, out=values)  # one thread: torch's mul_ would start more
+        if digests is not None:
+            digests[drawn[index]] = tensor_xxh64(tensor)
+
+    tensors = dict(zip(drawn, randn_in_turn(seed, [shapes[name] for name in drawn], torch.get_num_threads(), finish)))
     state = {}
-    for name, shape in expected_shapes(cfg).items():
-        is_layernorm = name.startswith("ln_f") or any(f".{ln}." in name for ln in LAYERNORM_NAMES)
-        if is_layernorm:
-            fill = 1.0 if name.endswith("weight") else 0.0
-            state[name] = torch.full(shape, fill)
-        elif name.endswith("bias"):
-            state[name] = torch.zeros(shape)
+    for name, shape in shapes.items():
+        if name in tensors:
+            state[name] = tensors[name]
         else:
-            state[name] = torch.randn(shape, generator=generator) * INIT_STD
+            state[name] = torch.full(shape, 1.0 if name.endswith("weight") else 0.0, dtype=torch.float32)
     return state
+
+
+def tensor_xxh64(tensor: torch.Tensor) -> str:
+    """Hex XXH64 (seed 0) of a tensor's raw bytes in row-major order (csrc/xxh64.h): a fast
+    non-cryptographic hash, at memory speed where SHA-256 would cost about as much as drawing
+    random weights."""
+    data = tensor.detach().to("cpu").contiguous()
+    return f"{_weight_prep.xxh64(data.data_ptr(), data.nbytes):016x}"
+
+
+def state_sha256(state: dict[str, torch.Tensor], digests: dict[str, str] | None = None) -> str:
+    """Hex SHA-256 that identifies a state dict, computable one tensor at a time: over the line
+    ``{name}:{dtype}:{shape}:{tensor_xxh64}\n`` of each name in sorted order (for example
+    ``h.0.attn.c_attn.weight:torch.float32:(2304, 768):0123456789abcdef``). ``digests``: the
+    ``tensor_xxh64`` of tensors already hashed, by name."""
+    known = digests or {}
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        own = known.get(name) or tensor_xxh64(tensor)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{own}\n".encode())
+    return digest.hexdigest()

@@ -6,6 +6,7 @@ reachability probe, so neither the real cache nor the network is touched.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 import torch
 
 from gpt2fast import weight_sources
-from gpt2fast.weight_sources import hf_cache_dir, resolve_weights, state_sha256
-from gpt2fast.weights import random_state
+from gpt2fast.config import ModelConfig
+from gpt2fast.weight_sources import hf_cache_dir, random_weights, resolve_weights
+from gpt2fast.weights import INIT_STD, expected_shapes, is_drawn, random_state, state_sha256, tensor_xxh64
 from tiny_models import build_hf_cache, tiny_config, tiny_state, write_hf_safetensors
 
 CFG = tiny_config(n_positions=64)
@@ -75,6 +77,111 @@ def test_random_is_reproducible_per_seed(cache):
     assert first.sha256 == again.sha256 == state_sha256(first.state)
     assert first.sha256 != other.sha256
     assert len(warn) == 3 and all("random" in line for line in warn)
+
+
+def serial_random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The definition of the random initialisation: one generator, drawing in turn."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in expected_shapes(cfg).items():
+        if is_drawn(name):
+            state[name] = torch.randn(shape, generator=generator) * INIT_STD
+        elif name.endswith("weight"):
+            state[name] = torch.ones(shape)
+        else:
+            state[name] = torch.zeros(shape)
+    return state
+
+
+ODD_CONFIGS = [
+    ModelConfig(n_layer=2, n_head=1, n_embd=5, vocab_size=7, n_positions=9),    # no size a multiple of 16
+    ModelConfig(n_layer=1, n_head=1, n_embd=3, vocab_size=5, n_positions=2),    # wpe of 6 elements
+    ModelConfig(n_layer=3, n_head=2, n_embd=16, vocab_size=101, n_positions=4),
+    tiny_config(n_layer=2, n_embd=24, n_positions=64),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2**32 + 3])
+@pytest.mark.parametrize("cfg", ODD_CONFIGS, ids=lambda cfg: f"C{cfg.n_embd}-V{cfg.vocab_size}")
+def test_random_state_has_the_bits_of_one_serial_generator(monkeypatch, cfg, seed, threads):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    digests: dict[str, str] = {}
+    state = random_state(cfg, seed, digests)
+    want = serial_random_state(cfg, seed)
+    assert list(state) == list(want)
+    for name, tensor in want.items():
+        assert state[name].dtype == torch.float32 and torch.equal(state[name].view(torch.int32), tensor.view(torch.int32))
+    assert digests == {name: tensor_xxh64(want[name]) for name in want if is_drawn(name)}
+
+
+MASK = (1 << 64) - 1
+P1, P2, P3, P4, P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
+                      0x27D4EB2F165667C5)
+
+
+def xxh64_reference(data: bytes) -> int:
+    """XXH64 with seed 0, line by line from xxHash's specification (slow)."""
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & MASK
+
+    def step(acc, lane):
+        return rotl((acc + lane * P2) & MASK, 31) * P1 & MASK
+
+    def word(at, size):
+        return int.from_bytes(data[at:at + size], "little")
+
+    at, length = 0, len(data)
+    if length >= 32:
+        lanes = [(P1 + P2) & MASK, P2, 0, (-P1) & MASK]
+        while at + 32 <= length:
+            lanes = [step(lane, word(at + 8 * i, 8)) for i, lane in enumerate(lanes)]
+            at += 32
+        h = (rotl(lanes[0], 1) + rotl(lanes[1], 7) + rotl(lanes[2], 12) + rotl(lanes[3], 18)) & MASK
+        for lane in lanes:
+            h = ((h ^ step(0, lane)) * P1 + P4) & MASK
+    else:
+        h = P5
+    h = (h + length) & MASK
+    while at + 8 <= length:
+        h = (rotl(h ^ step(0, word(at, 8)), 27) * P1 + P4) & MASK
+        at += 8
+    if at + 4 <= length:
+        h = (rotl(h ^ (word(at, 4) * P1 & MASK), 23) * P2 + P3) & MASK
+        at += 4
+    for byte in data[at:]:
+        h = rotl(h ^ (byte * P5 & MASK), 11) * P1 & MASK
+    for shift, prime in ((33, P2), (29, P3)):
+        h = (h ^ (h >> shift)) * prime & MASK
+    return h ^ (h >> 32)
+
+
+def test_xxh64_follows_the_specification():
+    """The published values, then the reference above at every tail length and across stripes."""
+    assert [xxh64_reference(text) for text in (b"", b"abc", b"Nobody inspects the spammish repetition")] == \
+        [0xEF46DB3751D8E999, 0x44BC2CF5AD770999, 0xFBCEA83C8A378BF1]
+    values = torch.randn(40, generator=torch.Generator().manual_seed(2))
+    for count in [0, 1, 2, 3, 7, 8, 9, 16, 40]:
+        tensor = values[:count].clone()
+        assert tensor_xxh64(tensor) == f"{xxh64_reference(tensor.numpy().tobytes()):016x}"
+    bytes_ = torch.arange(77, dtype=torch.uint8)
+    assert tensor_xxh64(bytes_) == f"{xxh64_reference(bytes(range(77))):016x}"  # 4- and 1-byte tails
+    assert tensor_xxh64(values.view(5, 8).t()) == tensor_xxh64(values.view(5, 8).t().contiguous())
+
+
+def test_state_sha256_is_over_each_tensors_own_digest():
+    state = {"b": torch.arange(6.0).view(2, 3), "a": torch.zeros(3, dtype=torch.bfloat16)}
+    lines = "".join(f"{name}:{state[name].dtype}:{tuple(state[name].shape)}:"
+                    f"{xxh64_reference(state[name].contiguous().view(torch.uint8).numpy().tobytes()):016x}\n"
+                    for name in ("a", "b"))
+    assert state_sha256(state) == hashlib.sha256(lines.encode()).hexdigest()
+    assert state_sha256(state, {"b": tensor_xxh64(state["b"])}) == state_sha256(state)
+    assert state_sha256(state, {"b": "0" * 16}) != state_sha256(state)  # known digests are used as given
+
+
+def test_random_weights_are_hashed_as_they_are_drawn():
+    weights = random_weights(CFG, 4)
+    assert weights.sha256 == state_sha256(weights.state) and not weights.single_use
 
 
 def test_state_sha256_sees_one_value_and_names():

@@ -12,15 +12,21 @@ Packing each block's four weights once skips that, in one of two layouts:
   gpt2 at T = 27 on the 2-core development machine (bench/RESULTS.md).
 
 Float32 only; results agree with ``F.linear`` to float32 rounding (the summation order
-differs). Each packed copy takes as much memory as the block weights (gpt2: +0.34 GB,
-gpt2-xl: +6 GB; a stream that serves both few and many rows keeps one of each layout), and
-is skipped when it would take more than half the free memory.
+differs). Where the stream owns its block weights (weights the API loaded for the run, or a
+``--random-init`` redraw) they are handed over and packed in place, or one at a time: the
+packed weights are then the only copy (gpt2-xl: 5.9 GB), in the layout for the first engine's
+rows, and serve every later engine and row count of the stream. Other weights (a ``Weights``
+passed in by the caller) are packed into a copy that takes as much memory as the block
+weights (gpt2: +0.34 GB, gpt2-xl: +6 GB; a stream that serves both few and many rows keeps
+one of each layout), skipped when it would take more than half the free memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -59,6 +65,7 @@ class PackedLinears:
 
 PACKED = PackedLinears()
 _PACKED_BY_STREAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SOLE_COPY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # stream -> (blocks, ops)
 
 
 def pack_block(p: BlockParams, names: tuple[str, ...], pack) -> BlockParams:
@@ -79,17 +86,26 @@ def layout_for(rows: int) -> tuple[object, object] | None:
 def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[BlockParams], object] | None:
     """The L blocks of every iteration packed for GEMMs of ``rows`` rows, with the Linear
     forms that compute on them, when they can be: float32 weights on the CPU that stay the
-    same from one iteration to the next (not ``--const-reset``), a packed layout
-    (``layout_for``), and room for the copy in half the free memory. None otherwise (the
-    caller then uses ``stream.block`` and ``model.DENSE``).
+    same from one iteration to the next (not ``--const-reset``) and a packed layout
+    (``layout_for``). None otherwise (the caller then uses ``stream.block`` and
+    ``model.DENSE``).
 
-    Packed once per stream, ``noff`` (which leaves the unused MLP weights as they are) and
-    layout, kept while the stream lives, so every engine of one set of weights shares it."""
+    Where the stream owns its block weights (``WeightStream.owns_blocks``) they are handed
+    over and packed in place (``sole_copy``), all four Linears whatever ``noff``, and that
+    copy is returned for every later call. Otherwise they are packed into a copy, once per
+    stream, ``noff`` (which leaves the unused MLP weights as they are) and layout, when it
+    fits in half the free memory, and kept while the stream lives, so every engine of one set
+    of weights shares it."""
+    if stream in _SOLE_COPY:
+        return _SOLE_COPY[stream]
     layout = layout_for(rows)
     usable = stream.wte.device.type == "cpu" and stream.wte.dtype == torch.float32 and not stream.const_reset
     if not usable or layout is None:
         return None
     pack, ops = layout
+    if stream.owns_blocks:
+        _SOLE_COPY[stream] = sole_copy(stream, pack), ops
+        return _SOLE_COPY[stream]
     names = ATTENTION_NAMES if noff else ATTENTION_NAMES + MLP_NAMES
     packed = _PACKED_BY_STREAM.setdefault(stream, {})
     key = (noff, pack)
@@ -100,6 +116,21 @@ def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[Blo
             return None
         packed[key] = [pack_block(stream.block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
     return packed[key], ops
+
+
+def sole_copy(stream: WeightStream, pack) -> list[BlockParams]:
+    """Every block of ``stream`` handed over (``give_block``) and packed by ``pack``: oneDNN's
+    layout one block at a time (oneDNN threads each reorder itself), each canonical weight
+    freed as soon as its block is packed; panels in place, all blocks on
+    ``torch.get_num_threads()`` threads (the C++ packing releases the GIL), once handed over
+    (which draws a ``--random-init`` redraw, on torch's own threads)."""
+    names = ATTENTION_NAMES + MLP_NAMES
+    if pack is not cpu_panels.pack_panels:
+        return [pack_block(stream.give_block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
+    given = [stream.give_block(layer) for layer in range(stream.cfg.n_layer)]
+    in_place = functools.partial(cpu_panels.pack_panels, in_place=True)
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        return list(pool.map(lambda params: pack_block(params, names, in_place), given))
 
 
 def suiting_rows(packed: tuple[list[BlockParams], object] | None,
@@ -114,8 +145,11 @@ def suiting_rows(packed: tuple[list[BlockParams], object] | None,
 def step_block(stream: WeightStream, packed: tuple[list[BlockParams], object] | None,
                step: int) -> tuple[BlockParams, object]:
     """The weights of step ``step`` and the Linear forms that use them: from ``packed`` (what
-    ``packed_blocks`` returned) where it is not None, else ``stream.block(step)`` and
+    ``packed_blocks`` returned) where it is not None, else from the stream's sole packed copy
+    where it has one (it serves every row count), else ``stream.block(step)`` and
     ``model.DENSE``."""
+    if packed is None:
+        packed = _SOLE_COPY.get(stream)
     if packed is None:
         return stream.block(step), DENSE
     blocks, ops = packed

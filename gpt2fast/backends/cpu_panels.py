@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from .. import _panel_linear
+from .. import _panel_linear, _weight_prep
 from ..errors import InputError
 
 PANEL_WIDTH = _panel_linear.PANEL_WIDTH
@@ -45,14 +45,23 @@ def available() -> bool:
     return kernel_variant() is not None
 
 
-def pack_panels(weight: torch.Tensor) -> torch.Tensor:
-    """A Linear weight [N, K] float32 as panels [ceil(N/16), K, 16]: panel j holds output
-    columns 16j..16j+15 for every k, zero past N."""
+def pack_panels(weight: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """A Linear weight [N, K] float32 on the CPU as panels [ceil(N/16), K, 16]: panel j holds
+    output columns 16j..16j+15 for every k, zero past N (csrc/pack_panels.h). in_place: the
+    panels overwrite ``weight``'s memory where N is a multiple of 16 and ``weight`` is
+    contiguous (it no longer holds the weight then); otherwise, and by default, a new tensor."""
+    if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise ValueError(f"pack_panels: a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
+                         f"on {weight.device}")
     out_features, in_features = weight.shape
     n_panels = -(-out_features // PANEL_WIDTH)
-    padded = weight.new_zeros(n_panels * PANEL_WIDTH, in_features)
-    padded[:out_features] = weight
-    return padded.view(n_panels, PANEL_WIDTH, in_features).transpose(1, 2).contiguous()
+    source = weight.contiguous()
+    if in_place and source is weight and out_features % PANEL_WIDTH == 0:
+        panels = weight.view(n_panels, in_features, PANEL_WIDTH)
+    else:
+        panels = torch.empty(n_panels, in_features, PANEL_WIDTH, dtype=torch.float32)
+    _weight_prep.pack_panels(source.data_ptr(), out_features, in_features, panels.data_ptr())
+    return panels
 
 
 def check_operands(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
