@@ -75,12 +75,19 @@ def test_threads_draw_the_serial_bits(seed, shapes, threads):
 
 
 def test_finish_runs_once_per_tensor_on_the_thread_that_drew_it(monkeypatch):
-    shapes = [(200_000,)] * 6  # long enough that the first run still draws when the second starts
+    shapes = [(200_000,)] * 6
     seen: dict[int, int] = {}
     drew: dict[int, int] = {}
     draw = torch.randn
+    # Each run's first draw waits for the other run's: the two runs must be drawn at once
+    # (a pool that ran them one after the other would break the barrier after 10 s).
+    both_started = threading.Barrier(2, timeout=10)
+    waited: set[int] = set()
 
     def spy_randn(shape, generator, dtype, out):
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            both_started.wait()
         tensor = draw(shape, generator=generator, dtype=dtype, out=out)
         drew[id(tensor)] = threading.get_ident()
         return tensor
