@@ -39,6 +39,11 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.section("gpt2fast / hardware floor")
         for line in floors:
             terminalreporter.write_line(line)
+    summaries = [bench.extra_info["summary"] for bench in session.benchmarks if "summary" in bench.extra_info]
+    if summaries:
+        terminalreporter.section("gpt2fast / other results")
+        for line in summaries:
+            terminalreporter.write_line(line)
 
 
 def ratio_lines(session) -> list[str]:
