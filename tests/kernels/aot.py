@@ -5,7 +5,9 @@ pipeline (TTIR, TTGIR, LLVM IR, PTX, then the ``ptxas`` that ships inside the tr
 wheel) without touching a driver. Register and spill counts are normally read from the
 driver after loading the cubin; without one we take them from ptxas's ``-v`` report, which
 Triton prints when ``TRITON_DUMP_PTXAS_LOG`` is set. The compilation cache would skip
-ptxas (and the report), so these compiles always run the full pipeline.
+ptxas (and the report), so these compiles always run the full pipeline. Shared memory comes
+from the compiled kernel's metadata; a spec with ``sass=True`` also has its cubin
+disassembled with the ``cuobjdump`` Triton ships, and its SASS opcodes counted.
 
 The test process runs Triton under its interpreter (see tests/conftest.py), where kernels
 cannot be compiled, so ``compile_in_child`` compiles a list of ``AotSpec`` in a child
@@ -30,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CAPABILITIES = (80, 90)
 _REGISTERS = re.compile(r"Used (\d+) registers")
+_SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
@@ -40,7 +43,10 @@ class AotSpec:
     ``constexprs`` holds the constexpr values; ``options`` compile options (num_warps...).
     ``aligned``: every pointer argument is 16-byte aligned (``tt.divisibility`` 16), as the
     JIT specialises a launch on tensors from PyTorch's allocator; otherwise no alignment is
-    assumed (a launch on an offset view, e.g. one layer's slice of a staging slot)."""
+    assumed (a launch on an offset view, e.g. one layer's slice of a staging slot).
+    ``divisible``: integer arguments that aligned builds also mark divisible by 16, as the
+    JIT specialises an argument that is (e.g. a row length K = 768). ``sass``: count the
+    SASS opcodes of the cubin (``AotResult.opcodes``)."""
 
     label: str
     kernel: str
@@ -48,19 +54,24 @@ class AotSpec:
     constexprs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     aligned: bool = False
+    divisible: tuple = ()
+    sass: bool = False
 
     def pointer_attrs(self, arg_names: list[str]) -> dict:
-        """ASTSource attrs marking the pointer arguments 16-byte aligned (empty unless aligned)."""
+        """ASTSource attrs marking the pointer arguments 16-byte aligned and the ``divisible``
+        integers multiples of 16 (empty unless aligned)."""
         if not self.aligned:
             return {}
         return {(arg_names.index(name),): [["tt.divisibility", 16]]
-                for name, kind in self.signature.items() if kind.startswith("*")}
+                for name, kind in self.signature.items() if kind.startswith("*") or name in self.divisible}
 
 
 @dataclass(frozen=True)
 class AotResult:
     """One spec compiled for sm_<capability>: cubin size, registers per thread, spills
-    (bytes per thread) and the per-thread stack frame."""
+    (bytes per thread), the per-thread stack frame, shared memory per CTA (bytes), warps,
+    and, for specs with ``sass``, how often each SASS opcode (with its modifiers, e.g.
+    ``LDGSTS.E.BYPASS.128``) occurs."""
 
     label: str
     capability: int
@@ -70,11 +81,33 @@ class AotResult:
     spill_store_bytes: int
     spill_load_bytes: int
     stack_bytes: int
+    shared_bytes: int = 0
+    num_warps: int = 0
+    opcodes: dict = field(default_factory=dict)
+
+    def count(self, prefix: str) -> int:
+        """Instructions whose opcode starts with ``prefix`` (e.g. "HGMMA")."""
+        return sum(n for opcode, n in self.opcodes.items() if opcode.startswith(prefix))
 
     def line(self) -> str:
         return (f"{self.label} sm_{self.capability}: {self.n_regs} registers, "
                 f"{self.spill_store_bytes} B spill stores, {self.spill_load_bytes} B spill loads, "
-                f"{self.stack_bytes} B stack, cubin {self.cubin_bytes} B")
+                f"{self.stack_bytes} B stack, {self.shared_bytes} B shared, cubin {self.cubin_bytes} B")
+
+
+def sass_opcodes(cubin: bytes) -> dict[str, int]:
+    """Opcode counts of the SASS in ``cubin``, disassembled by the cuobjdump Triton ships."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    counts: dict[str, int] = {}
+    for match in _SASS_INSTRUCTION.finditer(sass):
+        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
 
 
 def compile_for(spec: AotSpec, capability: int) -> AotResult:
@@ -102,6 +135,8 @@ def compile_for(spec: AotSpec, capability: int) -> AotResult:
         label=spec.label, capability=capability, cubin_bytes=len(cubin), elf=cubin[:4] == b"\x7fELF",
         n_regs=int(registers.group(1)), spill_store_bytes=int(frame.group(2)),
         spill_load_bytes=int(frame.group(3)), stack_bytes=int(frame.group(1)),
+        shared_bytes=int(compiled.metadata.shared), num_warps=int(compiled.metadata.num_warps),
+        opcodes=sass_opcodes(cubin) if spec.sass else {},
     )
 
 

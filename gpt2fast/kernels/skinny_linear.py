@@ -1,0 +1,214 @@
+"""A skinny GEMM on the tensor cores: few rows of x against a large weight, split over K.
+
+    out[m, n] = epilogue(Σ_k x[m, k] · W[n, k] + b[n])
+    epilogue = identity, tanh-GELU, or + residual[m, n] (out may be residual): ``linear.finish_tile``
+
+x [M, K], W [N, K] (PyTorch Linear layout), b [N], residual and out [M, N], contiguous; all
+float32 or all bfloat16. fp32 products as ``precision`` says ("tf32x3": float32's accuracy
+in three TF32 tensor-core products, or "ieee"); bf16 products of bf16 operands; fp32
+accumulation and epilogue, out rounded once at the store.
+
+Swapped operands. M = P·T is small (1 to a few hundred), so the weight rows fill the MMA's
+M side and the tokens its N side: program (j, i, s) multiplies the weight tile W[i·BLOCK_N..,
+k] [BLOCK_N, BLOCK_K] (first operand; BLOCK_N = 64 = wgmma's M on sm_90, four mma.sync
+rows on sm_80) by the transposed token tile x[j·BLOCK_M.., k]ᵀ [BLOCK_K, BLOCK_M] (second
+operand; BLOCK_M = M rounded up to a power of two in [16, 64], as tl.dot needs ≥ 16), both
+K-major, into an fp32 accumulator [BLOCK_N, BLOCK_M] that is stored transposed. The K loop
+is pipelined over ``num_stages`` ≥ 3 shared buffers filled by 16-byte cp.async (LDGSTS) on
+both sm_80 and sm_90, feeding mma.sync (HMMA) on sm_80 and wgmma (HGMMA) on sm_90.
+
+Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers the K slice
+[s·k_per_split, (s+1)·k_per_split). With S = 1 it applies bias and the epilogue and writes
+out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
+ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
+that the whole tile's stores are released): the program that draws ticket S − 1 arrives
+last, sums workspace[0], ..., workspace[S − 1] in that order (L2 loads, ``.cg``), applies bias
+and the epilogue, writes out and resets the counter to 0, so the next call and every CUDA
+graph replay start clean. The sum's order does not depend on which program arrives last, so
+results are bitwise reproducible; there is no finish kernel.
+
+Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
+⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM, with K slices at least
+``MIN_SLICE_BLOCKS`` BLOCK_K steps wide (one slice when K is narrower) and at most
+``MAX_SPLIT`` of them. The SM count is the GPU's, or 132 (an H100's) on the CPU, where the
+interpreter runs the same plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .dot_precision import check_precision
+from .linear import _check_tensor, _overlap, _sm_count, block_m, finish_tile
+
+DTYPES = (torch.float32, torch.bfloat16)
+PRECISIONS = ("tf32x3", "ieee")  # the fp32 product precisions this kernel serves
+BLOCK_N = 64  # weight rows per tile: wgmma's M (one warpgroup of 4 warps)
+BLOCK_K = {torch.float32: 32, torch.bfloat16: 64}  # 8 KB of weights per stage either way
+NUM_WARPS = 4
+NUM_STAGES = 4  # 4 stages × 8 KB of weights in flight per program, 2+ programs per SM
+PROGRAMS_PER_SM = 2
+MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
+MAX_SPLIT = 32
+
+
+@dataclass(frozen=True)
+class SkinnyPlan:
+    """How one call runs: tiles, K slices and the launch options."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    splits: int
+    k_per_split: int
+    num_warps: int = NUM_WARPS
+    num_stages: int = NUM_STAGES
+
+    def grid(self, m: int, n: int) -> tuple[int, int, int]:
+        """(M tiles, N tiles, S): M tiles fastest, so the programs sharing a weight tile run together."""
+        return triton.cdiv(m, self.block_m), triton.cdiv(n, self.block_n), self.splits
+
+    def tiles(self, m: int, n: int) -> int:
+        """Output tiles, i.e. split-K counters a call uses."""
+        return triton.cdiv(m, self.block_m) * triton.cdiv(n, self.block_n)
+
+
+def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float32) -> SkinnyPlan:
+    """The SkinnyPlan of an [m, k] × [n, k]ᵀ product on ``sm_count`` SMs (see the module docstring)."""
+    tile_m, block_k = block_m(m), BLOCK_K[dtype]
+    tiles = triton.cdiv(m, tile_m) * triton.cdiv(n, BLOCK_N)
+    k_blocks = triton.cdiv(k, block_k)
+    wanted = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sm_count, tiles), k_blocks // MIN_SLICE_BLOCKS, MAX_SPLIT))
+    k_per_split = k_blocks // wanted * block_k  # rounded down: at least ``wanted`` slices
+    return SkinnyPlan(tile_m, BLOCK_N, block_k, triton.cdiv(k, k_per_split), k_per_split)
+
+
+@triton.jit
+def skinny_linear_kernel(
+    x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, part_ptr, count_ptr,
+    M, N, K, k_per_split, splits,
+    GELU: tl.constexpr, RESIDUAL: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
+    BF16_AS_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Output tile (rows j·BLOCK_M.., cols i·BLOCK_N..) over the K slice s, (j, i, s) = program ids.
+
+    x_ptr [M, K], w_ptr [N, K], b_ptr [N], res_ptr/out_ptr [M, N] of one dtype; part_ptr fp32
+    [splits, M, N] and count_ptr int32 [⌈M/BLOCK_M⌉·⌈N/BLOCK_N⌉] (zeros) used when PARTIAL.
+    BF16_AS_FP32: multiply bf16 operands upcast (exactly, as "ieee"), for the interpreter,
+    which cannot multiply bf16 matrices.
+    """
+    tile_m, tile_n, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    weight_rows = cols.to(tl.int64) * K
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    k_start = s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    for k0 in tl.range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        w = tl.load(w_ptr + weight_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        xt = tl.load(x_ptr + rows[None, :] * K + ks[:, None], mask=k_ok[:, None] & row_ok[None, :], other=0.0)
+        if x_ptr.dtype.element_ty == tl.float32:
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+        elif BF16_AS_FP32:
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, xt, acc)
+    if PARTIAL:
+        offsets = rows[None, :] * N + cols[:, None]
+        mask = row_ok[None, :] & col_ok[:, None]
+        tl.store(part_ptr + s * M * N + offsets, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial stores precede the ticket's release
+        counter = count_ptr + tile_m * tl.num_programs(1) + tile_n
+        if tl.atomic_add(counter, 1, sem="acq_rel") == splits - 1:
+            acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for t in range(0, splits):
+                acc += tl.load(part_ptr + t * M * N + offsets, mask=mask, other=0.0, cache_modifier=".cg")
+            finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+            tl.store(counter, 0)
+    else:
+        finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+
+
+def skinny_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
+    gelu: bool = False, residual: torch.Tensor | None = None, precision: str = "tf32x3",
+    counters: torch.Tensor | None = None, splits: int | None = None,
+) -> torch.Tensor:
+    """out = act(x · weightᵀ + bias) (+ residual); act = tanh-GELU if ``gelu``; returns ``out``.
+
+    x [M, K], weight [N, K], bias [N], out and residual [M, N]: contiguous, one device, all
+    float32 or all bfloat16; ``out`` may be ``residual`` itself. ``precision``: "tf32x3" or
+    "ieee" (fp32 only). ``counters``: int32 zeros of at least ``plan(...).tiles(M, N)``
+    elements, the split-K tickets, left at zero after the call (allocate once per call site
+    for a CUDA graph; a fresh zeroed tensor when None). ``splits`` overrides the plan's S.
+    """
+    if gelu and residual is not None:
+        raise ValueError("gelu and residual are separate epilogues: pass one of them")
+    if x.dim() != 2 or out.dim() != 2:
+        raise ValueError(f"x and out must be matrices, got {tuple(x.shape)} and {tuple(out.shape)}")
+    (m, k), n = x.shape, out.shape[1]
+    dtype, device = x.dtype, x.device
+    if dtype not in DTYPES:
+        raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
+    check_precision(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} for skinny_linear, got {precision!r}")
+    _check_tensor("x", x, (m, k), dtype, device)
+    _check_tensor("weight", weight, (n, k), dtype, device)
+    _check_tensor("bias", bias, (n,), dtype, device)
+    _check_tensor("out", out, (m, n), dtype, device)
+    if residual is not None:
+        _check_tensor("residual", residual, (m, n), dtype, device)
+        if residual.data_ptr() != out.data_ptr() and _overlap(residual, out):
+            raise ValueError("residual must be out itself or not overlap it")
+    if any(_overlap(out, t) for t in (x, weight, bias)):
+        raise ValueError("out must not overlap x, weight or bias")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        raise ValueError("x must have at least one column")
+    chosen = plan(m, n, k, _sm_count(device), dtype)
+    if splits is not None:
+        if not 1 <= splits <= triton.cdiv(k, chosen.block_k):
+            raise ValueError(f"splits must be in [1, {triton.cdiv(k, chosen.block_k)}], got {splits}")
+        k_per_split = triton.cdiv(triton.cdiv(k, chosen.block_k), splits) * chosen.block_k
+        chosen = SkinnyPlan(chosen.block_m, chosen.block_n, chosen.block_k, triton.cdiv(k, k_per_split), k_per_split)
+    if counters is None:
+        counters = torch.zeros(chosen.tiles(m, n), dtype=torch.int32, device=device)
+    elif (counters.dtype != torch.int32 or counters.dim() != 1 or counters.device != device
+          or not counters.is_contiguous() or counters.numel() < chosen.tiles(m, n)):
+        raise ValueError(f"counters must be a contiguous int32 vector of at least {chosen.tiles(m, n)} "
+                         f"elements on {device}, got {counters.dtype} {tuple(counters.shape)} on {counters.device}")
+    if max(m * k, chosen.splits * m * n) >= 2**31:
+        raise ValueError(f"x [{m}, {k}] or the partials {chosen.splits} x [{m}, {n}] exceed int32 offsets")
+    partial = chosen.splits > 1
+    workspace = torch.empty((chosen.splits, m, n), dtype=torch.float32, device=device) if partial else out
+    skinny_linear_kernel[chosen.grid(m, n)](
+        x, weight, bias, residual if residual is not None else out, out, workspace, counters,
+        m, n, k, chosen.k_per_split, chosen.splits,
+        GELU=gelu, RESIDUAL=residual is not None, PARTIAL=partial, PRECISION=precision,
+        BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda",
+        BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
+        num_warps=chosen.num_warps, num_stages=chosen.num_stages,
+    )
+    return out
+
+
+def skinny_linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """act(x · weightᵀ + bias) (+ residual) in PyTorch, in the dtype of the inputs: [M, K] -> [M, N]."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    if gelu:
+        y = torch.nn.functional.gelu(y, approximate="tanh")
+    return y if residual is None else residual + y

@@ -1,0 +1,234 @@
+"""skinny_linear against its float64 reference, its split-K plan, and its sm_80 / sm_90 builds.
+
+Launches run under Triton's interpreter on CPU tensors (compiled on a GPU when there is one,
+see tests/conftest.py); outputs are NaN-poisoned first. The interpreter multiplies exactly
+whatever ``input_precision`` says, so these tests check the indexing, the split-K reduction and
+the epilogues, not tf32x3's accuracy (a GPU test's job). The ahead-of-time builds run in one
+child process for the whole module and are read for spills, occupancy and SASS.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+
+from aot import CAPABILITIES, AotSpec, compile_in_child
+from compare import assert_relative_error
+from gpt2fast.kernels.skinny_linear import (
+    BLOCK_K,
+    BLOCK_N,
+    MAX_SPLIT,
+    MIN_SLICE_BLOCKS,
+    NUM_STAGES,
+    NUM_WARPS,
+    PROGRAMS_PER_SM,
+    plan,
+    skinny_linear,
+    skinny_linear_reference,
+)
+
+ROWS = (1, 7, 27, 64, 130)
+ODD_SHAPES = ((100, 80), (48, 200))  # (K, N) off every block size
+EPILOGUES = ("none", "gelu", "residual", "residual in place")
+GPT2_SHAPES = ((768, 2304), (768, 768), (768, 3072), (3072, 768))  # (K, N): c_attn, attn/mlp c_proj, c_fc
+GPT2_XL_SHAPES = ((1600, 4800), (1600, 1600), (1600, 6400), (6400, 1600))
+SM_COUNT = 132
+
+
+def _params(rows: int, k: int, n: int, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(rows * 100_003 + k * 101 + n)
+    params = {"x": torch.randn(rows, k, generator=g), "weight": 0.05 * torch.randn(n, k, generator=g),
+              "bias": 0.1 * torch.randn(n, generator=g), "residual": torch.randn(rows, n, generator=g)}
+    return {name: t.to(device=device, dtype=dtype) for name, t in params.items()}
+
+
+def _nan(rows: int, n: int, device, dtype=torch.float32) -> torch.Tensor:
+    return torch.full((rows, n), float("nan"), device=device, dtype=dtype)
+
+
+def _run(p, epilogue: str, device, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, expected in float64) for one epilogue; ``options`` go to skinny_linear."""
+    rows, n = p["residual"].shape
+    residual = p["residual"] if epilogue.startswith("residual") else None
+    out = p["residual"] if epilogue == "residual in place" else _nan(rows, n, device, p["x"].dtype)
+    d = {name: t.cpu().double() for name, t in p.items()}
+    expected = skinny_linear_reference(d["x"], d["weight"], d["bias"], gelu=epilogue == "gelu",
+                                       residual=d["residual"] if residual is not None else None)
+    returned = skinny_linear(p["x"], p["weight"], p["bias"], out, gelu=epilogue == "gelu", residual=residual,
+                             **options)
+    assert returned is out
+    return out, expected
+
+
+@pytest.mark.parametrize("splits", (1, 2))
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("k, n", ODD_SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_odd_sizes_match_reference(device, rows, k, n, epilogue, splits):
+    out, expected = _run(_params(rows, k, n, device), epilogue, device, splits=splits)
+    assert_relative_error(out, expected, 1e-5)
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_ieee_precision_matches_reference(device, epilogue):
+    out, expected = _run(_params(27, 100, 80, device), epilogue, device, precision="ieee", splits=2)
+    assert_relative_error(out, expected, 1e-5)
+
+
+@pytest.mark.parametrize("k, n, epilogue", [(*GPT2_SHAPES[0], "none"), (*GPT2_SHAPES[2], "gelu"),
+                                            (*GPT2_SHAPES[3], "residual in place")])
+def test_gpt2_shapes_with_the_planned_split(device, k, n, epilogue):
+    assert plan(27, n, k, SM_COUNT).splits > 1
+    out, expected = _run(_params(27, k, n, device), epilogue, device)
+    assert_relative_error(out, expected, 1e-5)
+
+
+@pytest.mark.parametrize("epilogue", ("gelu", "residual in place"))
+@pytest.mark.parametrize("rows", (7, 64))
+def test_bf16_matches_the_reference(device, rows, epilogue):
+    """bf16 operands multiply exactly and accumulate in fp32; out is rounded once to bf16
+    (the interpreter truncates instead of rounding to nearest: 2⁻⁷ rather than 2⁻⁸)."""
+    out, expected = _run(_params(rows, 200, 80, device, torch.bfloat16), epilogue, device, splits=3)
+    assert_relative_error(out, expected, 8e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tf32x3's accuracy needs real tensor cores")
+def test_tf32x3_is_as_accurate_as_ieee_on_a_gpu(device):
+    """At a gpt2-xl shape, three TF32 products err like float32's IEEE products (here within 1.5×)."""
+    k, n = GPT2_XL_SHAPES[1]
+    p = _params(27, k, n, device)
+    errors = {}
+    for precision in ("ieee", "tf32x3"):
+        out, expected = _run(p, "none", device, precision=precision)
+        errors[precision] = float(torch.linalg.vector_norm(out.cpu().double() - expected)
+                                  / torch.linalg.vector_norm(expected))
+    assert errors["tf32x3"] <= 1.5 * errors["ieee"] + 1e-8, errors
+
+
+def test_counters_return_to_zero_and_calls_repeat_bitwise(device):
+    k, n = GPT2_SHAPES[3]
+    p = _params(27, k, n, device)
+    chosen = plan(27, n, k, SM_COUNT)
+    assert chosen.splits > 1
+    counters = torch.zeros(chosen.tiles(27, n) + 3, dtype=torch.int32, device=device)
+    first = skinny_linear(p["x"], p["weight"], p["bias"], _nan(27, n, device), gelu=True, counters=counters)
+    assert torch.equal(counters.cpu(), torch.zeros_like(counters.cpu()))
+    second = skinny_linear(p["x"], p["weight"], p["bias"], _nan(27, n, device), gelu=True, counters=counters)
+    assert torch.equal(counters.cpu(), torch.zeros_like(counters.cpu()))
+    assert torch.equal(first, second)  # the partials are summed in the order s = 0..S-1 whoever arrives last
+
+
+def test_no_rows_launch_nothing(device):
+    p = _params(1, 48, 80, device)
+    out = torch.empty(0, 80, device=device)
+    assert skinny_linear(p["x"][:0], p["weight"], p["bias"], out) is out
+
+
+def _bad_calls():
+    x, w, b, out = torch.zeros(4, 48), torch.zeros(80, 48), torch.zeros(80), torch.zeros(4, 80)
+    buffer = torch.zeros(4 * 80)
+    return [
+        ("dtype", lambda: skinny_linear(x.double(), w.double(), b.double(), out.double()), "float32 or bfloat16"),
+        ("mixed dtypes", lambda: skinny_linear(x, w.bfloat16(), b, out), "weight must be"),
+        ("weight shape", lambda: skinny_linear(x, w[:, :40].contiguous(), b, out), "weight must be"),
+        ("bias shape", lambda: skinny_linear(x, w, b[:79], out), "bias must be"),
+        ("out shape", lambda: skinny_linear(x, w, b, out[:3]), "out must be"),
+        ("strided x", lambda: skinny_linear(torch.zeros(48, 4).t(), w, b, out), "x must be"),
+        ("vector x", lambda: skinny_linear(x[0], w, b, out), "matrices"),
+        ("precision", lambda: skinny_linear(x, w, b, out, precision="tf32"), "precision must be"),
+        ("unknown precision", lambda: skinny_linear(x, w, b, out, precision="fp8"), "precision must be"),
+        ("gelu and residual", lambda: skinny_linear(x, w, b, out, gelu=True, residual=out), "separate epilogues"),
+        ("residual shape", lambda: skinny_linear(x, w, b, out, residual=out[:3]), "residual must be"),
+        ("residual overlaps out", lambda: skinny_linear(x[:2], w, b, out[:2], residual=out[1:3]), "not overlap"),
+        ("out overlaps x", lambda: skinny_linear(buffer[:192].view(4, 48), w, b, buffer.view(4, 80)),
+         "must not overlap"),
+        ("no columns", lambda: skinny_linear(x[:, :0], w[:, :0], b, out), "at least one column"),
+        ("splits", lambda: skinny_linear(x, w, b, out, splits=3), "splits must be"),
+        ("counters dtype", lambda: skinny_linear(x, w, b, out, counters=torch.zeros(2, dtype=torch.int64)),
+         "counters must be"),
+        ("counters size", lambda: skinny_linear(x, w, b, out, splits=2, counters=torch.zeros(1, dtype=torch.int32)),
+         "counters must be"),
+    ]
+
+
+@pytest.mark.parametrize("call, match", [c[1:] for c in _bad_calls()], ids=[c[0] for c in _bad_calls()])
+def test_rejects_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("k, n", GPT2_SHAPES + GPT2_XL_SHAPES)
+@pytest.mark.parametrize("rows", (1, 16, 27, 64, 130))
+def test_plan_fills_the_gpu(rows, k, n, dtype):
+    """Slices tile K exactly, are whole BLOCK_K steps, and the grid holds PROGRAMS_PER_SM
+    programs per SM unless K is too short for that many slices of MIN_SLICE_BLOCKS steps."""
+    p = plan(rows, n, k, SM_COUNT, dtype)
+    assert p.block_m == min(64, max(16, triton.next_power_of_2(rows))) and p.block_n == BLOCK_N >= 64
+    assert p.block_k == BLOCK_K[dtype] and p.k_per_split % p.block_k == 0
+    assert 1 <= p.splits <= MAX_SPLIT and (p.splits - 1) * p.k_per_split < k <= p.splits * p.k_per_split
+    assert p.num_stages >= 3
+    m_tiles, n_tiles, splits = p.grid(rows, n)
+    programs = m_tiles * n_tiles * splits
+    k_steps = triton.cdiv(k, p.block_k)
+    assert programs >= PROGRAMS_PER_SM * SM_COUNT or k_steps // MIN_SLICE_BLOCKS <= splits, (programs, p)
+
+
+# Every configuration the plan can choose, on aligned pointers and K (the JIT specialises the
+# real shapes so, every GPT-2 K being a multiple of 16): fp32 with tf32x3 products and bf16, at
+# every BLOCK_M, with the split-K path (partials, tickets, the reduction, GELU) and the direct
+# residual one. ieee fp32 runs on the CUDA cores (no MMA) and is compiled once for spills.
+CONFIGS = [(dtype, precision, block_m, partial)
+           for dtype, precision in (("fp32", "tf32x3"), ("bf16", "tf32x3"))
+           for block_m in (16, 32, 64) for partial in (True, False)]
+
+
+def _spec(dtype: str, precision: str, block_m: int, partial: bool) -> AotSpec:
+    pointer = f"*{dtype}"
+    signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr")}
+    signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+                  "k_per_split": "i32", "splits": "i32"}
+    constexprs = dict(GELU=partial, RESIDUAL=not partial, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
+                      BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+                      BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16])
+    signature |= {name: "constexpr" for name in constexprs}
+    products = precision if dtype == "fp32" else "bf16"
+    label = f"{dtype} {products} BLOCK_M={block_m} {'split+gelu' if partial else 'residual'}"
+    return AotSpec(label=label, kernel="gpt2fast.kernels.skinny_linear:skinny_linear_kernel", signature=signature,
+                   constexprs=constexprs, options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+                   aligned=True, divisible=("K", "k_per_split"), sass=True)
+
+
+SHARED_PER_SM = {80: 163 * 1024, 90: 227 * 1024}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    specs = [_spec(*config) for config in CONFIGS] + [_spec("fp32", "ieee", 64, True)]
+    results = compile_in_child(specs)
+    assert len(results) == len(specs) * len(CAPABILITIES)
+    return {(result.label, result.capability): result for result in results}, specs
+
+
+def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
+    results, specs = compiled
+    for spec in specs:
+        dtype, block_m, block_k = spec.label.split()[0], spec.constexprs["BLOCK_M"], spec.constexprs["BLOCK_K"]
+        stage_bytes = (BLOCK_N + block_m) * block_k * (4 if dtype == "fp32" else 2)
+        for capability in CAPABILITIES:
+            r = results[spec.label, capability]
+            counts = {op: r.count(op) for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS")}
+            print(f"\n{r.line()}, {r.num_warps} warps, {counts}", end="")
+            assert r.spill_store_bytes == 0 and r.spill_load_bytes == 0, r.line()
+            assert r.n_regs * 32 * r.num_warps <= 65536 // 2, r.line()  # 2 CTAs per SM by registers
+            assert r.shared_bytes <= SHARED_PER_SM[capability] // 2, r.line()  # and by shared memory
+            if spec.constexprs["PRECISION"] == "ieee" and dtype == "fp32":
+                continue
+            assert r.shared_bytes >= 3 * stage_bytes, r.line()  # at least 3 buffers of both operands
+            wide = sum(n for op, n in r.opcodes.items() if op.startswith("LDGSTS") and op.endswith(".128"))
+            assert 0 < wide == r.count("LDGSTS"), r.line()  # every operand load a 16-byte cp.async
+            assert r.count("HGMMA" if capability == 90 else "HMMA") > 0, r.line()
+            if not spec.constexprs["GELU"]:
+                assert r.count("FFMA") == 0, r.line()  # the products all on the tensor cores
+    print()
