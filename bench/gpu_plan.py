@@ -21,7 +21,12 @@ buffer's swizzle) against 32 four-byte banks: an unswizzled 128-byte-row W buffe
 32 lanes of 32 different rows costs 32 wavefronts per LDS.128. Kernels with no dot in a
 K loop (split-K finish, LayerNorm rows, attention of a short prompt, finalize) cost the fixed
 term plus their bytes. Not modelled: the LayerNorm prologue of ``ln_linear`` (``row_stats``),
-L2 hits, clock throttling.
+L2 hits, clock throttling; on the tensor-core path the operands' shared reads are taken as
+conflict-free (each operand byte read twice), not replayed.
+
+A kernel joins the plan as one more function returning ``Launch``es (its AotSpec, the grid
+from its launcher's plan function, the dot tile, K steps per CTA and bytes) called from
+``block_launches``; compiling, SASS counts, CTAs per SM and the model then apply as they are.
 
 Constants set once (their sources beside them): the GPUs' rates, KERNEL_FIXED_US and
 DEPENDENT_STEP_US. ``--calibrate`` compiles the kernels that were measured on the H200
