@@ -6,6 +6,8 @@
 #   gpu-tests the GPU-only tests, then the Triton backend, driver and kernel tests on CUDA
 #   profile   bench/gpu_profile.py: graph replay vs floor, kernels by device time
 #   kernels   bench/test_kernels.py: achieved GB/s of each GEMM and the LM head
+#   skinny    the tensor-core skinny GEMM: its tests on CUDA (Triton of the machine), then
+#             bench/test_skinny_linear.py (GB/s per layer, M, dtype against cuBLAS)
 #   precision bench/precision_study.py: each dot precision's error against float64 (seconds)
 #   sweep     bench/linear_sweep.py: the fused GEMM's tile configurations vs cuBLAS (minutes)
 #   main      the README's main job, gpt2-xl, N = 2000, each backend (random weights)
@@ -50,6 +52,9 @@ for name in $STAGES; do
     profile) TAIL=60 stage profile 90 python3 bench/gpu_profile.py gpt2-xl ;;
     kernels) TAIL=30 stage kernels 50 $PYTEST bench/test_kernels.py --benchmark-only -s \
         --benchmark-columns=mean,rounds ;;
+    skinny) TAIL=30 stage skinny-tests 120 $PYTEST tests/kernels/test_skinny_linear.py -k "not ahead_of_time"
+        TAIL=60 stage skinny-bench 150 $PYTEST bench/test_skinny_linear.py --benchmark-only \
+            -k "xl and 27" --benchmark-json "$OUT/skinny.json" ;;
     precision) TAIL=10 stage precision 40 python3 bench/precision_study.py ;;
     sweep) TAIL=50 stage sweep 420 python3 bench/linear_sweep.py --top 6 ;;
     main) stage main-triton 120 bash -c 'main_job triton gpt2-xl'
