@@ -21,8 +21,23 @@ buffer's swizzle) against 32 four-byte banks: an unswizzled 128-byte-row W buffe
 32 lanes of 32 different rows costs 32 wavefronts per LDS.128. Kernels with no dot in a
 K loop (split-K finish, LayerNorm rows, attention of a short prompt, finalize) cost the fixed
 term plus their bytes. Not modelled: the LayerNorm prologue of ``ln_linear`` (``row_stats``),
-L2 hits, clock throttling; on the tensor-core path the operands' shared reads are taken as
-conflict-free (each operand byte read twice), not replayed.
+L2 hits, clock throttling; on the tensor-core path of today's fused kernel the operands'
+shared reads are taken as conflict-free (each operand byte read twice), not replayed.
+
+``--gemm skinny`` replaces today's four GEMMs and their split-K finish kernels with
+``skinny_linear``'s launches (grid and splits from ``skinny_linear.plan``; the partials are
+reduced in the kernel), the other kernels unchanged; ``--gemm fused`` (the default) is
+today's engine. The skinny launches have their own model (``predict_pipelined``): the K loop
+pipelined over the shared buffers the ttgir allocates (buffers − 1 stages of cp.async in
+flight against DRAM_LATENCY_US), per step the slowest of the SM's share of DRAM bandwidth,
+the SASS loop body's issue (counted between its backward branch and target), the MMA rate
+(tf32x3: three HGMMA/HMMA passes) and the shared-memory wavefronts replayed from the ttgir
+layouts (operand loads, the stores of tf32x3's split operands, the tensor core's core-matrix
+reads of swizzled operands); then the LayerNorm statistics' merge and the split-K reduction
+as dependent L2 trips, and the kernel bounded below by DRAM and L2 bytes. LayerNorm: the
+statistics come from the epilogue of the GEMM before (no extra pass; today's ``row_stats``
+is not modelled for the fused plan either). ``--compare`` prints fused against skinny for
+fp32 IEEE, fp32 tf32x3 and bf16; ``--waves`` the skinny plan's wave efficiency on 132 SMs.
 
 A kernel joins the plan as one more function returning ``Launch``es (its AotSpec, the grid
 from its launcher's plan function, the dot tile, K steps per CTA and bytes) called from
@@ -34,7 +49,8 @@ DEPENDENT_STEP_US. ``--calibrate`` compiles the kernels that were measured on th
 prints predicted against measured.
 
 Usage: python bench/gpu_plan.py [--model gpt2-xl] [--rows 27] [--arch sm_90] [--dtype fp32]
-           [--precision tf32x3|ieee|tf32] [--json] [--dump-dir DIR] [--calibrate]
+           [--precision tf32x3|ieee|tf32] [--gemm fused|skinny] [--latency-us 1.0] [--json]
+           [--dump-dir DIR] [--calibrate | --compare | --waves]
 """
 
 from __future__ import annotations
@@ -156,6 +172,7 @@ class Launch:
     steps: int = 0
     dot: tuple[int, int, int] | None = None
     divisible: tuple[str, ...] = ()
+    pipeline: dict | None = None  # skinny GEMM: the pipelined K loop's bytes (see skinny_launches)
 
 
 # --- the launch plan of one iteration (the launchers' own plan functions) ---------------
@@ -297,6 +314,340 @@ def block_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision: 
             + metric_launches(cfg, lengths, dtype, precision, split_gram))
 
 
+# --- the skinny GEMM (gpt2fast/kernels/skinny_linear.py): launches, its K loop, its model ---
+
+# DRAM latency under load, the round trip a cp.async stage waits for. Microbenchmarks of
+# Hopper (e.g. Luo et al., "Benchmarking and Dissecting the Nvidia Hopper GPU Architecture",
+# 2024) put an unloaded global-memory miss at roughly 0.5 µs; near peak bandwidth queues
+# lengthen it, and issue 12 sizes the loads in flight with ~1 µs (31 KB per SM at 4.1 TB/s).
+# Not measured here: ``--latency-us`` shows the sensitivity. The calibrated DEPENDENT_STEP_US
+# (0.62 µs, one dependent trip of the Gram's loop, mostly L2 hits) is a lower bound of it.
+DRAM_LATENCY_US = 1.0
+# An L2 hit under load (Hopper microbenchmarks: ~260-300 cycles near, more across the two
+# partitions): the split-K ticket and each partial tile the last program reads.
+L2_LATENCY_US = 0.3
+# L2 read bandwidth: ~5.5 TB/s measured on an H100 PCIe (Chips and Cheese, 114 SMs at 1.755
+# GHz), scaled to 132 SMs at 1.98 GHz: ~7 TB/s. An estimate, not measured; x's re-reads (one
+# per weight tile) and the split-K partials go through it.
+L2_BANDWIDTH = {"sm_90": 7.0e12, "sm_80": 4.0e12}
+ISSUE_PER_CLOCK = 4  # warp instructions an SM issues per clock (4 schedulers)
+GEMMS = ("fused", "skinny")  # --gemm: today's fused_linear_kernel + finishes, or skinny_linear
+
+
+def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial: bool, gelu: bool,
+                residual: bool, ln: bool = False, stats: bool = False) -> AotSpec:
+    """skinny_linear_kernel as its launcher calls it (tests/kernels/test_skinny_linear.py's signature)."""
+    from gpt2fast.kernels import skinny_linear
+
+    pointer = _pointer(dtype)
+    names = skinny_linear.skinny_linear_kernel.arg_names
+    signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr", "ln_w_ptr", "ln_b_ptr")}
+    signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "ln_stats_ptr": "*fp32", "stats_ptr": "*fp32",
+                  "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32", "splits": "i32"}
+    constexprs = dict(GELU=gelu, RESIDUAL=residual, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
+                      LN=ln, STATS=stats, BLOCK_M=block_m, BLOCK_N=skinny_linear.BLOCK_N, BLOCK_K=block_k)
+    signature |= {name: "constexpr" for name in constexprs}
+    # the kernel's own parameters, in its order (a build without LayerNorm has no LN/STATS)
+    signature = {name: signature[name] for name in names}
+    constexprs = {name: value for name, value in constexprs.items() if name in names}
+    return AotSpec(label=f"skinny_linear_kernel {constexprs}",
+                   kernel="gpt2fast.kernels.skinny_linear:skinny_linear_kernel", signature=signature,
+                   constexprs=constexprs,
+                   options={"num_warps": skinny_linear.NUM_WARPS, "num_stages": skinny_linear.NUM_STAGES},
+                   aligned=True)
+
+
+def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms: int) -> list[Launch]:
+    """The four GEMMs of a block as skinny_linear launches them (``skinny_linear.plan``), one
+    launch each: the split-K partials are reduced inside the kernel, so no finish kernel. The
+    LayerNorm of c_attn and c_fc is taken as applied to x on its way in, its statistics
+    produced by the epilogue of the GEMM before (issue 12, item 2): no extra pass or bytes."""
+    import torch
+
+    from gpt2fast.kernels import skinny_linear
+
+    size, torch_dtype = BYTES[dtype], torch.float32 if dtype == "fp32" else torch.bfloat16
+    used = precision if dtype == "fp32" else "bf16"
+    launches = []
+    for role, (n, k) in linear_shapes(cfg).items():
+        gelu, residual = role == "mlp.c_fc", role.endswith("c_proj")
+        chosen = skinny_linear.plan(rows, n, k, sms, torch_dtype)
+        grid = chosen.grid(rows, n)
+        partial = chosen.splits > 1
+        # the kernel's own precision argument: bf16 ignores it (compiled as the tests do)
+        ln = role.endswith("c_attn") or role == "mlp.c_fc"
+        spec = skinny_spec(dtype, precision if dtype == "fp32" else "tf32x3", chosen.block_m, chosen.block_k,
+                           partial, gelu, residual, ln=ln, stats=residual)
+        ln = ln and "LN" in spec.constexprs  # x normalised on load, from the statistics' tiles
+        partials = chosen.splits * rows * n * 4 if partial else 0
+        out = rows * n * size * (2 if residual else 1) + n * size
+        dram = n * k * size + rows * k * size + out  # partials stay in the 50 MB L2
+        l2 = n * k * size + grid[1] * rows * k * size + 2 * partials + out  # x re-read per weight tile
+        pipeline = {"w_stage": chosen.block_n * chosen.block_k * size,
+                    "x_stage": chosen.block_m * chosen.block_k * size,
+                    "splits": chosen.splits, "l2_bytes": l2,
+                    "tile_bytes": chosen.block_n * chosen.block_m * 4,
+                    "ln_tiles": triton.cdiv(k, skinny_linear.BLOCK_N) if ln else 0}
+        divisible = tuple(name for name, value in (("N", n), ("K", k), ("k_per_split", chosen.k_per_split))
+                          if value % 16 == 0)
+        launches.append(Launch("skinny_linear_kernel", role, spec, grid, 1, used, dram,
+                               steps=triton.cdiv(chosen.k_per_split, chosen.block_k),
+                               dot=(chosen.block_n, chosen.block_m, chosen.block_k), divisible=divisible,
+                               pipeline=pipeline))
+    return launches
+
+
+_BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA\s+(?:`\()?(?:\.L_x_\d+\)?)?0x([0-9a-f]+)")
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def k_loop_sass(sass: str) -> list[str]:
+    """The opcodes of the K loop's body: the backward branch whose range holds the most MMA
+    instructions (the pipeliner does not unroll: one trip is one BLOCK_K step), or the
+    largest loop with FFMA when there is no MMA."""
+    opcodes = [(int(address, 16), op) for address, op in _SASS_LINE.findall(sass)]
+    best: list[str] = []
+    for source, target in ((int(a, 16), int(b, 16)) for a, b in _BRANCH.findall(sass)):
+        if target >= source:
+            continue
+        body = [op for address, op in opcodes if target <= address <= source]
+        score = (sum(op in ("HGMMA", "HMMA") for op in body), sum(op == "FFMA" for op in body))
+        if score > (sum(op in ("HGMMA", "HMMA") for op in best), sum(op == "FFMA" for op in best)):
+            best = body
+    return best
+
+
+def _k_loop_ttgir(ttgir: str) -> list[str]:
+    """The body of the scf.for that holds the dot (brace depth counted per line)."""
+    lines = ttgir.splitlines()
+    for start, line in enumerate(lines):
+        if "scf.for" not in line:
+            continue
+        depth, body = 1, []
+        for inner in lines[start + 1:]:
+            depth += inner.count("{") - inner.count("}")
+            if depth <= 0:
+                break
+            body.append(inner)
+        if any("warp_group_dot " in b or "tt.dot " in b for b in body):
+            return body
+    return []
+
+
+def k_loop_buffers(ttgir: str) -> int:
+    """Shared buffers of the pipelined operands (the leading dimension of the loop's local_allocs)."""
+    found = re.findall(r"ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x\d+x\d+x", ttgir)
+    return min(map(int, found)) if found else 1
+
+
+_MEMDESC = r"!ttg\.memdesc<(\d+)x(\d+)x(\w+), #(\w+)"
+_ELEMENT_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4}
+
+
+def _address(shape: tuple[int, int], kind: str, fields: dict, element: int):
+    """The byte address of element (row, col) of a shared buffer of ``shape`` and encoding."""
+    if kind == "nvmma_shared":  # 128/64/32-byte swizzle of 16-byte chunks, rows of the fast dim
+        width = fields["swizzlingByteWidth"][0]
+        fast = 0 if fields.get("transposed", [0])[0] else 1
+        vec = 16 // element
+        per_phase, max_phase = (max(1, 128 // width), width // 16) if width else (1, 1)
+    else:
+        vec, per_phase, max_phase = fields["vec"][0], fields["perPhase"][0], fields["maxPhase"][0]
+        fast = fields["order"][0]
+    row_length = shape[fast]
+
+    def address(row: int, col: int) -> int:
+        r, c = (col, row) if fast == 0 else (row, col)
+        phase = (r // per_phase) % max_phase
+        return (r * row_length + ((c // vec) ^ phase) * vec + c % vec) * element
+    return address, fast
+
+
+def _replay(accesses, address) -> int:
+    """Wavefronts of warp-wide shared accesses, each a list of (row, col) per element:
+    max(distinct words in one of 32 four-byte banks, bytes / 128)."""
+    total = 0
+    for coords in accesses:
+        words = {address(r, c) // 4 for r, c in coords}
+        banks = Counter(w % 32 for w in words)
+        total += max(max(banks.values()), math.ceil(len(words) * 4 / 128))
+    return total
+
+
+def _blocked_accesses(shape, layout: dict, warps: int, fast: int, element: int):
+    """One warp-wide access per register vector of a blocked layout (vectors of up to 16
+    bytes along the layout's fastest dim when that is the buffer's contiguous one)."""
+    spt, tpw, wpc, order = layout["sizePerThread"], layout["threadsPerWarp"], layout["warpsPerCTA"], layout["order"]
+    d0 = order[0]
+    vec = min(spt[d0], 16 // element) if d0 == fast else 1
+    span = [spt[d] * tpw[d] * wpc[d] for d in (0, 1)]
+    reps = [max(1, shape[d] // span[d]) for d in (0, 1)]
+    for warp in range(warps):
+        w_at = _lane_coords(warp, wpc, order)
+        for r0 in range(reps[0]):
+            for r1 in range(reps[1]):
+                for i in range(spt[1 - d0]):
+                    for j0 in range(0, spt[d0], vec):
+                        coords = []
+                        for lane in range(32):
+                            l_at = _lane_coords(lane, tpw, order)
+                            base = [(r0, r1)[d] * span[d] + w_at[d] * spt[d] * tpw[d] + l_at[d] * spt[d]
+                                    for d in (0, 1)]
+                            for v in range(vec):
+                                at = list(base)
+                                at[d0] += j0 + v
+                                at[1 - d0] += i
+                                coords.append((at[0] % shape[0], at[1] % shape[1]))
+                        yield coords
+
+
+def _wgmma_a_accesses(shape, warps: int, element: int):
+    """wgmma's A operand loaded into registers (dot_op opIdx 0 of an MMAv3 parent): warp w
+    holds rows 16w + g and 16w + g + 8 (g = lane / 4) and 4 bytes at k offsets 4t and 16 + 4t
+    bytes (t = lane % 4) of every 32-byte K chunk."""
+    per_word = 4 // element
+    for rep in range(max(1, shape[0] // (16 * warps))):
+        for warp in range(warps):
+            for half in (0, 1):
+                for chunk in range(shape[1] * element // 32):
+                    for k_half in (0, 1):
+                        yield [(rep * 16 * warps + 16 * warp + lane // 4 + 8 * half,
+                                chunk * 32 // element + k_half * 16 // element + (lane % 4) * per_word + e)
+                               for lane in range(32) for e in range(per_word)]
+
+
+def _core_matrix_accesses(shape, fast: int, element: int):
+    """The tensor core's reads of a wgmma operand in shared memory: 8 rows × 16 bytes at a time."""
+    rows, cols = (shape[1], shape[0]) if fast == 0 else shape
+    chunk = 16 // element
+    for r0 in range(0, rows, 8):
+        for c0 in range(0, cols, chunk):
+            coords = [(r, c) for r in range(r0, min(r0 + 8, rows)) for c in range(c0, c0 + chunk)]
+            yield [(c, r) for r, c in coords] if fast == 0 else coords
+
+
+def k_loop_wavefronts(ttgir: str, warps: int) -> int:
+    """Shared-memory wavefronts of one trip of the K loop, whole CTA, replayed from the ttgir's
+    layouts: the operand loads into registers (local_load), the stores of operands rebuilt in
+    registers (local_alloc of a value: tf32x3's split halves), and the tensor core's own reads
+    of every shared operand of each warp_group_dot (8-row × 16-byte core matrices)."""
+    encodings = {name: (kind, _encoding_fields(body)) for name, kind, body in _ENCODING.findall(ttgir)}
+    total = 0
+    for line in _k_loop_ttgir(ttgir):
+        if "ttg.local_load" in line:
+            found = re.search(_MEMDESC + r".*?-> tensor<\d+x\d+x\w+, "
+                              r"#(ttg\.dot_op<\{opIdx = (\d), parent = #(\w+)|\w+)", line)
+            if not found:
+                continue
+            rows, cols, dtype, shared = found.group(1, 2, 3, 4)
+            shape, element = (int(rows), int(cols)), _ELEMENT_BYTES.get(dtype, 4)
+            address, fast = _address(shape, *encodings[shared], element)
+            if found.group(6) is not None:  # a dot operand
+                parent_kind, parent = encodings[found.group(7)]
+                if parent_kind == "nvidia_mma" and found.group(6) == "0":
+                    total += _replay(_wgmma_a_accesses(shape, warps, element), address)
+                elif parent_kind == "blocked":  # the FMA path: the existing replay
+                    total += operand_wavefronts(shape, int(found.group(6)), encodings[shared][1], parent, warps)
+            elif encodings[found.group(5)][0] == "blocked":
+                total += _replay(_blocked_accesses(shape, encodings[found.group(5)][1], warps, fast, element), address)
+        elif "ttg.local_alloc %" in line:
+            found = re.search(r"\(tensor<(\d+)x(\d+)x(\w+), #(\w+)>\) -> !ttg\.memdesc<\d+x\d+x\w+, #(\w+)", line)
+            if found and encodings[found.group(4)][0] == "blocked":
+                shape, element = (int(found.group(1)), int(found.group(2))), _ELEMENT_BYTES.get(found.group(3), 4)
+                address, fast = _address(shape, *encodings[found.group(5)], element)
+                total += _replay(_blocked_accesses(shape, encodings[found.group(4)][1], warps, fast, element), address)
+        elif "ttng.warp_group_dot " in line:
+            for rows, cols, dtype, shared in re.findall(_MEMDESC, line):
+                shape, element = (int(rows), int(cols)), _ELEMENT_BYTES.get(dtype, 4)
+                address, fast = _address(shape, *encodings[shared], element)
+                total += _replay(_core_matrix_accesses(shape, fast, element), address)
+    return total
+
+
+def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: float = DRAM_LATENCY_US) -> dict:
+    """Predicted microseconds of a skinny_linear launch: its K loop pipelined over ``buffers``
+    shared stages of cp.async, then the in-kernel split-K reduction.
+
+    The busiest SM runs ⌈CTAs / SMs⌉ programs in rounds of at most CTAs-per-SM resident
+    ones; a round of c programs takes latency_us (filling the pipeline) + steps · step + the
+    epilogue, with per step the slowest of
+      dram:    c · weight bytes of a stage / (bandwidth / busy SMs)  (the SM's share of DRAM);
+      latency: latency_us / (buffers − 1)  (Little: buffers − 1 stages in flight per program);
+      issue:   c · warps · loop instructions / 4 schedulers;  tensor: c · MMA cycles (×3 for
+               tf32x3, bf16 at twice TF32's rate);  shared: c · replayed wavefronts;
+               fma (IEEE): c · BM·BN·BK / FP32 lanes  (cycles / clock).
+    Before the loop, with LayerNorm, the merge of x's per-tile statistics: ⌈K/64⌉ dependent
+    L2 trips (one LDG pair per trip of a loop the compiler does not unroll, seen in SASS).
+    After it, with S > 1 splits, the partial tile's store and the ticket (2 L2 trips), and in
+    the last round the last program's S partial loads (dependent L2 trips likewise: one
+    LDG.128 group per trip of the reduction loop). The kernel: KERNEL_FIXED_US +
+    max(DRAM bytes / bandwidth, L2 bytes / L2 bandwidth, the busiest SM's rounds)."""
+    pipe = launch.pipeline
+    ctas = math.prod(launch.grid)
+    per_sm = ctas_per_sm(compiled, gpu)
+    busy = min(gpu.sms, ctas)
+    on_busiest = math.ceil(ctas / gpu.sms)
+    rounds = [per_sm] * (on_busiest // per_sm) + ([on_busiest % per_sm] if on_busiest % per_sm else [])
+    bm, bn, bk = launch.dot
+    clock_us = 1e6 / gpu.clock_hz
+    cycles = {"issue": compiled.warps * compiled.loop_instructions / ISSUE_PER_CLOCK,
+              "shared": compiled.loop_wavefronts}
+    if compiled.dot_path in ("hmma", "hgmma"):
+        passes = 3 if launch.precision == "tf32x3" else 1
+        rate = gpu.tf32_flops_per_clock * (2 if launch.precision == "bf16" else 1)
+        rate *= 1.0 if compiled.dot_path == "hgmma" else gpu.mma_sync_fraction
+        cycles["tensor"] = 2 * bm * bn * bk * passes / rate
+    else:
+        cycles["fma"] = bm * bn * bk / gpu.fp32_lanes
+        cycles["shared"] = max(cycles["shared"], compiled.wavefronts_per_dot)
+    in_flight = max(1, compiled.buffers - 1)
+    sm_bandwidth = gpu.bandwidth / busy  # bytes/s
+    split = pipe["splits"] > 1
+    binding, parts = Counter(), Counter()
+    for index, c in enumerate(rounds):
+        step = {"dram": c * pipe["w_stage"] / sm_bandwidth * 1e6, "latency": latency_us / in_flight}
+        step |= {name: c * value * clock_us for name, value in cycles.items()}
+        bound = max(step, key=step.get)
+        binding[bound] += launch.steps * step[bound]
+        parts["fill"] += latency_us
+        parts["k_loop"] += launch.steps * step[bound]
+        parts["ln_stats_merge"] += pipe.get("ln_tiles", 0) * L2_LATENCY_US  # dependent loads before the loop
+        parts["split_k"] += (2 + (pipe["splits"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
+    total_us = sum(parts.values())
+    terms = {"memory": launch.bytes / gpu.bandwidth * 1e6,
+             "l2": pipe["l2_bytes"] / L2_BANDWIDTH[f"sm_{gpu.capability}"] * 1e6,
+             "pipeline": total_us}
+    bound = max(terms, key=terms.get)
+    if bound == "pipeline":
+        bound = f"pipeline:{binding.most_common(1)[0][0]}"
+    return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": len(rounds), "bound": bound,
+            "step_cycles": {name: round(value, 1) for name, value in cycles.items()},
+            "in_flight_bytes_per_sm": min(per_sm, on_busiest) * in_flight * (pipe["w_stage"] + pipe["x_stage"]),
+            "parts_us": {name: round(value, 2) for name, value in parts.items()} | {"fixed": KERNEL_FIXED_US},
+            "predicted_us": round(KERNEL_FIXED_US + max(terms.values()), 2)}
+
+
+def wave_report(models=("gpt2", "gpt2-xl"), rows=(1, 16, 27, 64), sms: int = 132) -> list[dict]:
+    """The skinny plan of every GEMM at these row counts: CTAs, waves of PROGRAMS_PER_SM · sms
+    programs (the plan's occupancy) and their efficiency CTAs / (waves × SMs × CTAs per SM)."""
+    import torch
+
+    from gpt2fast.kernels import skinny_linear
+
+    report = []
+    for model in models:
+        for role, (n, k) in linear_shapes(PRESETS[model]).items():
+            for m in rows:
+                for dtype in ("fp32", "bf16"):
+                    chosen = skinny_linear.plan(m, n, k, sms, torch.float32 if dtype == "fp32" else torch.bfloat16)
+                    ctas = math.prod(chosen.grid(m, n))
+                    slots = skinny_linear.PROGRAMS_PER_SM * sms
+                    report.append({"model": model, "role": role, "rows": m, "dtype": dtype, "n": n, "k": k,
+                                   "splits": chosen.splits, "ctas": ctas, "waves": math.ceil(ctas / slots),
+                                   "efficiency": round(skinny_linear.wave_efficiency(ctas, sms), 3)})
+    return report
+
+
 # --- compiled code --------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -311,6 +662,10 @@ class Compiled:
     dot_path: str  # "fma", "hmma", "hgmma" or "none"
     wavefronts_per_dot: int  # shared-memory wavefronts of one dot's operand loads, whole CTA
     cubin: str
+    buffers: int = 0  # pipelined K loop (skinny): shared buffers per operand (ttgir local_alloc)
+    loop_instructions: int = 0  # SASS instructions of the K loop's body (one K step), per warp
+    loop_mma: int = 0  # HGMMA/HMMA in that body
+    loop_wavefronts: int = 0  # shared wavefronts of one K step, whole CTA (replayed from the ttgir)
 
 
 _SASS = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
@@ -439,10 +794,17 @@ def compile_launch(launch: Launch, gpu: Gpu, dump_dir: Path) -> Compiled:
         path_name, wavefronts = "hmma", 0
     else:
         path_name, wavefronts = "fma", dot_wavefronts(compiled.asm["ttgir"], warps)
+    loop = {}
+    if launch.pipeline is not None:
+        body = k_loop_sass(sass)
+        loop = dict(buffers=k_loop_buffers(compiled.asm["ttgir"]), loop_instructions=len(body),
+                    loop_mma=sum(op in ("HGMMA", "HMMA") for op in body),
+                    loop_wavefronts=k_loop_wavefronts(compiled.asm["ttgir"], warps))
     result = Compiled(regs=int(registers.group(1)), spills=int(frame.group(2)) + int(frame.group(3)),
                       shared_bytes=int(compiled.metadata.shared), warps=warps,
                       instructions=instructions,
-                      dot_path=path_name, wavefronts_per_dot=wavefronts, cubin=str(stem.with_suffix(".cubin")))
+                      dot_path=path_name, wavefronts_per_dot=wavefronts, cubin=str(stem.with_suffix(".cubin")),
+                      **loop)
     record.write_text(json.dumps(asdict(result)))
     return result
 
@@ -486,13 +848,19 @@ def predict(launch: Launch, compiled: Compiled, gpu: Gpu) -> dict:
             "predicted_us": round(KERNEL_FIXED_US + terms[bound], 2)}
 
 
-def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: str | None = None) -> dict:
+def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: str | None = None,
+               latency_us: float = DRAM_LATENCY_US) -> dict:
     compiled = compile_launch(launch, gpu, dump_dir)
     row = {"name": launch.name, "role": launch.role, "launches_per_iteration": launch.per_block * layers,
            "grid": list(launch.grid), "precision": launch.precision, "regs": compiled.regs, "spills": compiled.spills,
            "shared_bytes": compiled.shared_bytes, "warps": compiled.warps, "instructions": compiled.instructions,
            "dot_path": compiled.dot_path, "shared_wavefronts_per_step": compiled.wavefronts_per_dot}
-    row |= predict(launch, compiled, gpu)
+    if launch.pipeline is not None:
+        row |= predict_pipelined(launch, compiled, gpu, latency_us)
+        row |= {"buffers": compiled.buffers, "loop_instructions": compiled.loop_instructions,
+                "loop_mma": compiled.loop_mma, "splits": launch.pipeline["splits"]}
+    else:
+        row |= predict(launch, compiled, gpu)
     row["config"] = config
     row["cubin"] = compiled.cubin
     return row
@@ -504,19 +872,29 @@ def _config_name(config: triton.Config) -> str:
 
 
 def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision: str, dump_dir: Path,
-         split_gram: bool = True, config: triton.Config | None = None) -> dict:
+         split_gram: bool = True, config: triton.Config | None = None, gemm: str = "fused",
+         latency_us: float = DRAM_LATENCY_US) -> dict:
     """The report: every kernel of one iteration with its compiled facts and predicted time.
-    Each GEMM takes ``config``, or by default the one of CONFIGS the model predicts fastest
-    (on a GPU the autotuner takes the fastest measured)."""
+    ``gemm="fused"`` (today's engine): each GEMM takes ``config``, or by default the one of
+    CONFIGS the model predicts fastest (on a GPU the autotuner takes the fastest measured),
+    with its split-K finish kernels. ``gemm="skinny"``: the four GEMMs are skinny_linear's
+    launches (no finish kernels), the other kernels as today."""
+    if gemm not in GEMMS:
+        raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
     gpu = ARCHS[arch]
     dump_dir.mkdir(parents=True, exist_ok=True)
     layers = cfg.n_layer
     used = precision if dtype == "fp32" else TRITON_PRECISION[dtype]  # --precision is for fp32 runs
     by_config = {id(c): block_launches(cfg, lengths, dtype, used, gpu.sms, c, split_gram) for c in linear.CONFIGS}
+    if gemm == "skinny":
+        gemms = skinny_launches(cfg, len(lengths) * max(lengths), dtype, precision, gpu.sms)
+        others = [launch for launch in by_config[id(linear.DEFAULT_CONFIG)]
+                  if launch.name not in ("fused_linear_kernel", "split_k_finish_kernel")]
+        by_config = {id(linear.DEFAULT_CONFIG): gemms[:1] + others[:1] + gemms[1:] + others[1:]}
     rows = []
     for index, launch in enumerate(by_config[id(linear.DEFAULT_CONFIG)]):
         if launch.name != "fused_linear_kernel":
-            rows.append(kernel_row(launch, layers, gpu, dump_dir))
+            rows.append(kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us))
             continue
         candidates = [kernel_row(by_config[id(c)][index], layers, gpu, dump_dir, _config_name(c))
                       for c in ([config] if config is not None else linear.CONFIGS)]
@@ -526,6 +904,7 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
     return {
         "model": next((name for name, preset in PRESETS.items() if preset == cfg), "custom"),
         "rows": len(lengths) * max(lengths), "arch": arch, "gpu": gpu.name, "dtype": dtype, "precision": precision,
+        "gemm": gemm,
         "engine_default_precision": TRITON_PRECISION[dtype],  # what a run without a precision flag uses today
         "kernel_precisions": sorted({row["precision"] for row in rows} - {"-"}),
         "floor_ms": round(weight_bytes / gpu.bandwidth * 1e3, 3),
@@ -533,6 +912,8 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
         "launches_per_block": sum(launch.per_block for launch in by_config[id(linear.DEFAULT_CONFIG)]),
         "launches_per_iteration": sum(row["launches_per_iteration"] for row in rows),
         "constants": {"KERNEL_FIXED_US": KERNEL_FIXED_US, "DEPENDENT_STEP_US": DEPENDENT_STEP_US,
+                      "DRAM_LATENCY_US": latency_us, "L2_LATENCY_US": L2_LATENCY_US,
+                      "L2_BANDWIDTH": L2_BANDWIDTH[arch],
                       "clock_hz": gpu.clock_hz, "bandwidth": gpu.bandwidth, "sms": gpu.sms},
         "kernels": rows,
     }
@@ -580,6 +961,52 @@ def print_table(report: dict) -> None:
         print(" | ".join(map(str, cells)))
 
 
+SETTINGS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("bf16", "bf16"))
+
+
+def compare(cfg: ModelConfig, lengths: list[int], arch: str, dump_dir: Path,
+            latency_us: float = DRAM_LATENCY_US) -> dict:
+    """Fused (today) against skinny for each of SETTINGS: ms per iteration by kernel and role."""
+    columns = {}
+    for gemm in GEMMS:
+        for dtype, precision in SETTINGS:
+            report = plan(cfg, lengths, arch, dtype, "tf32x3" if precision == "bf16" else precision, dump_dir,
+                          gemm=gemm, latency_us=latency_us)
+            by_kernel: dict[str, float] = {}
+            for row in report["kernels"]:
+                key = row["name"] if row["name"] not in ("fused_linear_kernel", "skinny_linear_kernel") \
+                    else f"GEMM {row['role']}"
+                by_kernel[key] = by_kernel.get(key, 0.0) + row["predicted_us"] * row["launches_per_iteration"] / 1e3
+            columns[f"{gemm} {dtype} {precision}"] = {
+                "predicted_ms": report["predicted_ms"], "floor_ms": report["floor_ms"],
+                "launches_per_block": report["launches_per_block"],
+                "by_kernel_ms": {name: round(ms, 3) for name, ms in by_kernel.items()},
+                "gemm_us": {row["role"]: [row["predicted_us"], row["bound"], row.get("splits")]
+                            for row in report["kernels"] if row["name"].endswith("linear_kernel")}}
+    return {"model": next((name for name, preset in PRESETS.items() if preset == cfg), "custom"),
+            "rows": len(lengths) * max(lengths), "arch": arch, "latency_us": latency_us, "columns": columns}
+
+
+def print_compare(result: dict) -> None:
+    columns = result["columns"]
+    print(f"{result['model']}, {result['rows']} rows, {result['arch']}, DRAM latency {result['latency_us']} us: "
+          "ms per iteration")
+    names = list(dict.fromkeys(name for column in columns.values() for name in column["by_kernel_ms"]))
+    print(" | ".join(["kernel", *columns]))
+    for name in names:
+        print(" | ".join([name, *(str(column["by_kernel_ms"].get(name, "-")) for column in columns.values())]))
+    print(" | ".join(["iteration", *(str(column["predicted_ms"]) for column in columns.values())]))
+    print(" | ".join(["floor", *(str(column["floor_ms"]) for column in columns.values())]))
+    print(" | ".join(["/ floor", *(str(round(column["predicted_ms"] / column["floor_ms"], 2))
+                                   for column in columns.values())]))
+    print(" | ".join(["launches per block", *(str(column["launches_per_block"]) for column in columns.values())]))
+    print("\nper GEMM launch (us, bound, splits):")
+    for key, column in columns.items():
+        if key.startswith("skinny"):
+            print(key + ": " + "; ".join(f"{role} {us} {bound} S={splits}"
+                                         for role, (us, bound, splits) in column["gemm_us"].items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2-xl", choices=sorted(PRESETS))
@@ -591,7 +1018,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dump-dir", type=Path, default=None, help="where the cubins go (and are reused from)")
     parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--gemm", default="fused", choices=GEMMS,
+                        help="fused: today's engine (fused_linear_kernel + split-K finishes); skinny: skinny_linear")
+    parser.add_argument("--latency-us", type=float, default=DRAM_LATENCY_US,
+                        help="DRAM latency under load assumed by the skinny GEMM's pipeline model")
+    parser.add_argument("--compare", action="store_true",
+                        help="fused against skinny for fp32 ieee, fp32 tf32x3 and bf16, per kernel and iteration")
+    parser.add_argument("--waves", action="store_true",
+                        help="the skinny plan's wave efficiency for every gpt2 and gpt2-xl GEMM at M = 1, 16, 27, 64")
     args = parser.parse_args(argv)
+    if args.waves:
+        report = wave_report()
+        if args.json:
+            print(json.dumps(report))
+            return
+        print("model | GEMM | M | dtype | N x K | S | CTAs | waves | efficiency")
+        for row in report:
+            print(f"{row['model']} | {row['role']} | {row['rows']} | {row['dtype']} | {row['n']}x{row['k']} | "
+                  f"{row['splits']} | {row['ctas']} | {row['waves']} | {row['efficiency']}"
+                  + ("  < 0.85" if row["efficiency"] < 0.85 else ""))
+        return
     with contextlib.ExitStack() as stack:
         dump_dir = args.dump_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if args.calibrate:
@@ -607,7 +1053,15 @@ def main(argv: list[str] | None = None) -> None:
             for name, ms in result["gemm_ms_by_config"].items():
                 print(f"{name} | {ms}")
             return
-        report = plan(PRESETS[args.model], [args.rows], args.arch, args.dtype, args.precision, dump_dir)
+        if args.compare:
+            result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                print_compare(result)
+            return
+        report = plan(PRESETS[args.model], [args.rows], args.arch, args.dtype, args.precision, dump_dir,
+                      gemm=args.gemm, latency_us=args.latency_us)
         if args.json:
             print(json.dumps(report))
         else:
