@@ -23,6 +23,7 @@ import torch
 import triton
 
 from gpt2fast.backends.triton_backend import TritonEngine
+from gpt2fast.kernels import skinny_linear
 from gpt2fast.kernels.linear import CPU_SM_COUNT
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
@@ -168,8 +169,9 @@ def test_skinny_plan_report(dtype, dump_dir, calibration):
         assert row["buffers"] >= 3 and row["loop_mma"] > 0 and row["loop_instructions"] > row["loop_mma"]
         assert row["splits"] > 1 and row["bound"].startswith(("pipeline", "memory", "l2"))
         assert set(row["step_cycles"]) == {"issue", "shared", "tensor"}
-        passes = 3 if dtype == "fp32" else 1  # tf32x3's three products: three times bf16's HGMMA count
-        assert row["loop_mma"] == passes * 4, row  # BLOCK_K / (8 or 16) per product
+        passes = 3 if dtype == "fp32" else 1  # tf32x3's three products
+        block_k = skinny_linear.BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16]
+        assert row["loop_mma"] == passes * block_k // (8 if dtype == "fp32" else 16), row  # one HGMMA per k8 / k16
         assert row["in_flight_bytes_per_sm"] >= gpu_plan.ARCHS["sm_90"].bandwidth / 132 * 1e-6  # hides ~1 us
         assert 0 < sum(row["parts_us"].values()) and row["predicted_us"] > gpu_plan.KERNEL_FIXED_US
     assert 0 < report["floor_ms"] < report["predicted_ms"]
