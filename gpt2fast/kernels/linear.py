@@ -131,21 +131,29 @@ def row_stats(x_ptr, rows, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         ks = k0 + tl.arange(0, BLOCK_K)
         mask = (rows[:, None] < M) & (ks[None, :] < K)
         chunk = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=mask, other=0.0).to(tl.float32)
-        seen = k0 * 1.0
         count = tl.minimum(K - k0, BLOCK_K) * 1.0
         chunk_mean = tl.sum(chunk, 1) / count
         centred = tl.where(mask, chunk - chunk_mean[:, None], 0.0)
-        delta = chunk_mean - mean
-        mean += delta * (count / (seen + count))
-        m2 += tl.sum(centred * centred, 1) + delta * delta * (seen * count / (seen + count))
+        mean, m2 = chan_merge(mean, m2, k0 * 1.0, chunk_mean, tl.sum(centred * centred, 1), count)
     return mean, 1.0 / tl.sqrt(m2 / K + EPS)
+
+
+@triton.jit
+def chan_merge(mean, m2, seen, part_mean, part_m2, count):
+    """(mean, M2) of ``seen`` values merged with a part of ``count`` values (fp32; Chan,
+    Golub & LeVeque): the means' difference enters squared, so nothing cancels when |mean| >> std."""
+    delta = part_mean - mean
+    mean += delta * (count / (seen + count))
+    m2 += part_m2 + delta * delta * (seen * count / (seen + count))
+    return mean, m2
 
 
 @triton.jit
 def finish_tile(y, rows, cols, M, N, b_ptr, res_ptr, out_ptr,
                 HAS_BIAS: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
     """out[rows, cols] = act(y + b[cols]) (+ residual[rows, cols]) for the fp32 tile y
-    [len(rows), len(cols)] of an [M, N] output; masked to rows < M, cols < N."""
+    [len(rows), len(cols)] of an [M, N] output; masked to rows < M, cols < N. Returns the
+    tile as computed for the store, in out's dtype (unmasked)."""
     col_ok = cols < N
     mask = (rows[:, None] < M) & col_ok[None, :]
     if HAS_BIAS:
@@ -155,7 +163,9 @@ def finish_tile(y, rows, cols, M, N, b_ptr, res_ptr, out_ptr,
     offsets = rows[:, None] * N + cols[None, :]
     if RESIDUAL:
         y += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
+    stored = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offsets, stored, mask=mask)
+    return stored
 
 
 @triton.jit(do_not_specialize=["key", "stream", "step", "steps_per_iteration"])

@@ -1,12 +1,22 @@
 """A skinny GEMM on the tensor cores: few rows of x against a large weight, split over K.
 
-    out[m, n] = epilogue(Σ_k x[m, k] · W[n, k] + b[n])
+    out[m, n] = epilogue(Σ_k x̂[m, k] · W[n, k] + b[n])
     epilogue = identity, tanh-GELU, or + residual[m, n] (out may be residual): ``linear.finish_tile``
+    x̂ = x, or with LayerNorm x̂[m, k] = (x[m, k] − μ_m) · rstd_m · γ[k] + β[k], rstd = 1/sqrt(σ² + 1e-5)
 
-x [M, K], W [N, K] (PyTorch Linear layout), b [N], residual and out [M, N], contiguous; all
-float32 or all bfloat16. fp32 products as ``precision`` says ("tf32x3": float32's accuracy
-in three TF32 tensor-core products, or "ieee"); bf16 products of bf16 operands; fp32
-accumulation and epilogue, out rounded once at the store.
+x [M, K], W [N, K] (PyTorch Linear layout), b [N], γ, β [K], residual and out [M, N],
+contiguous; all float32 or all bfloat16. fp32 products as ``precision`` says ("tf32x3":
+float32's accuracy in three TF32 tensor-core products, or "ieee"); bf16 products of bf16
+operands (x̂ rounded to bf16 first); fp32 LayerNorm, accumulation and epilogue, out rounded once.
+
+LayerNorm statistics travel between GEMMs in fp32 stats [⌈C/64⌉, M, 2] of an [M, C] matrix:
+per row and 64-column tile t, the mean and M2 = Σ (y − mean)² of its c_t = min(64, C − 64t)
+values (``stats_shape``). The residual epilogue writes them for what it stored (rounded, for
+bf16), by the program that stores the tile (with split-K the last to arrive); a LayerNorm call
+merges its rows' tiles in the order t = 0, 1, ... with Chan's formula (``linear.chan_merge``:
+nothing cancels when |μ| >> σ) into μ and σ² = M2/C before its K loop: ⌈C/64⌉ steps of two
+floats per row, not a pass over x. ``layer_norm_stats`` writes the same for an x no GEMM wrote
+(the first LayerNorm of an iteration).
 
 Swapped operands. M = P·T is small (1 to a few hundred), so the weight rows fill the MMA's
 M side and the tokens its N side: program (j, i, s) multiplies the weight tile W[i·BLOCK_N..,
@@ -25,7 +35,8 @@ that the whole tile's stores are released): the program that draws ticket S − 
 last, sums workspace[0], ..., workspace[S − 1] in that order (L2 loads, ``.cg``), applies bias
 and the epilogue, writes out and resets the counter to 0, so the next call and every CUDA
 graph replay start clean. The sum's order does not depend on which program arrives last, so
-results are bitwise reproducible; there is no finish kernel.
+results are bitwise reproducible; there is no finish kernel. With LayerNorm, x is loaded
+[BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
 
 Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
 ⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM and fills its last wave
@@ -45,8 +56,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..model import LAYERNORM_EPS
 from .dot_precision import check_precision
-from .linear import _check_tensor, _overlap, _sm_count, block_m, finish_tile
+from .linear import _check_tensor, _overlap, _sm_count, block_m, chan_merge, finish_tile
 
 DTYPES = (torch.float32, torch.bfloat16)
 PRECISIONS = ("tf32x3", "ieee")  # the fp32 product precisions this kernel serves
@@ -58,6 +70,8 @@ PROGRAMS_PER_SM = 2
 MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
 MAX_SPLIT = 32
 WAVE_EFFICIENCY = 0.85  # wanted: programs / (waves × PROGRAMS_PER_SM × SMs)
+STATS_COLUMNS: tl.constexpr = tl.constexpr(BLOCK_N)  # columns per LayerNorm-statistics tile
+EPS: tl.constexpr = tl.constexpr(LAYERNORM_EPS)
 
 
 @dataclass(frozen=True)
@@ -107,19 +121,59 @@ def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float
 
 
 @triton.jit
+def store_tile_stats(stats_ptr, y, rows, tile, M, N):
+    """stats[tile, rows] = (mean, M2) over the valid columns of the fp32 tile y [len(rows),
+    STATS_COLUMNS] at columns tile·STATS_COLUMNS.. of an [M, N] matrix; stats fp32 [⌈N/STATS_COLUMNS⌉, M, 2]."""
+    cols = tile * STATS_COLUMNS + tl.arange(0, STATS_COLUMNS)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    count = tl.minimum(N - tile * STATS_COLUMNS, STATS_COLUMNS) * 1.0
+    mean = tl.sum(tl.where(mask, y, 0.0), 1) / count
+    centred = tl.where(mask, y - mean[:, None], 0.0)
+    offsets = (tile * M + rows) * 2
+    tl.store(stats_ptr + offsets, mean, mask=rows < M)
+    tl.store(stats_ptr + offsets + 1, tl.sum(centred * centred, 1), mask=rows < M)
+
+
+@triton.jit
+def merge_tile_stats(stats_ptr, rows, M, K):
+    """μ and 1/sqrt(σ² + eps) of rows ``rows`` of an [M, K] matrix from its per-tile (mean, M2)
+    in stats fp32 [⌈K/STATS_COLUMNS⌉, M, 2], merged in the order tile 0, 1, ... (rows >= M: 0, 1/sqrt(eps))."""
+    mean = rows * 0.0
+    m2 = rows * 0.0
+    for t in range(0, tl.cdiv(K, STATS_COLUMNS)):
+        offsets = (t * M + rows) * 2
+        part_mean = tl.load(stats_ptr + offsets, mask=rows < M, other=0.0)
+        part_m2 = tl.load(stats_ptr + offsets + 1, mask=rows < M, other=0.0)
+        count = tl.minimum(K - t * STATS_COLUMNS, STATS_COLUMNS) * 1.0
+        mean, m2 = chan_merge(mean, m2, t * STATS_COLUMNS * 1.0, part_mean, part_m2, count)
+    return mean, 1.0 / tl.sqrt(m2 / K + EPS)
+
+
+@triton.jit
+def tile_stats_kernel(x_ptr, stats_ptr, M, K, BLOCK_M: tl.constexpr):
+    """stats of x [M, K] (see store_tile_stats) for rows program_id(0)·BLOCK_M.., tile program_id(1)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * STATS_COLUMNS + tl.arange(0, STATS_COLUMNS)
+    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < M) & (cols[None, :] < K), other=0.0)
+    store_tile_stats(stats_ptr, x.to(tl.float32), rows, tl.program_id(1), M, K)
+
+
+@triton.jit
 def skinny_linear_kernel(
-    x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, part_ptr, count_ptr,
+    x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, part_ptr, count_ptr, ln_w_ptr, ln_b_ptr, ln_stats_ptr, stats_ptr,
     M, N, K, k_per_split, splits,
     GELU: tl.constexpr, RESIDUAL: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
-    BF16_AS_FP32: tl.constexpr,
+    BF16_AS_FP32: tl.constexpr, LN: tl.constexpr, STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Output tile (rows j·BLOCK_M.., cols i·BLOCK_N..) over the K slice s, (j, i, s) = program ids.
 
     x_ptr [M, K], w_ptr [N, K], b_ptr [N], res_ptr/out_ptr [M, N] of one dtype; part_ptr fp32
     [splits, M, N] and count_ptr int32 [⌈M/BLOCK_M⌉·⌈N/BLOCK_N⌉] (zeros) used when PARTIAL.
-    BF16_AS_FP32: multiply bf16 operands upcast (exactly, as "ieee"), for the interpreter,
-    which cannot multiply bf16 matrices.
+    LN: x normalised on load with ln_w_ptr, ln_b_ptr [K] (x's dtype) and the statistics
+    ln_stats_ptr fp32 [⌈K/64⌉, M, 2]; STATS: the tile's (mean, M2) per row of what it stored
+    to stats_ptr fp32 [⌈N/64⌉, M, 2] (BLOCK_N = 64). BF16_AS_FP32: multiply bf16 operands
+    upcast (exactly, as "ieee"), for the interpreter, which cannot multiply bf16 matrices.
     """
     tile_m, tile_n, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -127,6 +181,8 @@ def skinny_linear_kernel(
     row_ok = rows < M
     col_ok = cols < N
     weight_rows = cols.to(tl.int64) * K
+    if LN:
+        mean, rstd = merge_tile_stats(ln_stats_ptr, rows, M, K)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     k_start = s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
@@ -134,7 +190,14 @@ def skinny_linear_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         w = tl.load(w_ptr + weight_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        xt = tl.load(x_ptr + rows[None, :] * K + ks[:, None], mask=k_ok[:, None] & row_ok[None, :], other=0.0)
+        if LN:  # x̂ = (x − μ)·rstd·γ + β, rounded to x's dtype; loaded [BLOCK_M, BLOCK_K] for 16-byte cp.async
+            x = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            gamma = tl.load(ln_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            beta = tl.load(ln_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            x_hat = (x.to(tl.float32) - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]
+            xt = tl.trans(x_hat.to(x.dtype))
+        else:
+            xt = tl.load(x_ptr + rows[None, :] * K + ks[:, None], mask=k_ok[:, None] & row_ok[None, :], other=0.0)
         if x_ptr.dtype.element_ty == tl.float32:
             acc = tl.dot(w, xt, acc, input_precision=PRECISION)
         elif BF16_AS_FP32:
@@ -151,27 +214,40 @@ def skinny_linear_kernel(
             acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
             for t in range(0, splits):
                 acc += tl.load(part_ptr + t * M * N + offsets, mask=mask, other=0.0, cache_modifier=".cg")
-            finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+            stored = finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+            if STATS:
+                store_tile_stats(stats_ptr, stored.to(tl.float32), rows, tile_n, M, N)
             tl.store(counter, 0)
     else:
-        finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+        stored = finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
+        if STATS:
+            store_tile_stats(stats_ptr, stored.to(tl.float32), rows, tile_n, M, N)
 
 
 def skinny_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
     gelu: bool = False, residual: torch.Tensor | None = None, precision: str = "tf32x3",
     counters: torch.Tensor | None = None, splits: int | None = None,
+    ln_w: torch.Tensor | None = None, ln_b: torch.Tensor | None = None, ln_stats: torch.Tensor | None = None,
+    stats: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """out = act(x · weightᵀ + bias) (+ residual); act = tanh-GELU if ``gelu``; returns ``out``.
+    """out = act(LN(x) · weightᵀ + bias) (+ residual); act = tanh-GELU if ``gelu``; returns ``out``.
 
     x [M, K], weight [N, K], bias [N], out and residual [M, N]: contiguous, one device, all
     float32 or all bfloat16; ``out`` may be ``residual`` itself. ``precision``: "tf32x3" or
     "ieee" (fp32 only). ``counters``: int32 zeros of at least ``plan(...).tiles(M, N)``
     elements, the split-K tickets, left at zero after the call (allocate once per call site
     for a CUDA graph; a fresh zeroed tensor when None). ``splits`` overrides the plan's S.
+    LN(x) = x unless ``ln_w``, ``ln_b`` [K] (x's dtype) and ``ln_stats`` fp32 ``stats_shape(M, K)``
+    (x's per-tile statistics: ``layer_norm_stats`` or a residual call's ``stats``) are given.
+    ``stats`` fp32 ``stats_shape(M, N)``, with ``residual`` only: filled with out's statistics.
     """
     if gelu and residual is not None:
         raise ValueError("gelu and residual are separate epilogues: pass one of them")
+    if stats is not None and residual is None:
+        raise ValueError("stats are written by the residual epilogue: pass residual with them")
+    if (ln_w is None) != (ln_b is None) or (ln_w is None) != (ln_stats is None):
+        raise ValueError("LayerNorm needs ln_w, ln_b and ln_stats together")
     if x.dim() != 2 or out.dim() != 2:
         raise ValueError(f"x and out must be matrices, got {tuple(x.shape)} and {tuple(out.shape)}")
     (m, k), n = x.shape, out.shape[1]
@@ -191,6 +267,14 @@ def skinny_linear(
             raise ValueError("residual must be out itself or not overlap it")
     if any(_overlap(out, t) for t in (x, weight, bias)):
         raise ValueError("out must not overlap x, weight or bias")
+    if ln_w is not None:
+        _check_tensor("ln_w", ln_w, (k,), dtype, device)
+        _check_tensor("ln_b", ln_b, (k,), dtype, device)
+        _check_tensor("ln_stats", ln_stats, stats_shape(m, k), torch.float32, device)
+    if stats is not None:
+        _check_tensor("stats", stats, stats_shape(m, n), torch.float32, device)
+        if any(_overlap(stats, t) for t in (x, weight, bias, out) + ((ln_stats,) if ln_stats is not None else ())):
+            raise ValueError("stats must not overlap the other arguments")
     if m == 0 or n == 0:
         return out
     if k == 0:
@@ -213,20 +297,48 @@ def skinny_linear(
     workspace = torch.empty((chosen.splits, m, n), dtype=torch.float32, device=device) if partial else out
     skinny_linear_kernel[chosen.grid(m, n)](
         x, weight, bias, residual if residual is not None else out, out, workspace, counters,
+        *((ln_w, ln_b, ln_stats) if ln_w is not None else (x, x, out)), stats if stats is not None else out,
         m, n, k, chosen.k_per_split, chosen.splits,
         GELU=gelu, RESIDUAL=residual is not None, PARTIAL=partial, PRECISION=precision,
-        BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda",
+        BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda", LN=ln_w is not None, STATS=stats is not None,
         BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
         num_warps=chosen.num_warps, num_stages=chosen.num_stages,
     )
     return out
 
 
+def stats_shape(rows: int, cols: int) -> tuple[int, int, int]:
+    """Shape of the LayerNorm statistics of an [rows, cols] matrix: (mean, M2) per row and 64-column tile."""
+    return triton.cdiv(cols, BLOCK_N), rows, 2
+
+
+def layer_norm_stats(x: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tile statistics of x [M, K] (fp32 or bf16) into ``stats`` fp32 ``stats_shape(M, K)``
+    (fresh when None), as a residual skinny_linear call writes them: for an LN whose x no GEMM wrote."""
+    if x.dim() != 2 or x.dtype not in DTYPES:
+        raise ValueError(f"x must be a float32 or bfloat16 matrix, got {x.dtype} {tuple(x.shape)}")
+    m, k = x.shape
+    _check_tensor("x", x, (m, k), x.dtype, x.device)
+    if stats is None:
+        stats = torch.empty(stats_shape(m, k), dtype=torch.float32, device=x.device)
+    _check_tensor("stats", stats, stats_shape(m, k), torch.float32, x.device)
+    if _overlap(stats, x):
+        raise ValueError("stats must not overlap x")
+    if m > 0 and k > 0:
+        tile_m = block_m(m)
+        tile_stats_kernel[(triton.cdiv(m, tile_m), triton.cdiv(k, BLOCK_N))](x, stats, m, k, BLOCK_M=tile_m)
+    return stats
+
+
 def skinny_linear_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, gelu: bool = False,
-    residual: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None, ln_w: torch.Tensor | None = None, ln_b: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """act(x · weightᵀ + bias) (+ residual) in PyTorch, in the dtype of the inputs: [M, K] -> [M, N]."""
+    """act(LN(x) · weightᵀ + bias) (+ residual) in PyTorch, in the dtype of the inputs: [M, K] -> [M, N].
+
+    LN(x) = layer_norm(x, ln_w, ln_b) (biased variance, eps LAYERNORM_EPS) when ln_w is given, else x."""
+    if ln_w is not None:
+        x = torch.nn.functional.layer_norm(x, (x.shape[1],), ln_w, ln_b, LAYERNORM_EPS)
     y = torch.nn.functional.linear(x, weight, bias)
     if gelu:
         y = torch.nn.functional.gelu(y, approximate="tanh")

@@ -24,9 +24,11 @@ from gpt2fast.kernels.skinny_linear import (
     NUM_WARPS,
     PROGRAMS_PER_SM,
     WAVE_EFFICIENCY,
+    layer_norm_stats,
     plan,
     skinny_linear,
     skinny_linear_reference,
+    stats_shape,
     wave_efficiency,
 )
 
@@ -128,6 +130,109 @@ def test_no_rows_launch_nothing(device):
     assert skinny_linear(p["x"][:0], p["weight"], p["bias"], out) is out
 
 
+def _tile_stats(y: torch.Tensor) -> torch.Tensor:
+    """float64 (mean, M2) per row and 64-column tile of y [M, N]: [⌈N/64⌉, M, 2]."""
+    y = y.cpu().double()
+    tiles = [y[:, i:i + BLOCK_N] for i in range(0, y.shape[1], BLOCK_N)]
+    return torch.stack([torch.stack([t.mean(1), ((t - t.mean(1, keepdim=True)) ** 2).sum(1)], 1) for t in tiles])
+
+
+def _assert_stats(stats: torch.Tensor, y: torch.Tensor, bound: float) -> None:
+    expected = _tile_stats(y)
+    assert_relative_error(stats[..., 0], expected[..., 0], bound)  # means
+    assert_relative_error(stats[..., 1], expected[..., 1], bound)  # M2: each on its own scale
+
+
+def _ln_params(rows: int, k: int, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(rows * 7 + k)
+    p = {"ln_w": 1 + 0.1 * torch.randn(k, generator=g), "ln_b": 0.1 * torch.randn(k, generator=g)}
+    return {name: t.to(device=device, dtype=dtype) for name, t in p.items()}
+
+
+@pytest.mark.parametrize("epilogue, splits", (("residual", 1), ("residual in place", 2)))
+@pytest.mark.parametrize("rows", ROWS)
+def test_residual_epilogue_writes_the_statistics_of_what_it_stored(device, rows, epilogue, splits):
+    """N = 200: three full 64-column tiles and one of 8; with split-K the last program of a tile writes them."""
+    p = _params(rows, 100, 200, device)
+    stats = torch.full(stats_shape(rows, 200), float("nan"), device=device)
+    out, expected = _run(p, epilogue, device, splits=splits, stats=stats)
+    assert_relative_error(out, expected, 1e-5)
+    _assert_stats(stats, out, 1e-6)
+
+
+@pytest.mark.parametrize("rows", (7, 64))
+def test_bf16_statistics_describe_the_rounded_stored_values(device, rows):
+    p = _params(rows, 200, 80, device, torch.bfloat16)
+    stats = torch.full(stats_shape(rows, 80), float("nan"), device=device)
+    out, _ = _run(p, "residual in place", device, splits=3, stats=stats)
+    _assert_stats(stats, out, 1e-6)  # fp32 sums of the bf16 values stored, not of the fp32 results
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_layer_norm_stats_of_x(device, rows):
+    x = _params(rows, 200, 48, device)["x"]
+    stats = torch.full(stats_shape(rows, 200), float("nan"), device=device)
+    assert layer_norm_stats(x, stats) is stats
+    _assert_stats(stats, x, 1e-6)
+
+
+def _run_ln(p, ln, epilogue: str, device, x=None, ln_stats=None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, expected in float64) of LayerNorm → linear → epilogue, the statistics from layer_norm_stats
+    unless given."""
+    x = p["x"] if x is None else x
+    rows, n = x.shape[0], p["weight"].shape[0]
+    out = _nan(rows, n, device, x.dtype)
+    d = {name: t.cpu().double() for name, t in (p | ln).items()}
+    expected = skinny_linear_reference(x.cpu().double(), d["weight"], d["bias"], gelu=epilogue == "gelu",
+                                       ln_w=d["ln_w"], ln_b=d["ln_b"])
+    ln_stats = layer_norm_stats(x) if ln_stats is None else ln_stats
+    skinny_linear(x, p["weight"], p["bias"], out, gelu=epilogue == "gelu", ln_w=ln["ln_w"], ln_b=ln["ln_b"],
+                  ln_stats=ln_stats, **options)
+    return out, expected
+
+
+@pytest.mark.parametrize("epilogue, splits", (("none", 1), ("gelu", 2)))
+@pytest.mark.parametrize("rows", ROWS)
+def test_layer_norm_prologue_matches_layer_norm_then_linear(device, rows, epilogue, splits):
+    """K = 200: the statistics of four 64-column tiles (the last of 8) merged per row."""
+    out, expected = _run_ln(_params(rows, 200, 80, device), _ln_params(rows, 200, device), epilogue, device,
+                            splits=splits)
+    assert_relative_error(out, expected, 1e-5)
+
+
+def test_layer_norm_of_a_residual_gemm_from_its_epilogue_statistics(device):
+    """The block's chain: mlp c_proj writes the residual stream and its statistics, ln_1 → c_attn reads both."""
+    rows, k, n = 27, 100, 200
+    p, next_layer = _params(rows, k, n, device), _params(rows, n, 80, device)
+    stats = torch.full(stats_shape(rows, n), float("nan"), device=device)
+    skinny_linear(p["x"], p["weight"], p["bias"], p["residual"], residual=p["residual"], stats=stats, splits=2)
+    out, expected = _run_ln(next_layer, _ln_params(rows, n, device), "none", device, x=p["residual"],
+                            ln_stats=stats, splits=2)
+    assert_relative_error(out, expected, 1e-5)
+
+
+def test_layer_norm_of_constant_rows_and_large_offsets(device):
+    """Rows of one value (variance 0: x̂ = β) and rows 1e4 + N(0, 1), whose variance a
+    sum-of-squares formula would lose to cancellation (E[x²] − μ² ≈ 1e8 − 1e8 in fp32)."""
+    rows, k = 7, 200
+    p, ln = _params(rows, k, 80, device), _ln_params(rows, k, device)
+    x = p["x"].cpu()
+    x[0], x[1], x[2] = 1.5, 1e4, 0.0
+    x[3:] += 1e4
+    out, expected = _run_ln(p, ln, "none", device, x=x.to(device))
+    assert_relative_error(out[:3], expected[:3], 1e-5)
+    # fp32 holds 1e4 + N(0, 1), and μ, to 2⁻¹⁰ (1e-3 of the std): 3e-4 here, PyTorch's fp32 layer_norm 4e-4
+    assert_relative_error(out[3:], expected[3:], 1e-3)
+
+
+@pytest.mark.parametrize("rows", (7, 64))
+def test_bf16_layer_norm_prologue(device, rows):
+    """x̂ rounded to bf16 before the product (truncated by the interpreter), as PyTorch's bf16 layer_norm output is."""
+    out, expected = _run_ln(_params(rows, 200, 80, device, torch.bfloat16),
+                            _ln_params(rows, 200, device, torch.bfloat16), "gelu", device, splits=3)
+    assert_relative_error(out, expected, 8e-3)
+
+
 def _bad_calls():
     x, w, b, out = torch.zeros(4, 48), torch.zeros(80, 48), torch.zeros(80), torch.zeros(4, 80)
     buffer = torch.zeros(4 * 80)
@@ -152,6 +257,20 @@ def _bad_calls():
          "counters must be"),
         ("counters size", lambda: skinny_linear(x, w, b, out, splits=2, counters=torch.zeros(1, dtype=torch.int32)),
          "counters must be"),
+        ("stats without residual", lambda: skinny_linear(x, w, b, out, stats=torch.zeros(2, 4, 2)), "residual epilogue"),
+        ("stats shape", lambda: skinny_linear(x, w, b, out, residual=out, stats=torch.zeros(1, 4, 2)), "stats must be"),
+        ("stats layout", lambda: skinny_linear(x, w, b, out, residual=out, stats=torch.zeros(2, 4, 3)), "stats must be"),
+        ("stats dtype", lambda: skinny_linear(x, w, b, out, residual=out, stats=torch.zeros(2, 4, 2).bfloat16()),
+         "stats must be"),
+        ("stats overlap out", lambda: skinny_linear(x, w, b, out, residual=out, stats=out.view(-1)[:16].view(2, 4, 2)),
+         "must not overlap"),
+        ("ln without stats", lambda: skinny_linear(x, w, b, out, ln_w=torch.ones(48), ln_b=torch.zeros(48)),
+         "together"),
+        ("ln_w shape", lambda: skinny_linear(x, w, b, out, ln_w=torch.ones(40), ln_b=torch.zeros(48),
+                                             ln_stats=torch.zeros(1, 4, 2)), "ln_w must be"),
+        ("ln_stats shape", lambda: skinny_linear(x, w, b, out, ln_w=torch.ones(48), ln_b=torch.zeros(48),
+                                                 ln_stats=torch.zeros(2, 4, 2)), "ln_stats must be"),
+        ("x stats shape", lambda: layer_norm_stats(x, torch.zeros(1, 4, 3)), "stats must be"),
     ]
 
 
@@ -184,23 +303,30 @@ def test_plan_fills_the_gpu(rows, k, n, dtype):
 # Every configuration the plan can choose, on aligned pointers and K (the JIT specialises the
 # real shapes so, every GPT-2 K being a multiple of 16): fp32 with tf32x3 products and bf16, at
 # every BLOCK_M, with the split-K path (partials, tickets, the reduction, GELU) and the direct
-# residual one. ieee fp32 runs on the CUDA cores (no MMA) and is compiled once for spills.
-CONFIGS = [(dtype, precision, block_m, partial)
+# residual one; the LayerNorm prologue (with split and GELU, as c_fc) and the residual epilogue
+# writing statistics (with split, as mlp c_proj). ieee fp32 runs on the CUDA cores (no MMA) and
+# is compiled once for spills.
+VARIANTS = {"split+gelu": ("PARTIAL", "GELU"), "residual": ("RESIDUAL",), "ln+split+gelu": ("LN", "PARTIAL", "GELU"),
+            "split+residual+stats": ("PARTIAL", "RESIDUAL", "STATS")}
+CONFIGS = [(dtype, precision, block_m, variant)
            for dtype, precision in (("fp32", "tf32x3"), ("bf16", "tf32x3"))
-           for block_m in (16, 32, 64) for partial in (True, False)]
+           for block_m in (16, 32, 64) for variant in ("split+gelu", "residual")]
+CONFIGS += [(dtype, "tf32x3", block_m, "ln+split+gelu") for dtype in ("fp32", "bf16") for block_m in (16, 32, 64)]
+CONFIGS += [(dtype, "tf32x3", 64, "split+residual+stats") for dtype in ("fp32", "bf16")]
 
 
-def _spec(dtype: str, precision: str, block_m: int, partial: bool) -> AotSpec:
+def _spec(dtype: str, precision: str, block_m: int, variant: str) -> AotSpec:
     pointer = f"*{dtype}"
     signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr")}
-    signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+    signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "ln_w_ptr": pointer, "ln_b_ptr": pointer,
+                  "ln_stats_ptr": "*fp32", "stats_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
                   "k_per_split": "i32", "splits": "i32"}
-    constexprs = dict(GELU=partial, RESIDUAL=not partial, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
-                      BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+    flags = {flag: flag in VARIANTS[variant] for flag in ("GELU", "RESIDUAL", "PARTIAL", "LN", "STATS")}
+    constexprs = dict(**flags, PRECISION=precision, BF16_AS_FP32=False, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
                       BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16])
     signature |= {name: "constexpr" for name in constexprs}
     products = precision if dtype == "fp32" else "bf16"
-    label = f"{dtype} {products} BLOCK_M={block_m} {'split+gelu' if partial else 'residual'}"
+    label = f"{dtype} {products} BLOCK_M={block_m} {variant}"
     return AotSpec(label=label, kernel="gpt2fast.kernels.skinny_linear:skinny_linear_kernel", signature=signature,
                    constexprs=constexprs, options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
                    aligned=True, divisible=("K", "k_per_split"), sass=True)
@@ -211,7 +337,7 @@ SHARED_PER_SM = {80: 163 * 1024, 90: 227 * 1024}
 
 @pytest.fixture(scope="module")
 def compiled():
-    specs = [_spec(*config) for config in CONFIGS] + [_spec("fp32", "ieee", 64, True)]
+    specs = [_spec(*config) for config in CONFIGS] + [_spec("fp32", "ieee", 64, "split+gelu")]
     results = compile_in_child(specs)
     assert len(results) == len(specs) * len(CAPABILITIES)
     return {(result.label, result.capability): result for result in results}, specs
@@ -233,8 +359,11 @@ def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
                 continue
             assert r.shared_bytes >= 3 * stage_bytes, r.line()  # at least 3 buffers of both operands
             wide = sum(n for op, n in r.opcodes.items() if op.startswith("LDGSTS") and op.endswith(".128"))
-            assert 0 < wide == r.count("LDGSTS"), r.line()  # every operand load a 16-byte cp.async
+            # every operand load a 16-byte cp.async; LayerNorm's γ and β rows (BLOCK_K floats, one
+            # per thread) may take a 4-byte one each per stage
+            narrow = 2 * NUM_STAGES if spec.constexprs["LN"] else 0
+            assert 0 < wide and r.count("LDGSTS") - narrow <= wide, r.line()
             assert r.count("HGMMA" if capability == 90 else "HMMA") > 0, r.line()
-            if not spec.constexprs["GELU"]:
+            if not any(spec.constexprs[flag] for flag in ("GELU", "LN", "STATS")):  # no FMAs outside the products
                 assert r.count("FFMA") == 0, r.line()  # the products all on the tensor cores
     print()
