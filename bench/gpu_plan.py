@@ -34,7 +34,7 @@ the SASS loop body's issue (counted between its backward branch and target), the
 (tf32x3: three HGMMA/HMMA passes) and the shared-memory wavefronts replayed from the ttgir
 layouts (operand loads, the stores of tf32x3's split operands, the tensor core's core-matrix
 reads of swizzled operands); then the LayerNorm statistics' merge and the split-K reduction
-as dependent L2 trips, and the kernel bounded below by DRAM and L2 bytes. LayerNorm: the
+as dependent L2 trips (one per batched load: ``skinny_linear.ln_tiles`` / ``split_chunk``), and the kernel bounded below by DRAM and L2 bytes. LayerNorm: the
 statistics come from the epilogue of the GEMM before (no extra pass; today's ``row_stats``
 is not modelled for the fused plan either). ``--compare`` prints fused against skinny for
 fp32 IEEE, fp32 tf32x3 and bf16; ``--waves`` the skinny plan's wave efficiency on 132 SMs.
@@ -335,7 +335,8 @@ GEMMS = ("fused", "skinny")  # --gemm: today's fused_linear_kernel + finishes, o
 
 
 def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial: bool, gelu: bool,
-                residual: bool, ln: bool = False, stats: bool = False) -> AotSpec:
+                residual: bool, ln: bool = False, stats: bool = False, split_chunk: int = 1,
+                ln_tiles: int = 1) -> AotSpec:
     """skinny_linear_kernel as its launcher calls it (tests/kernels/test_skinny_linear.py's signature)."""
     from gpt2fast.kernels import skinny_linear
 
@@ -345,7 +346,8 @@ def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial:
     signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "ln_stats_ptr": "*fp32", "stats_ptr": "*fp32",
                   "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32", "splits": "i32"}
     constexprs = dict(GELU=gelu, RESIDUAL=residual, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
-                      LN=ln, STATS=stats, BLOCK_M=block_m, BLOCK_N=skinny_linear.BLOCK_N, BLOCK_K=block_k)
+                      LN=ln, STATS=stats, BLOCK_M=block_m, BLOCK_N=skinny_linear.BLOCK_N, BLOCK_K=block_k,
+                      SPLIT_CHUNK=split_chunk, LN_TILES=ln_tiles)
     signature |= {name: "constexpr" for name in constexprs}
     # the kernel's own parameters, in its order (a build without LayerNorm has no LN/STATS)
     signature = {name: signature[name] for name in names}
@@ -377,7 +379,9 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
         # the kernel's own precision argument: bf16 ignores it (compiled as the tests do)
         ln = role.endswith("c_attn") or role == "mlp.c_fc"
         spec = skinny_spec(dtype, precision if dtype == "fp32" else "tf32x3", chosen.block_m, chosen.block_k,
-                           partial, gelu, residual, ln=ln, stats=residual)
+                           partial, gelu, residual, ln=ln, stats=residual,
+                           split_chunk=skinny_linear.split_chunk(chosen.splits, chosen.block_m),
+                           ln_tiles=skinny_linear.ln_tiles(k, chosen.block_m))
         ln = ln and "LN" in spec.constexprs  # x normalised on load, from the statistics' tiles
         partials = chosen.splits * rows * n * 4 if partial else 0
         out = rows * n * size * (2 if residual else 1) + n * size
@@ -387,7 +391,10 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
                     "x_stage": chosen.block_m * chosen.block_k * size,
                     "splits": chosen.splits, "l2_bytes": l2,
                     "tile_bytes": chosen.block_n * chosen.block_m * 4,
-                    "ln_tiles": triton.cdiv(k, skinny_linear.BLOCK_N) if ln else 0}
+                    # dependent L2 loads of the two serial chains (the kernel's batched loads)
+                    "ln_trips": triton.cdiv(triton.cdiv(k, skinny_linear.BLOCK_N),
+                                            skinny_linear.ln_tiles(k, chosen.block_m)) if ln else 0,
+                    "split_trips": triton.cdiv(chosen.splits, skinny_linear.split_chunk(chosen.splits, chosen.block_m))}
         divisible = tuple(name for name, value in (("N", n), ("K", k), ("k_per_split", chosen.k_per_split))
                           if value % 16 == 0)
         launches.append(Launch("skinny_linear_kernel", role, spec, grid, 1, used, dram,
@@ -576,11 +583,11 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
       issue:   c · warps · loop instructions / 4 schedulers;  tensor: c · MMA cycles (×3 for
                tf32x3, bf16 at twice TF32's rate);  shared: c · replayed wavefronts;
                fma (IEEE): c · BM·BN·BK / FP32 lanes  (cycles / clock).
-    Before the loop, with LayerNorm, the merge of x's per-tile statistics: ⌈K/64⌉ dependent
-    L2 trips (one LDG pair per trip of a loop the compiler does not unroll, seen in SASS).
-    After it, with S > 1 splits, the partial tile's store and the ticket (2 L2 trips), and in
-    the last round the last program's S partial loads (dependent L2 trips likewise: one
-    LDG.128 group per trip of the reduction loop). The kernel: KERNEL_FIXED_US +
+    Before the loop, with LayerNorm, the merge of x's per-tile statistics: one L2 trip per
+    batch of ``skinny_linear.ln_tiles`` tiles loaded at once (a loop the compiler does not
+    unroll: one for C ≤ 2048 at BLOCK_M = 64). After it, with S > 1 splits, the partial tile's
+    store and the ticket (2 L2 trips), and in the last round the last program's partial loads:
+    one L2 trip per batch of ``skinny_linear.split_chunk`` tiles (⌈S / chunk⌉ dependent trips). The kernel: KERNEL_FIXED_US +
     max(DRAM bytes / bandwidth, L2 bytes / L2 bandwidth, the busiest SM's rounds)."""
     pipe = launch.pipeline
     ctas = math.prod(launch.grid)
@@ -611,8 +618,8 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
         binding[bound] += launch.steps * step[bound]
         parts["fill"] += latency_us
         parts["k_loop"] += launch.steps * step[bound]
-        parts["ln_stats_merge"] += pipe.get("ln_tiles", 0) * L2_LATENCY_US  # dependent loads before the loop
-        parts["split_k"] += (2 + (pipe["splits"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
+        parts["ln_stats_merge"] += pipe.get("ln_trips", 0) * L2_LATENCY_US  # dependent loads before the loop
+        parts["split_k"] += (2 + (pipe["split_trips"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
     total_us = sum(parts.values())
     terms = {"memory": launch.bytes / gpu.bandwidth * 1e6,
              "l2": pipe["l2_bytes"] / L2_BANDWIDTH[f"sm_{gpu.capability}"] * 1e6,

@@ -13,9 +13,11 @@ LayerNorm statistics travel between GEMMs in fp32 stats [⌈C/64⌉, M, 2] of an
 per row and 64-column tile t, the mean and M2 = Σ (y − mean)² of its c_t = min(64, C − 64t)
 values (``stats_shape``). The residual epilogue writes them for what it stored (rounded, for
 bf16), by the program that stores the tile (with split-K the last to arrive); a LayerNorm call
-merges its rows' tiles in the order t = 0, 1, ... with Chan's formula (``linear.chan_merge``:
-nothing cancels when |μ| >> σ) into μ and σ² = M2/C before its K loop: ⌈C/64⌉ steps of two
-floats per row, not a pass over x. ``layer_norm_stats`` writes the same for an x no GEMM wrote
+merges its rows' tiles into μ and σ² = M2/C before its K loop, not a pass over x: all ⌈C/64⌉
+tiles' pairs in one masked load ([LN_TILES, BLOCK_M], ``ln_tiles``: one L2 trip for C ≤ 2048
+at any BLOCK_M), combined in registers by a fixed tree in two passes, μ = Σ c_t·mean_t / C,
+then M2 = Σ (M2_t + c_t·(mean_t − μ)²) (nothing cancels when |μ| >> σ); wider C in batches
+of LN_TILES merged in order with Chan's formula (``linear.chan_merge``). ``layer_norm_stats`` writes the same for an x no GEMM wrote
 (the first LayerNorm of an iteration).
 
 Swapped operands. M = P·T is small (1 to a few hundred), so the weight rows fill the MMA's
@@ -32,10 +34,13 @@ Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers th
 out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
 ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
 that the whole tile's stores are released): the program that draws ticket S − 1 arrives
-last, sums workspace[0], ..., workspace[S − 1] in that order (L2 loads, ``.cg``), applies bias
-and the epilogue, writes out and resets the counter to 0, so the next call and every CUDA
-graph replay start clean. The sum's order does not depend on which program arrives last, so
-results are bitwise reproducible; there is no finish kernel. With LayerNorm, x is loaded
+last loads workspace[0..S−1] at once ([SPLIT_CHUNK, BLOCK_N, BLOCK_M] masked past S, L2
+loads, ``.cg``; ``split_chunk``: S rounded up to a power of two, capped by registers at 16
+tiles for BLOCK_M = 16, 8 for 32, 2 for 64, larger S in batches added in order), sums them
+over the split axis with tl.sum's fixed tree, applies bias and the epilogue, writes out and
+resets the counter to 0, so the next call and every CUDA graph replay start clean. The sum's
+order does not depend on which program arrives last or when, so results are bitwise
+reproducible; there is no finish kernel. With LayerNorm, x is loaded
 [BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
 
 Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
@@ -70,6 +75,12 @@ PROGRAMS_PER_SM = 2
 MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
 MAX_SPLIT = 32
 WAVE_EFFICIENCY = 0.85  # wanted: programs / (waves × PROGRAMS_PER_SM × SMs)
+# What the last program's reduction and the LayerNorm merge may load at once (fp32 elements
+# per program of NUM_WARPS warps): SPLIT_CHUNK partial tiles per BLOCK_M (128 registers a
+# thread; 64 at BLOCK_M = 64, whose fp32 tf32x3 K loop holds 255 on sm_80 and spilled with
+# 128), LN_TILES tiles' (mean, M2) pairs.
+SPLIT_CHUNK_ELEMENTS = {16: 16384, 32: 16384, 64: 8192}
+LN_MERGE_ELEMENTS = 2048
 STATS_COLUMNS: tl.constexpr = tl.constexpr(BLOCK_N)  # columns per LayerNorm-statistics tile
 EPS: tl.constexpr = tl.constexpr(LAYERNORM_EPS)
 
@@ -120,6 +131,18 @@ def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float
     return full[0] if full else max(candidates, key=lambda c: wave_efficiency(tiles * c.splits, sm_count))
 
 
+def split_chunk(splits: int, tile_m: int) -> int:
+    """Partial tiles the last program loads at once: S rounded up to a power of two, capped by
+    SPLIT_CHUNK_ELEMENTS (⌈S / split_chunk⌉ dependent loads)."""
+    return min(triton.next_power_of_2(splits), max(1, SPLIT_CHUNK_ELEMENTS[tile_m] // (BLOCK_N * tile_m)))
+
+
+def ln_tiles(k: int, tile_m: int) -> int:
+    """LayerNorm-statistics tiles a program loads at once: ⌈K/64⌉ rounded up to a power of two,
+    capped by LN_MERGE_ELEMENTS (⌈⌈K/64⌉ / ln_tiles⌉ dependent loads)."""
+    return min(triton.next_power_of_2(triton.cdiv(k, BLOCK_N)), max(1, LN_MERGE_ELEMENTS // tile_m))
+
+
 @triton.jit
 def store_tile_stats(stats_ptr, y, rows, tile, M, N):
     """stats[tile, rows] = (mean, M2) over the valid columns of the fp32 tile y [len(rows),
@@ -135,17 +158,28 @@ def store_tile_stats(stats_ptr, y, rows, tile, M, N):
 
 
 @triton.jit
-def merge_tile_stats(stats_ptr, rows, M, K):
+def merge_tile_stats(stats_ptr, rows, M, K, TILES: tl.constexpr):
     """μ and 1/sqrt(σ² + eps) of rows ``rows`` of an [M, K] matrix from its per-tile (mean, M2)
-    in stats fp32 [⌈K/STATS_COLUMNS⌉, M, 2], merged in the order tile 0, 1, ... (rows >= M: 0, 1/sqrt(eps))."""
+    in stats fp32 [⌈K/STATS_COLUMNS⌉, M, 2] (rows >= M: 0, 1/sqrt(eps)).
+
+    TILES (a power of two) tiles' pairs at a time, all loaded at once ([TILES, len(rows)], masked)
+    and combined in registers in a fixed tree: the group's mean = Σ c_t·mean_t / Σ c_t, then its
+    M2 = Σ (M2_t + c_t·(mean_t − mean)²) (no cancellation); groups (one when TILES ≥ ⌈K/64⌉)
+    merged in order with Chan's formula."""
     mean = rows * 0.0
     m2 = rows * 0.0
-    for t in range(0, tl.cdiv(K, STATS_COLUMNS)):
-        offsets = (t * M + rows) * 2
-        part_mean = tl.load(stats_ptr + offsets, mask=rows < M, other=0.0)
-        part_m2 = tl.load(stats_ptr + offsets + 1, mask=rows < M, other=0.0)
-        count = tl.minimum(K - t * STATS_COLUMNS, STATS_COLUMNS) * 1.0
-        mean, m2 = chan_merge(mean, m2, t * STATS_COLUMNS * 1.0, part_mean, part_m2, count)
+    for t0 in range(0, tl.cdiv(K, STATS_COLUMNS), TILES):
+        tiles = t0 + tl.arange(0, TILES)
+        offsets = (tiles[:, None] * M + rows[None, :]) * 2
+        ok = (tiles[:, None] * STATS_COLUMNS < K) & (rows[None, :] < M)
+        part_mean = tl.load(stats_ptr + offsets, mask=ok, other=0.0)
+        part_m2 = tl.load(stats_ptr + offsets + 1, mask=ok, other=0.0)
+        count = tl.minimum(tl.maximum(K - tiles * STATS_COLUMNS, 0), STATS_COLUMNS) * 1.0  # 0 past the end
+        group = tl.minimum(K - t0 * STATS_COLUMNS, TILES * STATS_COLUMNS) * 1.0
+        group_mean = tl.sum(count[:, None] * part_mean, 0) / group
+        delta = part_mean - group_mean[None, :]
+        group_m2 = tl.sum(part_m2 + count[:, None] * delta * delta, 0)
+        mean, m2 = chan_merge(mean, m2, t0 * STATS_COLUMNS * 1.0, group_mean, group_m2, group)
     return mean, 1.0 / tl.sqrt(m2 / K + EPS)
 
 
@@ -165,6 +199,7 @@ def skinny_linear_kernel(
     GELU: tl.constexpr, RESIDUAL: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
     BF16_AS_FP32: tl.constexpr, LN: tl.constexpr, STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_CHUNK: tl.constexpr = 1, LN_TILES: tl.constexpr = 1,
 ):
     """Output tile (rows j·BLOCK_M.., cols i·BLOCK_N..) over the K slice s, (j, i, s) = program ids.
 
@@ -182,7 +217,7 @@ def skinny_linear_kernel(
     col_ok = cols < N
     weight_rows = cols.to(tl.int64) * K
     if LN:
-        mean, rstd = merge_tile_stats(ln_stats_ptr, rows, M, K)
+        mean, rstd = merge_tile_stats(ln_stats_ptr, rows, M, K, LN_TILES)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     k_start = s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
@@ -211,9 +246,16 @@ def skinny_linear_kernel(
         tl.debug_barrier()  # every thread's partial stores precede the ticket's release
         counter = count_ptr + tile_m * tl.num_programs(1) + tile_n
         if tl.atomic_add(counter, 1, sem="acq_rel") == splits - 1:
+            # SPLIT_CHUNK partial tiles per load ([SPLIT_CHUNK, BLOCK_N, BLOCK_M], masked past S),
+            # summed over the chunk axis by tl.sum's fixed tree; chunks (one when SPLIT_CHUNK ≥ S)
+            # added in order
             acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-            for t in range(0, splits):
-                acc += tl.load(part_ptr + t * M * N + offsets, mask=mask, other=0.0, cache_modifier=".cg")
+            for t0 in range(0, splits, SPLIT_CHUNK):
+                chunk = t0 + tl.arange(0, SPLIT_CHUNK)
+                parts = tl.load(part_ptr + chunk[:, None, None] * M * N + offsets[None, :, :],
+                                mask=(chunk[:, None, None] < splits) & mask[None, :, :], other=0.0,
+                                cache_modifier=".cg")
+                acc += tl.sum(parts, 0)
             stored = finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
             if STATS:
                 store_tile_stats(stats_ptr, stored.to(tl.float32), rows, tile_n, M, N)
@@ -302,6 +344,7 @@ def skinny_linear(
         GELU=gelu, RESIDUAL=residual is not None, PARTIAL=partial, PRECISION=precision,
         BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda", LN=ln_w is not None, STATS=stats is not None,
         BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
+        SPLIT_CHUNK=split_chunk(chosen.splits, chosen.block_m), LN_TILES=ln_tiles(k, chosen.block_m),
         num_warps=chosen.num_warps, num_stages=chosen.num_stages,
     )
     return out

@@ -25,9 +25,11 @@ from gpt2fast.kernels.skinny_linear import (
     PROGRAMS_PER_SM,
     WAVE_EFFICIENCY,
     layer_norm_stats,
+    ln_tiles,
     plan,
     skinny_linear,
     skinny_linear_reference,
+    split_chunk,
     stats_shape,
     wave_efficiency,
 )
@@ -121,7 +123,7 @@ def test_counters_return_to_zero_and_calls_repeat_bitwise(device):
     assert torch.equal(counters.cpu(), torch.zeros_like(counters.cpu()))
     second = skinny_linear(p["x"], p["weight"], p["bias"], _nan(27, n, device), gelu=True, counters=counters)
     assert torch.equal(counters.cpu(), torch.zeros_like(counters.cpu()))
-    assert torch.equal(first, second)  # the partials are summed in the order s = 0..S-1 whoever arrives last
+    assert torch.equal(first, second)  # the partials are summed in a fixed tree whoever arrives last
 
 
 def test_no_rows_launch_nothing(device):
@@ -226,6 +228,24 @@ def test_layer_norm_of_constant_rows_and_large_offsets(device):
 
 
 @pytest.mark.parametrize("rows", (7, 64))
+def test_batched_loads_in_several_batches(device, rows, monkeypatch):
+    """Loads capped below the work (as at large S or C): the reduction in batches of 2 of its
+    4 partial tiles (splits=5 at K = 200: 4 slices of 64), the LayerNorm merge in batches of 2
+    of its 4 tiles (Chan's formula between batches), both fixed in order and repeatable bitwise."""
+    import gpt2fast.kernels.skinny_linear as module
+
+    tile_m = min(64, max(16, triton.next_power_of_2(rows)))
+    monkeypatch.setattr(module, "SPLIT_CHUNK_ELEMENTS", {tile_m: 2 * BLOCK_N * tile_m})
+    monkeypatch.setattr(module, "LN_MERGE_ELEMENTS", 2 * tile_m)
+    assert split_chunk(4, tile_m) == 2 and ln_tiles(200, tile_m) == 2
+    p, ln = _params(rows, 200, 80, device), _ln_params(rows, 200, device)
+    out, expected = _run_ln(p, ln, "gelu", device, splits=5)
+    assert_relative_error(out, expected, 1e-5)
+    again, _ = _run_ln(p, ln, "gelu", device, splits=5)
+    assert torch.equal(out, again)
+
+
+@pytest.mark.parametrize("rows", (7, 64))
 def test_bf16_layer_norm_prologue(device, rows):
     """x̂ rounded to bf16 before the product (truncated by the interpreter), as PyTorch's bf16 layer_norm output is."""
     out, expected = _run_ln(_params(rows, 200, 80, device, torch.bfloat16),
@@ -323,7 +343,10 @@ def _spec(dtype: str, precision: str, block_m: int, variant: str) -> AotSpec:
                   "k_per_split": "i32", "splits": "i32"}
     flags = {flag: flag in VARIANTS[variant] for flag in ("GELU", "RESIDUAL", "PARTIAL", "LN", "STATS")}
     constexprs = dict(**flags, PRECISION=precision, BF16_AS_FP32=False, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-                      BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16])
+                      BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16],
+                      # the widest batched loads the launcher can choose at this BLOCK_M (most registers)
+                      SPLIT_CHUNK=split_chunk(MAX_SPLIT, block_m) if flags["PARTIAL"] else 1,
+                      LN_TILES=ln_tiles(1 << 20, block_m) if flags["LN"] else 1)
     signature |= {name: "constexpr" for name in constexprs}
     products = precision if dtype == "fp32" else "bf16"
     label = f"{dtype} {products} BLOCK_M={block_m} {variant}"
