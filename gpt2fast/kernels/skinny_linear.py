@@ -34,9 +34,9 @@ Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers th
 out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
 ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
 that the whole tile's stores are released): the program that draws ticket S − 1 arrives
-last loads workspace[0..S−1] at once ([SPLIT_CHUNK, BLOCK_N, BLOCK_M] masked past S, L2
-loads, ``.cg``; ``split_chunk``: S rounded up to a power of two, capped by registers at 16
-tiles for BLOCK_M = 16, 8 for 32, 2 for 64, larger S in batches added in order), sums them
+last loads workspace[0..S−1] SPLIT_CHUNK tiles at a time in one load each ([SPLIT_CHUNK,
+BLOCK_N, BLOCK_M] masked past S, L2 loads, ``.cg``; ``split_chunk``: S rounded up to a power of two, capped by registers at 8
+tiles for BLOCK_M = 16, 4 for 32, 2 for 64, larger S in batches added in order), sums them
 over the split axis with tl.sum's fixed tree, applies bias and the epilogue, writes out and
 resets the counter to 0, so the next call and every CUDA graph replay start clean. The sum's
 order does not depend on which program arrives last or when, so results are bitwise
@@ -76,10 +76,11 @@ MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full
 MAX_SPLIT = 32
 WAVE_EFFICIENCY = 0.85  # wanted: programs / (waves × PROGRAMS_PER_SM × SMs)
 # What the last program's reduction and the LayerNorm merge may load at once (fp32 elements
-# per program of NUM_WARPS warps): SPLIT_CHUNK partial tiles per BLOCK_M (128 registers a
-# thread; 64 at BLOCK_M = 64, whose fp32 tf32x3 K loop holds 255 on sm_80 and spilled with
-# 128), LN_TILES tiles' (mean, M2) pairs.
-SPLIT_CHUNK_ELEMENTS = {16: 16384, 32: 16384, 64: 8192}
+# per program of NUM_WARPS warps): SPLIT_CHUNK partial tiles per BLOCK_M (64 registers a
+# thread: 128 spilled fp32 tf32x3 BLOCK_M = 64 on sm_80, whose K loop holds 255, and took
+# the BLOCK_M = 32 builds from 115 to 144 registers, 4 programs per SM to 3), LN_TILES
+# tiles' (mean, M2) pairs.
+SPLIT_CHUNK_ELEMENTS = {16: 8192, 32: 8192, 64: 8192}
 LN_MERGE_ELEMENTS = 2048
 STATS_COLUMNS: tl.constexpr = tl.constexpr(BLOCK_N)  # columns per LayerNorm-statistics tile
 EPS: tl.constexpr = tl.constexpr(LAYERNORM_EPS)
