@@ -12,6 +12,7 @@ benchmarks), and ``kernel_variant()`` says which one runs.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -24,11 +25,18 @@ VARIANT_ENV = "GPT2FAST_PANEL_KERNEL"
 OFF = "off"
 
 
+@functools.cache
+def runnable_variants() -> tuple[str, ...]:
+    """The variants this build has and this CPU runs, fastest first (fixed for the process,
+    asked once: ``kernel_variant`` runs before every GEMM)."""
+    return tuple(_panel_linear.variants())
+
+
 def kernel_variant() -> str | None:
     """The variant the panel kernel runs (``avx512`` or ``avx2``), or None where none can:
     the fastest this build has and this CPU runs, unless ``GPT2FAST_PANEL_KERNEL`` names
     one (``off``: none). Raises InputError when it names a variant this build or CPU lacks."""
-    runnable = _panel_linear.variants()
+    runnable = runnable_variants()
     forced = os.environ.get(VARIANT_ENV, "").strip().lower()
     if not forced:
         return runnable[0] if runnable else None
