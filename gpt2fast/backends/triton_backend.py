@@ -1,20 +1,24 @@
 """The Triton backend: the torch backend's iteration with every operation a fused kernel.
 
-Per block, on rows x [M, C] (all prompts at once, M = P·T; or generation's new rows):
-    qkv    = ln_linear(x, ln_1, c_attn)                  [M, 3C]
+Per block, on rows x_in [M, C] (all prompts at once, M = P·T; or generation's new rows) into
+x_out (x_in itself in generation; the next layer's slot of ``TritonEngine.states``):
+    qkv    = linear(LN_1(x_in), c_attn)                  [M, 3C]
     att    = attention(qkv)                              [M, C]  causal, or over a cache
-    x      = linear_residual(att, attn.c_proj, x)        in place
-    hidden = ln_linear(x, ln_2, c_fc, gelu)              [M, 4C]  (skipped with --noff)
-    x      = linear_residual(hidden, mlp.c_proj, x)      in place
-and after each block of a consensus iteration consensus_metric(x, ln_f) writes err and G
-into the driver's slot. Under ``--const-reset`` the Linear weights of every step after the
-first are generated inside the GEMM kernels from the counter-based stream
-(``weight_stream``), never stored.
+    mid    = x_in + linear(att, attn.c_proj)             [M, C]  (x_out with --noff)
+    hidden = gelu(linear(LN_2(mid), c_fc))               [M, 4C] (skipped with --noff)
+    x_out  = mid + linear(hidden, mlp.c_proj)
+Stored weights run ``skinny_linear`` (tensor cores, split K reduced in the kernel, LayerNorm
+statistics handed from each residual GEMM to the next LN: five launches per block); the
+Linears of a --const-reset step, whose weights are generated inside the GEMM from the
+counter-based stream (``weight_stream``) and never stored, run ``ln_linear`` /
+``linear_residual``. A consensus iteration keeps every block's output and then computes the
+metric of all L layers at once (``consensus_metric`` on [L, P, T, C]) into the driver's slot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -23,6 +27,7 @@ from ..kernels.attention import causal_attention, decode_attention
 from ..kernels.consensus_metric import consensus_metric
 from ..kernels.embedding import embed
 from ..kernels.linear import Step, StepInMemory, linear_residual, ln_linear
+from ..kernels.skinny_linear import layer_norm_stats, skinny_linear, stats_shape, ticket_count
 from ..kernels.lm_head import lm_head_argmax, lm_head_logits
 from ..model import BlockParams, layer_norm
 from ..philox import mix_key
@@ -65,34 +70,78 @@ def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, 
     return stream.wte, (key, WTE_STREAM, draw)
 
 
+@dataclass
+class BlockBuffers:
+    """The scratch of ``apply_block`` for M rows of width C: qkv [M, 3C], attended and mid
+    [M, C], hidden [M, 4C] (x's dtype); the LayerNorm statistics (``stats_shape(M, C)``,
+    fp32) of the block's input (``stats_in``, valid when ``stats_valid``) and of mid; and the
+    split-K tickets, int32 zeros that every skinny GEMM leaves at zero."""
+
+    qkv: torch.Tensor
+    attended: torch.Tensor
+    mid: torch.Tensor
+    hidden: torch.Tensor
+    stats_in: torch.Tensor
+    stats_mid: torch.Tensor
+    tickets: torch.Tensor
+    stats_valid: bool = False
+
+    @classmethod
+    def allocate(cls, rows: int, width: int, dtype: torch.dtype, device: torch.device) -> BlockBuffers:
+        like = {"dtype": dtype, "device": device}
+        return cls(
+            qkv=torch.empty(rows, 3 * width, **like), attended=torch.empty(rows, width, **like),
+            mid=torch.empty(rows, width, **like), hidden=torch.empty(rows, 4 * width, **like),
+            stats_in=torch.empty(stats_shape(rows, width), dtype=torch.float32, device=device),
+            stats_mid=torch.empty(stats_shape(rows, width), dtype=torch.float32, device=device),
+            tickets=torch.zeros(ticket_count(rows, 4 * width), dtype=torch.int32, device=device))
+
+
 def apply_block(
-    x: torch.Tensor,
+    x_in: torch.Tensor,
+    x_out: torch.Tensor,
     p: BlockParams,
     drawn: dict[str, Drawn],
     attend: Callable[[torch.Tensor, torch.Tensor], None],
-    qkv: torch.Tensor,
-    attended: torch.Tensor,
-    hidden: torch.Tensor,
+    buffers: BlockBuffers,
     noff: bool,
     precision: str,
 ) -> None:
-    """One block on rows x [M, C] (float32 or bfloat16), in place. attend(qkv [M, 3C], out [M, C]) is the
-    attention; qkv, attended [M, C] and hidden [M, 4C] are scratch buffers."""
+    """One block on rows x_in [M, C] (float32 or bfloat16) into x_out [M, C] (x_in itself, or
+    not overlapping it). attend(qkv [M, 3C], out [M, C]) is the attention. A block whose
+    Linears are all stored runs skinny_linear, which needs ``buffers.stats_in`` to describe
+    x_in (computed here unless ``buffers.stats_valid``) and leaves x_out's there."""
+    skinny = all(draw is None for draw in drawn.values())
+    if skinny and not buffers.stats_valid:
+        layer_norm_stats(x_in, buffers.stats_in)
 
-    def stored(weight: torch.Tensor, bias: torch.Tensor, name: str) -> tuple:
-        return (None, None) if drawn[name] is not None else (weight, bias)
+    def linear(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor, *,
+               ln: tuple | None = None, gelu: bool = False, residual: torch.Tensor | None = None,
+               stats: torch.Tensor | None = None) -> None:
+        """out = act(LN(x) · weightᵀ + bias) (+ residual), LN = (γ, β, statistics of x) or none."""
+        if skinny:
+            ln_w, ln_b, ln_stats = ln if ln is not None else (None, None, None)
+            skinny_linear(x, weight, bias, out, gelu=gelu, residual=residual, precision=precision,
+                          counters=buffers.tickets, ln_w=ln_w, ln_b=ln_b, ln_stats=ln_stats,
+                          stats=stats if residual is not None else None)
+            return
+        stored = (weight, bias) if drawn[name] is None else (None, None)
+        if residual is not None:
+            linear_residual(x, *stored, residual, out, precision=precision, drawn=drawn[name])
+        else:
+            ln_linear(x, ln[0], ln[1], *stored, out, gelu=gelu, precision=precision, drawn=drawn[name])
 
-    ln_linear(x, p.ln_1_w, p.ln_1_b, *stored(p.attn_w, p.attn_b, "attn.c_attn"), qkv,
-              precision=precision, drawn=drawn["attn.c_attn"])
-    attend(qkv, attended)
-    linear_residual(attended, *stored(p.attn_proj_w, p.attn_proj_b, "attn.c_proj"), x, x,
-                    precision=precision, drawn=drawn["attn.c_proj"])
-    if noff:
-        return
-    ln_linear(x, p.ln_2_w, p.ln_2_b, *stored(p.fc_w, p.fc_b, "mlp.c_fc"), hidden, gelu=True,
-              precision=precision, drawn=drawn["mlp.c_fc"])
-    linear_residual(hidden, *stored(p.fc_proj_w, p.fc_proj_b, "mlp.c_proj"), x, x,
-                    precision=precision, drawn=drawn["mlp.c_proj"])
+    after_attention, after_stats = (x_out, buffers.stats_in) if noff else (buffers.mid, buffers.stats_mid)
+    linear("attn.c_attn", x_in, p.attn_w, p.attn_b, buffers.qkv, ln=(p.ln_1_w, p.ln_1_b, buffers.stats_in))
+    attend(buffers.qkv, buffers.attended)
+    linear("attn.c_proj", buffers.attended, p.attn_proj_w, p.attn_proj_b, after_attention, residual=x_in,
+           stats=after_stats)
+    if not noff:
+        linear("mlp.c_fc", buffers.mid, p.fc_w, p.fc_b, buffers.hidden, ln=(p.ln_2_w, p.ln_2_b, buffers.stats_mid),
+               gelu=True)
+        linear("mlp.c_proj", buffers.hidden, p.fc_proj_w, p.fc_proj_b, x_out, residual=buffers.mid,
+               stats=buffers.stats_in)
+    buffers.stats_valid = skinny
 
 
 def check_dtype(stream: WeightStream) -> torch.dtype:
@@ -103,8 +152,9 @@ def check_dtype(stream: WeightStream) -> torch.dtype:
 
 
 class TritonEngine:
-    """All prompts' hidden states x [P, T, C] (the weights' dtype, float32 or bfloat16) and
-    the kernels that move them.
+    """All prompts' hidden states (the weights' dtype, float32 or bfloat16) and the kernels
+    that move them: ``states`` [L, P, T, C] holds each block's output of the last iteration,
+    and x = states[L − 1] [P, T, C] is the iteration's input and output.
 
     Same interface as ``TorchEngine``; ``precision`` is one of ``dot_precision.PRECISIONS``
     (``"ieee"``: faithful fp32).
@@ -122,13 +172,11 @@ class TritonEngine:
         self.n_layer, self.n_head, width = cfg.n_layer, cfg.n_head, cfg.n_embd
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
         self.n_prompts, self.length = self.tokens.shape
-        rows = self.tokens.numel()
         device = stream.wte.device
-        self.x = torch.empty(self.n_prompts, self.length, width, dtype=dtype, device=device)
+        self.states = torch.empty(self.n_layer, self.n_prompts, self.length, width, dtype=dtype, device=device)
+        self.x = self.states[-1]
         embed(self.tokens, stream.wte, stream.wpe, self.x)
-        self.qkv = torch.empty(rows, 3 * width, dtype=dtype, device=device)
-        self.attended = torch.empty(rows, width, dtype=dtype, device=device)
-        self.hidden = torch.empty(rows, 4 * width, dtype=dtype, device=device)
+        self.buffers = BlockBuffers.allocate(self.tokens.numel(), width, dtype, device)
         self.key = mix_key(stream.seed, DRAW_DOMAIN)
 
     def _attend(self, qkv: torch.Tensor, out: torch.Tensor) -> None:
@@ -138,7 +186,8 @@ class TritonEngine:
 
     @torch.no_grad()
     def iteration(self, index: int | torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | None) -> None:
-        """Apply blocks 0..L-1 once and write the metrics after each (see TorchEngine).
+        """Apply blocks 0..L-1 once (block l from states[l − 1] into states[l]; block 0 from
+        x = states[L − 1]) and then write the metrics of all L states (see TorchEngine).
 
         ``index`` may be an int64 [1] tensor on x's device holding an iteration >= 1 of a
         --const-reset run, read by the kernels when they run (``capture_iteration``). The
@@ -152,17 +201,17 @@ class TritonEngine:
             if gram_out is not None:
                 gram_out.copy_(gram)
             return
-        rows = self.x.view(-1, self.x.shape[-1])
+        width = self.x.shape[-1]
+        self.buffers.stats_valid = False
         for layer in range(self.n_layer):
             if isinstance(index, torch.Tensor):
                 p, drawn = replayed_step_weights(self.stream, self.key, index, layer)
             else:
                 p, drawn = step_weights(self.stream, self.key, index * self.n_layer + layer)
-            apply_block(rows, p, drawn, self._attend, self.qkv, self.attended, self.hidden,
-                        self.noff, self.precision)
-            consensus_metric(self.x, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths,
-                             err_out[:, layer], None if gram_out is None else gram_out[:, layer],
-                             precision=self.precision)
+            apply_block(self.states[layer - 1].view(-1, width), self.states[layer].view(-1, width), p, drawn,
+                        self._attend, self.buffers, self.noff, self.precision)
+        consensus_metric(self.states, self.stream.ln_f_w, self.stream.ln_f_b, self.lengths, err_out, gram_out,
+                         precision=self.precision)
 
     @torch.no_grad()
     def decode(self, index: int) -> torch.Tensor:
@@ -207,12 +256,8 @@ class TritonGeneration:
     def start(self, capacity: int) -> None:
         cfg, device = self.stream.cfg, self.stream.wte.device
         shape = (self.steps, cfg.n_head, capacity, cfg.head_dim)
-        like = {"dtype": self.dtype, "device": device}
-        self.cache_k = torch.empty(shape, **like)
-        self.cache_v = torch.empty(shape, **like)
-        self.qkv = torch.empty(capacity, 3 * cfg.n_embd, **like)
-        self.attended = torch.empty(capacity, cfg.n_embd, **like)
-        self.hidden = torch.empty(capacity, 4 * cfg.n_embd, **like)
+        self.cache_k = torch.empty(shape, dtype=self.dtype, device=device)
+        self.cache_v = torch.empty(shape, dtype=self.dtype, device=device)
 
     def _attend(self, step: int, start: int, qkv: torch.Tensor, out: torch.Tensor) -> None:
         """Attention of rows qkv [n, 3C] at positions start.. of step ``step``: store their
@@ -242,10 +287,11 @@ class TritonGeneration:
         device = stream.wte.device
         x = torch.empty(1, rows, cfg.n_embd, dtype=self.dtype, device=device)
         embed(torch.tensor([ids], dtype=torch.int64, device=device), stream.wte, stream.wpe, x, start=start)
+        buffers = BlockBuffers.allocate(rows, cfg.n_embd, self.dtype, device)
         for step in range(self.steps):
             p, drawn = step_weights(stream, self.key, step)
-            apply_block(x.view(rows, -1), p, drawn, partial(self._attend, step, start), self.qkv[:rows],
-                        self.attended[:rows], self.hidden[:rows], self.noff, self.precision)
+            apply_block(x.view(rows, -1), x.view(rows, -1), p, drawn, partial(self._attend, step, start), buffers,
+                        self.noff, self.precision)
         wte, drawn = head_draw(stream, self.key, self.steps - 1)
         last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b).contiguous()
         logits = torch.empty(wte.shape[0], device=device)

@@ -1,37 +1,32 @@
-"""The consensus metric after a block, for all prompts at once, in three or four launches.
+"""The consensus metric after every block of an iteration, for all layers and prompts at once,
+in three or four launches.
 
 With y = ln_f(x) (LayerNorm, eps 1e-5, affine w, b [C]) and unit rows ŷ_t = y_t / ||y_t||,
-per prompt p of T_p tokens (right-padded to a common T, 1 <= T_p <= T):
+per layer l and prompt p of T_p tokens (right-padded to a common T, 1 <= T_p <= T):
 
     G = Ŷ Ŷᵀ                                    [T_p, T_p] cosine similarities
-    err[p, 0] = (1 / T_p)  Σ_{t < T_p} |G[0, t]|
-    err[p, 1] = (1 / T_p²) Σ_{s, t < T_p} G[s, t]
+    err[p, l, 0] = (1 / T_p)  Σ_{t < T_p} |G[0, t]|
+    err[p, l, 1] = (1 / T_p²) Σ_{s, t < T_p} G[s, t]
 
-and G is NaN outside the T_p × T_p block of its [T, T] slot. The pipeline:
+and G is NaN outside the T_p × T_p block of its [T, T] slot. x is [L, P, T, C] (the states
+after each of L blocks); each (layer, prompt) pair is a slot l·P + p. The pipeline:
 
-1. ``unit_rows_kernel``, grid (T, P): one row per program, LayerNorm then ŷ_t into a float32
-   scratch [P, T, C] (padded rows t >= T_p are neither read nor written);
-2. ``gram_tiles_kernel``, grid (T / BT, T / BT, P·S): one BT × BT tile of G per program, a
+1. ``unit_rows_kernel``, grid (T, L·P): one row per program, LayerNorm then ŷ_t into a float32
+   scratch [L, P, T, C] (padded rows t >= T_p are neither read nor written);
+2. ``gram_tiles_kernel``, grid (T / BT, T / BT, L·P·S): one BT × BT tile of G per program, a
    K loop of ``tl.dot`` over its slice of C; writes the tile (NaN outside the block) and two
    partial sums per tile (|G[0, t]| over the tile's part of row 0, and all valid entries of
-   the tile) to a float32 scratch [P, tiles, 2]; tiles wholly outside the block skip the K
-   loop. With S > 1 slices (``gram_splits``: small T, where a few programs would each walk
-   all of C one dependent step at a time) each program stores its slice's partial tile to
-   a scratch [P, S, T', T'] instead, and ``gram_combine_kernel``, grid (T / BT, T / BT, P),
-   sums the S partials in slice order before the same epilogue;
-3. ``finalize_kernel``, grid (P,): sums each prompt's partials in a fixed order and divides.
+   the tile) to a float32 scratch [L·P, tiles, 2]; tiles wholly outside the block skip the K
+   loop. With S > 1 slices (``gram_splits``: few slots at small T, where a few programs would
+   each walk all of C one dependent step at a time) each program stores its slice's partial
+   tile to a scratch [L·P, S, T', T'] instead, and ``gram_combine_kernel``, grid (T / BT,
+   T / BT, L·P), sums the S partials in slice order before the same epilogue;
+3. ``finalize_kernel``, grid (L·P,): sums each slot's partials in a fixed order and divides.
 
 No atomics anywhere, so the result is bitwise deterministic; nothing reads lengths on the
 host, so the pipeline needs no host sync and can be captured in a CUDA graph. The two
 scratch buffers are allocated by the launcher with ``torch.empty`` (the caching allocator,
 or the graph's private pool under capture).
-
-Performance model (H100): per block this reads x (P·T·C floats) and writes G (P·T² floats),
-both tiny next to the block's weights (gpt2: 28 MB, gpt2-xl: 123 MB per block); the Gram
-product is 2·T_p²·C flops per prompt (27 tokens: ~1 MFLOP, latency-bound; T = 1024,
-C = 1600: 3.4 GFLOP, about 5% of the block's own flops at that length). The point is one
-launch per stage for all prompts, no host sync, and small tiles at small T so that a
-27-token prompt still spreads over several SMs.
 
 Configurations are picked by plain heuristics (``gram_block`` on T, ``BLOCK_C`` the next
 power of two of C), not ``triton.autotune``: autotuning would launch benchmark runs inside
@@ -105,16 +100,16 @@ def unit_rows_warps(block_c: int) -> int:
 
 
 @triton.jit
-def unit_rows_kernel(x_ptr, w_ptr, b_ptr, lengths_ptr, unit_ptr, T, C, eps, BLOCK_C: tl.constexpr):
-    """unit[p, t] = ŷ_t of LayerNorm(x[p, t]) for t < lengths[p].
+def unit_rows_kernel(x_ptr, w_ptr, b_ptr, lengths_ptr, unit_ptr, P, T, C, eps, BLOCK_C: tl.constexpr):
+    """unit[l, p, t] = ŷ_t of LayerNorm(x[l, p, t]) for t < lengths[p], program (t, l·P + p).
 
-    x: *fp32 or *bf16 [P, T, C] contiguous; w, b: [C] (same dtype); lengths: *i64 [P];
-    unit: *fp32 [P, T, C] contiguous. Arithmetic in float32.
+    x: *fp32 or *bf16 [L, P, T, C] contiguous; w, b: [C] (same dtype); lengths: *i64 [P];
+    unit: *fp32 [L, P, T, C] contiguous. Arithmetic in float32.
     """
     t = tl.program_id(0)
-    p = tl.program_id(1)
-    if t < tl.load(lengths_ptr + p):
-        row = (p.to(tl.int64) * T + t) * C
+    slot = tl.program_id(1)
+    if t < tl.load(lengths_ptr + slot % P):
+        row = (slot.to(tl.int64) * T + t) * C
         c = tl.arange(0, BLOCK_C)
         in_row = c < C
         x = tl.load(x_ptr + row + c, mask=in_row, other=0.0).to(tl.float32)
@@ -128,15 +123,16 @@ def unit_rows_kernel(x_ptr, w_ptr, b_ptr, lengths_ptr, unit_ptr, T, C, eps, BLOC
 
 
 @triton.jit
-def finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs, stride_gt,
+def finish_gram_tile(acc, s, t, length, T, tile, slot_ptr, partial_ptr, stride_gs, stride_gt,
                      WRITE_GRAM: tl.constexpr):
-    """Store the finished tile acc = G[s, t] (NaN outside the prompt's block) and its two sums."""
+    """Store the finished tile acc = G[s, t] (NaN outside the prompt's block) into the slot's
+    [T, T] matrix at ``slot_ptr`` and the tile's two sums into partial[tile]."""
     s_valid = s < length
     t_valid = t < length
     pair = s_valid[:, None] & t_valid[None, :]
     if WRITE_GRAM:
         in_slot = (s < T)[:, None] & (t < T)[None, :]
-        out = gram_ptr + p.to(tl.int64) * stride_gp + s[:, None] * stride_gs + t[None, :] * stride_gt
+        out = slot_ptr + s[:, None] * stride_gs + t[None, :] * stride_gt
         tl.store(out, tl.where(pair, acc, float("nan")), mask=in_slot)
     first_row = tl.sum(tl.sum(tl.where(pair & (s == 0)[:, None], tl.abs(acc), 0.0), axis=1), axis=0)
     whole = tl.sum(tl.sum(tl.where(pair, acc, 0.0), axis=1), axis=0)
@@ -145,32 +141,38 @@ def finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, strid
 
 
 @triton.jit
-def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, T, C, k_per_slice,
-                      stride_gp, stride_gs, stride_gt,
+def slot_gram(gram_ptr, slot, P, stride_gp, stride_gl):
+    """The [T, T] matrix of slot l·P + p in gram [P, L, T, T] with strides (stride_gp, stride_gl, ..)."""
+    return gram_ptr + (slot % P).to(tl.int64) * stride_gp + (slot // P).to(tl.int64) * stride_gl
+
+
+@triton.jit
+def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, P, T, C, k_per_slice,
+                      stride_gp, stride_gl, stride_gs, stride_gt,
                       WRITE_GRAM: tl.constexpr, SPLIT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       PRECISION: tl.constexpr):
-    """Tile (s-block, t-block) of G = Ŷ Ŷᵀ for prompt p over one slice of C.
+    """Tile (s-block, t-block) of G = Ŷ Ŷᵀ for slot l·P + p (layer l, prompt p) over one slice of C.
 
-    unit: *fp32 [P, T, C] contiguous (rows t < lengths[p] hold ŷ_t); lengths: *i64 [P];
-    program_id(2) = p·S + slice, columns slice·k_per_slice .. + k_per_slice.
-    Without SPLIT (S = 1): the finished tile goes to gram: *fp32 [P, T, T] with strides
-    (stride_gp, stride_gs, stride_gt), written only when WRITE_GRAM, and its sums to
-    partial: *fp32 [P, tiles, 2], tile = s_block · n_blocks + t_block: [.., 0] = Σ |G[0, t]|
+    unit: *fp32 [L, P, T, C] contiguous (rows t < lengths[p] hold ŷ_t); lengths: *i64 [P];
+    program_id(2) = slot·S + slice, columns slice·k_per_slice .. + k_per_slice.
+    Without SPLIT (S = 1): the finished tile goes to gram: *fp32 [P, L, T, T] with strides
+    (stride_gp, stride_gl, stride_gs, stride_gt), written only when WRITE_GRAM, and its sums
+    to partial: *fp32 [L·P, tiles, 2], tile = s_block · n_blocks + t_block: [.., 0] = Σ |G[0, t]|
     over the tile's valid part of row 0, [.., 1] = Σ of its valid entries. With SPLIT the
-    raw slice tile goes to slices: *fp32 [P, S, n_blocks·BT, n_blocks·BT] instead.
+    raw slice tile goes to slices: *fp32 [L·P, S, n_blocks·BT, n_blocks·BT] instead.
     """
     t_block = tl.program_id(0)
     s_block = tl.program_id(1)
     n_blocks = tl.num_programs(0)
     n_slices = tl.cdiv(C, k_per_slice)
-    p = tl.program_id(2) // n_slices
+    slot = tl.program_id(2) // n_slices
     piece = tl.program_id(2) % n_slices
-    length = tl.load(lengths_ptr + p).to(tl.int32)
+    length = tl.load(lengths_ptr + slot % P).to(tl.int32)
     s = s_block * BT + tl.arange(0, BT)
     t = t_block * BT + tl.arange(0, BT)
     s_valid = s < length
     t_valid = t < length
-    prompt = unit_ptr + p.to(tl.int64) * T * C
+    prompt = unit_ptr + slot.to(tl.int64) * T * C
     k = tl.arange(0, BK)
     live = (s_block * BT < length) & (t_block * BT < length)
     k_start = piece * k_per_slice
@@ -185,46 +187,47 @@ def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, 
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if SPLIT:
         side = n_blocks * BT
-        base = slices_ptr + (p.to(tl.int64) * n_slices + piece) * side * side
+        base = slices_ptr + (slot.to(tl.int64) * n_slices + piece) * side * side
         tl.store(base + s[:, None] * side + t[None, :], acc)
     else:
-        tile = (p.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
-        finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs,
-                         stride_gt, WRITE_GRAM)
+        tile = (slot.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
+        finish_gram_tile(acc, s, t, length, T, tile, slot_gram(gram_ptr, slot, P, stride_gp, stride_gl),
+                         partial_ptr, stride_gs, stride_gt, WRITE_GRAM)
 
 
 @triton.jit
-def gram_combine_kernel(slices_ptr, lengths_ptr, gram_ptr, partial_ptr, T, n_slices,
-                        stride_gp, stride_gs, stride_gt, WRITE_GRAM: tl.constexpr, BT: tl.constexpr):
-    """Tile (s-block, t-block) of prompt p: Σ over the slices of C in order, then the epilogue
-    of ``gram_tiles_kernel``. slices: *fp32 [P, n_slices, n_blocks·BT, n_blocks·BT]."""
+def gram_combine_kernel(slices_ptr, lengths_ptr, gram_ptr, partial_ptr, P, T, n_slices,
+                        stride_gp, stride_gl, stride_gs, stride_gt, WRITE_GRAM: tl.constexpr, BT: tl.constexpr):
+    """Tile (s-block, t-block) of slot l·P + p: Σ over the slices of C in order, then the
+    epilogue of ``gram_tiles_kernel``. slices: *fp32 [L·P, n_slices, n_blocks·BT, n_blocks·BT]."""
     t_block = tl.program_id(0)
     s_block = tl.program_id(1)
-    p = tl.program_id(2)
+    slot = tl.program_id(2)
     n_blocks = tl.num_programs(0)
     side = n_blocks * BT
     s = s_block * BT + tl.arange(0, BT)
     t = t_block * BT + tl.arange(0, BT)
-    base = slices_ptr + p.to(tl.int64) * n_slices * side * side + s[:, None] * side + t[None, :]
+    base = slices_ptr + slot.to(tl.int64) * n_slices * side * side + s[:, None] * side + t[None, :]
     acc = tl.zeros((BT, BT), dtype=tl.float32)
     for piece in range(0, n_slices):
         acc += tl.load(base + piece * side * side)
-    length = tl.load(lengths_ptr + p).to(tl.int32)
-    tile = (p.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
-    finish_gram_tile(acc, s, t, length, T, p, tile, gram_ptr, partial_ptr, stride_gp, stride_gs, stride_gt,
-                     WRITE_GRAM)
+    length = tl.load(lengths_ptr + slot % P).to(tl.int32)
+    tile = (slot.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
+    finish_gram_tile(acc, s, t, length, T, tile, slot_gram(gram_ptr, slot, P, stride_gp, stride_gl),
+                     partial_ptr, stride_gs, stride_gt, WRITE_GRAM)
 
 
 @triton.jit
-def finalize_kernel(partial_ptr, lengths_ptr, err_ptr, n_tiles, stride_ep, stride_ek,
+def finalize_kernel(partial_ptr, lengths_ptr, err_ptr, P, n_tiles, stride_ep, stride_el, stride_ek,
                     BLOCK: tl.constexpr):
-    """err[p] = (Σ partial[p, :, 0] / T_p, Σ partial[p, :, 1] / T_p²), summed in a fixed order.
+    """err[p, l] = (Σ partial[slot, :, 0] / T_p, Σ partial[slot, :, 1] / T_p²) for slot l·P + p
+    = program_id(0), summed in a fixed order.
 
-    partial: *fp32 [P, n_tiles, 2] contiguous; lengths: *i64 [P]; err: *fp32 [P, 2] with
-    strides (stride_ep, stride_ek).
+    partial: *fp32 [L·P, n_tiles, 2] contiguous; lengths: *i64 [P]; err: *fp32 [P, L, 2] with
+    strides (stride_ep, stride_el, stride_ek).
     """
-    p = tl.program_id(0)
-    partials = partial_ptr + p.to(tl.int64) * n_tiles * 2
+    slot = tl.program_id(0)
+    partials = partial_ptr + slot.to(tl.int64) * n_tiles * 2
     first_row = tl.zeros((BLOCK,), dtype=tl.float32)
     whole = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, n_tiles, BLOCK):
@@ -232,18 +235,29 @@ def finalize_kernel(partial_ptr, lengths_ptr, err_ptr, n_tiles, stride_ep, strid
         in_range = tile < n_tiles
         first_row += tl.load(partials + 2 * tile, mask=in_range, other=0.0)
         whole += tl.load(partials + 2 * tile + 1, mask=in_range, other=0.0)
-    count = tl.load(lengths_ptr + p).to(tl.float32)
-    out = err_ptr + p.to(tl.int64) * stride_ep
+    count = tl.load(lengths_ptr + slot % P).to(tl.float32)
+    out = err_ptr + (slot % P).to(tl.int64) * stride_ep + (slot // P).to(tl.int64) * stride_el
     tl.store(out, tl.sum(first_row, axis=0) / count)
     tl.store(out + stride_ek, tl.sum(whole, axis=0) / (count * count))
 
 
+def _layered(x: torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | None):
+    """x [L, P, T, C], err_out [P, L, 2], gram_out [P, L, T, T] of either accepted form (a 3-D
+    x is one layer, with err_out [P, 2] and gram_out [P, T, T])."""
+    if x.dim() != 3:
+        return x, err_out, gram_out
+    if err_out.dim() != 2 or (gram_out is not None and gram_out.dim() != 3):
+        raise ValueError(f"x [P, T, C] takes err_out [P, 2] and gram_out [P, T, T], got err_out "
+                         f"{tuple(err_out.shape)} and gram_out {None if gram_out is None else tuple(gram_out.shape)}")
+    return x[None], err_out[:, None], None if gram_out is None else gram_out[:, None]
+
+
 def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths: torch.Tensor,
            err_out: torch.Tensor, gram_out: torch.Tensor | None, precision: str) -> None:
-    if x.dim() != 3 or x.dtype not in (torch.float32, torch.bfloat16) or not x.is_contiguous():
-        raise ValueError(f"x must be a contiguous float32 or bfloat16 [P, T, C] tensor, "
+    if x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16) or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous float32 or bfloat16 [P, T, C] or [L, P, T, C] tensor, "
                          f"got {x.dtype} {tuple(x.shape)}")
-    n_prompts, length, width = x.shape
+    layers, n_prompts, length, width = x.shape
     if width > MAX_C:
         raise ValueError(f"C = {width} exceeds the largest supported width {MAX_C}")
     for name, vector in (("ln_f_w", ln_f_w), ("ln_f_b", ln_f_b)):
@@ -253,13 +267,13 @@ def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths:
     if lengths.shape != (n_prompts,) or lengths.dtype != torch.int64 or not lengths.is_contiguous():
         raise ValueError(f"lengths must be a contiguous int64 [{n_prompts}] vector, "
                          f"got {lengths.dtype} {tuple(lengths.shape)}")
-    if err_out.shape != (n_prompts, 2) or err_out.dtype != torch.float32:
-        raise ValueError(f"err_out must be a float32 [{n_prompts}, 2] tensor, "
-                         f"got {err_out.dtype} {tuple(err_out.shape)}")
-    if gram_out is not None and (gram_out.shape != (n_prompts, length, length)
+    if err_out.shape != (n_prompts, layers, 2) or err_out.dtype != torch.float32:
+        raise ValueError(f"err_out must be a float32 [{n_prompts}, {layers}, 2] tensor "
+                         f"([{n_prompts}, 2] for one layer), got {err_out.dtype} {tuple(err_out.shape)}")
+    if gram_out is not None and (gram_out.shape != (n_prompts, layers, length, length)
                                  or gram_out.dtype != torch.float32):
-        raise ValueError(f"gram_out must be a float32 [{n_prompts}, {length}, {length}] tensor, "
-                         f"got {gram_out.dtype} {tuple(gram_out.shape)}")
+        raise ValueError(f"gram_out must be a float32 [{n_prompts}, {layers}, {length}, {length}] tensor "
+                         f"(no layer axis for one layer), got {gram_out.dtype} {tuple(gram_out.shape)}")
     tensors = [x, ln_f_w, ln_f_b, lengths, err_out] + ([] if gram_out is None else [gram_out])
     if any(tensor.device != x.device for tensor in tensors):
         raise ValueError("x, ln_f_w, ln_f_b, lengths, err_out and gram_out must share a device")
@@ -269,51 +283,56 @@ def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths:
 def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor,
                      lengths: torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | None,
                      *, precision: str = "ieee") -> None:
-    """Write the consensus metric of x into err_out (and G into gram_out).
+    """Write the consensus metric of every layer's x into err_out (and G into gram_out).
 
-    x [P, T, C] contiguous float32 or bfloat16, C <= 2048; ln_f_w, ln_f_b [C], x's dtype;
-    lengths [P] int64 with 1 <= T_p <= T (not checked: that would need a host sync);
-    err_out [P, 2] float32, any strides (e.g. ``err_slot[row][:, layer]``); gram_out None or
-    [P, T, T] float32, any strides (e.g. ``gram_slot[row][:, layer]``), NaN outside each
-    prompt's block. ``precision`` is the ``tl.dot`` input precision, one of
-    ``dot_precision.PRECISIONS``: "ieee" (exact fp32, default), "tf32x3" or "tf32" (~3e-4
-    relative error in G). Allocates two float32 scratch buffers, [P, T, C] and [P, tiles, 2],
-    and at small T the slices of G [P, S, T', T'], with ``torch.empty``.
+    x [L, P, T, C] (the states after L blocks) or [P, T, C] (one), contiguous float32 or
+    bfloat16, C <= 2048; ln_f_w, ln_f_b [C], x's dtype; lengths [P] int64 with 1 <= T_p <= T
+    (not checked: that would need a host sync); err_out [P, L, 2] ([P, 2]) float32, any
+    strides (e.g. the driver's ``err_slot[row]``); gram_out None or [P, L, T, T] ([P, T, T])
+    float32, any strides, NaN outside each prompt's block. ``precision`` is the ``tl.dot``
+    input precision, one of ``dot_precision.PRECISIONS``: "ieee" (exact fp32, default),
+    "tf32x3" or "tf32" (~3e-4 relative error in G). Allocates two float32 scratch buffers,
+    [L, P, T, C] and [L·P, tiles, 2], and at small T the slices of G [L·P, S, T', T'], with
+    ``torch.empty``.
     """
+    x, err_out, gram_out = _layered(x, err_out, gram_out)
     _check(x, ln_f_w, ln_f_b, lengths, err_out, gram_out, precision)
-    n_prompts, length, width = x.shape
-    if n_prompts == 0:
+    layers, n_prompts, length, width = x.shape
+    slots = layers * n_prompts
+    if slots == 0:
         return
-    unit = torch.empty(n_prompts, length, width, dtype=torch.float32, device=x.device)
+    unit = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     block_c = triton.next_power_of_2(width)
-    unit_rows_kernel[(length, n_prompts)](x, ln_f_w, ln_f_b, lengths, unit, length, width, LAYERNORM_EPS,
-                                          BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
+    unit_rows_kernel[(length, slots)](x, ln_f_w, ln_f_b, lengths, unit, n_prompts, length, width, LAYERNORM_EPS,
+                                      BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
     config = gram_block(length)
     n_blocks = triton.cdiv(length, config.block_t)
-    splits, k_per_slice = gram_splits(n_prompts, n_blocks, width, config)
-    partial = torch.empty(n_prompts, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
+    splits, k_per_slice = gram_splits(slots, n_blocks, width, config)
+    partial = torch.empty(slots, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
     side = n_blocks * config.block_t
-    slices = partial if splits == 1 else torch.empty(n_prompts, splits, side, side, device=x.device)
+    slices = partial if splits == 1 else torch.empty(slots, splits, side, side, device=x.device)
     gram = partial if gram_out is None else gram_out
-    gram_strides = (0, 0, 0) if gram_out is None else gram_out.stride()
-    gram_tiles_kernel[(n_blocks, n_blocks, n_prompts * splits)](
-        unit, lengths, gram, partial, slices, length, width, k_per_slice, *gram_strides,
+    gram_strides = (0, 0, 0, 0) if gram_out is None else gram_out.stride()
+    gram_tiles_kernel[(n_blocks, n_blocks, slots * splits)](
+        unit, lengths, gram, partial, slices, n_prompts, length, width, k_per_slice, *gram_strides,
         WRITE_GRAM=gram_out is not None, SPLIT=splits > 1, BT=config.block_t, BK=config.block_k,
         PRECISION=precision, num_warps=config.num_warps)
     if splits > 1:
-        gram_combine_kernel[(n_blocks, n_blocks, n_prompts)](
-            slices, lengths, gram, partial, length, splits, *gram_strides,
+        gram_combine_kernel[(n_blocks, n_blocks, slots)](
+            slices, lengths, gram, partial, n_prompts, length, splits, *gram_strides,
             WRITE_GRAM=gram_out is not None, BT=config.block_t, num_warps=COMBINE_WARPS)
-    finalize_kernel[(n_prompts,)](partial, lengths, err_out, n_blocks * n_blocks, *err_out.stride(),
-                                  BLOCK=FINALIZE_BLOCK, num_warps=4)
+    finalize_kernel[(slots,)](partial, lengths, err_out, n_prompts, n_blocks * n_blocks, *err_out.stride(),
+                              BLOCK=FINALIZE_BLOCK, num_warps=4)
 
 
 def consensus_metric_reference(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor,
                                lengths: torch.Tensor, err_out: torch.Tensor,
                                gram_out: torch.Tensor | None, *, precision: str = "ieee") -> None:
-    """``consensus_metric`` in PyTorch (``gpt2fast.metrics.consensus_metrics``), same
+    """``consensus_metric`` in PyTorch (``gpt2fast.metrics.consensus_metrics`` per layer), same
     arguments and outputs; ``precision`` is accepted and ignored (always fp32)."""
-    err, gram = consensus_metrics(x, ln_f_w, ln_f_b, lengths)
-    err_out.copy_(err)
-    if gram_out is not None:
-        gram_out.copy_(gram)
+    x, err_out, gram_out = _layered(x, err_out, gram_out)
+    for layer, states in enumerate(x):
+        err, gram = consensus_metrics(states, ln_f_w, ln_f_b, lengths)
+        err_out[:, layer].copy_(err)
+        if gram_out is not None:
+            gram_out[:, layer].copy_(gram)

@@ -6,7 +6,7 @@
 
 x [M, K], W [N, K] (PyTorch Linear layout), b [N], γ, β [K], residual and out [M, N],
 contiguous; all float32 or all bfloat16. fp32 products as ``precision`` says ("tf32x3":
-float32's accuracy in three TF32 tensor-core products, or "ieee"); bf16 products of bf16
+float32's accuracy in three TF32 tensor-core products, "ieee", or "tf32": one); bf16 products of bf16
 operands (x̂ rounded to bf16 first); fp32 LayerNorm, accumulation and epilogue, out rounded once.
 
 LayerNorm statistics travel between GEMMs in fp32 stats [⌈C/64⌉, M, 2] of an [M, C] matrix:
@@ -29,8 +29,8 @@ K-major, into an fp32 accumulator [BLOCK_N, BLOCK_M] that is stored transposed. 
 is pipelined over ``num_stages`` ≥ 3 shared buffers filled by 16-byte cp.async (LDGSTS) on
 both sm_80 and sm_90, feeding mma.sync (HMMA) on sm_80 and wgmma (HGMMA) on sm_90.
 
-Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers the K slice
-[s·k_per_split, (s+1)·k_per_split). With S = 1 it applies bias and the epilogue and writes
+Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers the K steps
+[⌊s·B/S⌋, ⌊(s+1)·B/S⌋) of the B = ⌈K/BLOCK_K⌉ (balanced: every slice ⌊B/S⌋ or ⌈B/S⌉ steps). With S = 1 it applies bias and the epilogue and writes
 out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
 ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
 that the whole tile's stores are released): the program that draws ticket S − 1 arrives
@@ -42,6 +42,13 @@ resets the counter to 0, so the next call and every CUDA graph replay start clea
 order does not depend on which program arrives last or when, so results are bitwise
 reproducible; there is no finish kernel. With LayerNorm, x is loaded
 [BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
+
+Launch (sm_90 and later, ``USE_PDL``): programmatic dependent launch. Each program first asks
+L2 for the first NUM_STAGES weight steps of its slice (``prefetch_weights``: PTX
+``prefetch.global.L2``, SASS CCTL.E.PML2), lets the next kernel launch (``gdc_launch_dependents``),
+then waits until the previous kernel has finished and its writes are visible (``gdc_wait``)
+before any other memory access; so a launch's start and its first weight fetches overlap the
+previous kernel's tail, and every kernel of the chain still runs after the one before it.
 
 Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
 ⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM and fills its last wave
@@ -55,23 +62,30 @@ interpreter runs the same plan.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import LAYERNORM_EPS
 from .dot_precision import check_precision
 from .linear import _check_tensor, _overlap, _sm_count, block_m, chan_merge, finish_tile
 
 DTYPES = (torch.float32, torch.bfloat16)
-PRECISIONS = ("tf32x3", "ieee")  # the fp32 product precisions this kernel serves
 BLOCK_N = 64  # weight rows per tile: wgmma's M (one warpgroup of 4 warps)
 BLOCK_K = {torch.float32: 32, torch.bfloat16: 64}  # 8 KB of weights per stage either way
 NUM_WARPS = 4
 NUM_STAGES = 4  # 4 stages × 8 KB of weights in flight per program, 2+ programs per SM
 PROGRAMS_PER_SM = 2
+# Programmatic dependent launch on sm_90 and later (a switch for A/B measurements): each
+# launch may start while the kernel before it drains; its programs ask L2 for their first
+# PREFETCH_STEPS (= NUM_STAGES) weight steps, allow the next launch, then wait for the
+# previous kernel to finish (``gdc_wait``) before touching anything it writes or reads.
+USE_PDL = True
 MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
 MAX_SPLIT = 32
 WAVE_EFFICIENCY = 0.85  # wanted: programs / (waves × PROGRAMS_PER_SM × SMs)
@@ -94,7 +108,6 @@ class SkinnyPlan:
     block_n: int
     block_k: int
     splits: int
-    k_per_split: int
     num_warps: int = NUM_WARPS
     num_stages: int = NUM_STAGES
 
@@ -102,9 +115,24 @@ class SkinnyPlan:
         """(M tiles, N tiles, S): M tiles fastest, so the programs sharing a weight tile run together."""
         return triton.cdiv(m, self.block_m), triton.cdiv(n, self.block_n), self.splits
 
+    def steps(self, k: int) -> int:
+        """K steps of the widest slice: ⌈⌈K/BLOCK_K⌉ / S⌉."""
+        return triton.cdiv(triton.cdiv(k, self.block_k), self.splits)
+
     def tiles(self, m: int, n: int) -> int:
-        """Output tiles, i.e. split-K counters a call uses."""
+        """Output tiles, i.e. split-K counters a call uses (``ticket_count``)."""
         return triton.cdiv(m, self.block_m) * triton.cdiv(n, self.block_n)
+
+
+@functools.cache
+def _capability(device: torch.device) -> int:
+    """The major compute capability of a CUDA device."""
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def ticket_count(m: int, n: int) -> int:
+    """Split-K tickets (output tiles) of a call with m rows and at most n output columns."""
+    return triton.cdiv(m, block_m(m)) * triton.cdiv(n, BLOCK_N)
 
 
 def wave_efficiency(programs: int, sm_count: int) -> float:
@@ -124,10 +152,7 @@ def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float
     k_blocks = triton.cdiv(k, block_k)
     most = max(1, min(k_blocks // MIN_SLICE_BLOCKS, MAX_SPLIT))
     least = min(triton.cdiv(PROGRAMS_PER_SM * sm_count, tiles), most)
-    candidates = []
-    for wanted in range(least, most + 1):
-        k_per_split = k_blocks // wanted * block_k  # rounded down: at least ``wanted`` slices
-        candidates.append(SkinnyPlan(tile_m, BLOCK_N, block_k, triton.cdiv(k, k_per_split), k_per_split))
+    candidates = [SkinnyPlan(tile_m, BLOCK_N, block_k, splits) for splits in range(least, most + 1)]
     full = [c for c in candidates if wave_efficiency(tiles * c.splits, sm_count) >= WAVE_EFFICIENCY]
     return full[0] if full else max(candidates, key=lambda c: wave_efficiency(tiles * c.splits, sm_count))
 
@@ -194,13 +219,25 @@ def tile_stats_kernel(x_ptr, stats_ptr, M, K, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def prefetch_weights(w_ptr, cols, k_start, N, K, BLOCK_K: tl.constexpr, STEPS: tl.constexpr):
+    """Ask L2 for W[cols, k_start ..] over STEPS K steps, one 128-byte line per row and step
+    (BLOCK_K elements are 128 bytes in both dtypes); addresses clamped into W. No data moves
+    into registers: ``prefetch.global.L2::evict_last``."""
+    lines = tl.minimum(k_start + tl.arange(0, STEPS) * BLOCK_K, K - 1)
+    rows = tl.minimum(cols, N - 1).to(tl.int64) * K
+    tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; // $0", "=r,l",
+                              [w_ptr + rows[:, None] + lines[None, :]], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def skinny_linear_kernel(
     x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, part_ptr, count_ptr, ln_w_ptr, ln_b_ptr, ln_stats_ptr, stats_ptr,
-    M, N, K, k_per_split, splits,
+    M, N, K, splits,
     GELU: tl.constexpr, RESIDUAL: tl.constexpr, PARTIAL: tl.constexpr, PRECISION: tl.constexpr,
     BF16_AS_FP32: tl.constexpr, LN: tl.constexpr, STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_CHUNK: tl.constexpr = 1, LN_TILES: tl.constexpr = 1,
+    SPLIT_CHUNK: tl.constexpr = 1, LN_TILES: tl.constexpr = 1, PDL: tl.constexpr = False,
+    PREFETCH_STEPS: tl.constexpr = 4,
 ):
     """Output tile (rows j·BLOCK_M.., cols i·BLOCK_N..) over the K slice s, (j, i, s) = program ids.
 
@@ -217,11 +254,16 @@ def skinny_linear_kernel(
     row_ok = rows < M
     col_ok = cols < N
     weight_rows = cols.to(tl.int64) * K
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    k_start = (s * k_blocks // splits) * BLOCK_K
+    k_end = tl.minimum(((s + 1) * k_blocks // splits) * BLOCK_K, K)
+    if PDL:
+        prefetch_weights(w_ptr, cols, k_start, N, K, BLOCK_K, PREFETCH_STEPS)
+        gdc_launch_dependents()
+        gdc_wait()  # from here on the previous kernel's writes are visible, and it reads nothing we write
     if LN:
         mean, rstd = merge_tile_stats(ln_stats_ptr, rows, M, K, LN_TILES)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    k_start = s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
     for k0 in tl.range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
@@ -277,8 +319,8 @@ def skinny_linear(
     """out = act(LN(x) · weightᵀ + bias) (+ residual); act = tanh-GELU if ``gelu``; returns ``out``.
 
     x [M, K], weight [N, K], bias [N], out and residual [M, N]: contiguous, one device, all
-    float32 or all bfloat16; ``out`` may be ``residual`` itself. ``precision``: "tf32x3" or
-    "ieee" (fp32 only). ``counters``: int32 zeros of at least ``plan(...).tiles(M, N)``
+    float32 or all bfloat16; ``out`` may be ``residual`` itself. ``precision``: "tf32x3",
+    "ieee" or "tf32" (fp32 only). ``counters``: int32 zeros of at least ``plan(...).tiles(M, N)``
     elements, the split-K tickets, left at zero after the call (allocate once per call site
     for a CUDA graph; a fresh zeroed tensor when None). ``splits`` overrides the plan's S.
     LN(x) = x unless ``ln_w``, ``ln_b`` [K] (x's dtype) and ``ln_stats`` fp32 ``stats_shape(M, K)``
@@ -298,8 +340,6 @@ def skinny_linear(
     if dtype not in DTYPES:
         raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
     check_precision(precision)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} for skinny_linear, got {precision!r}")
     _check_tensor("x", x, (m, k), dtype, device)
     _check_tensor("weight", weight, (n, k), dtype, device)
     _check_tensor("bias", bias, (n,), dtype, device)
@@ -326,8 +366,7 @@ def skinny_linear(
     if splits is not None:
         if not 1 <= splits <= triton.cdiv(k, chosen.block_k):
             raise ValueError(f"splits must be in [1, {triton.cdiv(k, chosen.block_k)}], got {splits}")
-        k_per_split = triton.cdiv(triton.cdiv(k, chosen.block_k), splits) * chosen.block_k
-        chosen = SkinnyPlan(chosen.block_m, chosen.block_n, chosen.block_k, triton.cdiv(k, k_per_split), k_per_split)
+        chosen = dataclasses.replace(chosen, splits=splits)
     if counters is None:
         counters = torch.zeros(chosen.tiles(m, n), dtype=torch.int32, device=device)
     elif (counters.dtype != torch.int32 or counters.dim() != 1 or counters.device != device
@@ -337,16 +376,18 @@ def skinny_linear(
     if max(m * k, chosen.splits * m * n) >= 2**31:
         raise ValueError(f"x [{m}, {k}] or the partials {chosen.splits} x [{m}, {n}] exceed int32 offsets")
     partial = chosen.splits > 1
+    pdl = USE_PDL and device.type == "cuda" and _capability(device) >= 9
     workspace = torch.empty((chosen.splits, m, n), dtype=torch.float32, device=device) if partial else out
     skinny_linear_kernel[chosen.grid(m, n)](
         x, weight, bias, residual if residual is not None else out, out, workspace, counters,
         *((ln_w, ln_b, ln_stats) if ln_w is not None else (x, x, out)), stats if stats is not None else out,
-        m, n, k, chosen.k_per_split, chosen.splits,
+        m, n, k, chosen.splits,
         GELU=gelu, RESIDUAL=residual is not None, PARTIAL=partial, PRECISION=precision,
         BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda", LN=ln_w is not None, STATS=stats is not None,
         BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
         SPLIT_CHUNK=split_chunk(chosen.splits, chosen.block_m), LN_TILES=ln_tiles(k, chosen.block_m),
-        num_warps=chosen.num_warps, num_stages=chosen.num_stages,
+        PDL=pdl, PREFETCH_STEPS=chosen.num_stages, num_warps=chosen.num_warps, num_stages=chosen.num_stages,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return out
 

@@ -37,7 +37,7 @@ def _unit_rows_spec(label: str, dtype: str, block_c: int) -> AotSpec:
         label=f"unit_rows_kernel {label}",
         kernel="gpt2fast.kernels.consensus_metric:unit_rows_kernel",
         signature={"x_ptr": pointer, "w_ptr": pointer, "b_ptr": pointer, "lengths_ptr": "*i64",
-                   "unit_ptr": "*fp32", "T": "i32", "C": "i32", "eps": "fp32", "BLOCK_C": "constexpr"},
+                   "unit_ptr": "*fp32", "P": "i32", "T": "i32", "C": "i32", "eps": "fp32", "BLOCK_C": "constexpr"},
         constexprs={"BLOCK_C": block_c},
         options={"num_warps": unit_rows_warps(block_c)},
     )
@@ -49,8 +49,9 @@ def _gram_spec(config, precision: str, write_gram: bool, split: bool) -> AotSpec
               f"{'' if write_gram else ' no-gram'}{' split' if split else ''}",
         kernel="gpt2fast.kernels.consensus_metric:gram_tiles_kernel",
         signature={"unit_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
-                   "slices_ptr": "*fp32", "T": "i32", "C": "i32", "k_per_slice": "i32",
-                   "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32", "WRITE_GRAM": "constexpr",
+                   "slices_ptr": "*fp32", "P": "i32", "T": "i32", "C": "i32", "k_per_slice": "i32",
+                   "stride_gp": "i32", "stride_gl": "i32", "stride_gs": "i32", "stride_gt": "i32",
+                   "WRITE_GRAM": "constexpr",
                    "SPLIT": "constexpr", "BT": "constexpr", "BK": "constexpr", "PRECISION": "constexpr"},
         constexprs={"WRITE_GRAM": write_gram, "SPLIT": split, "BT": config.block_t, "BK": config.block_k,
                     "PRECISION": precision},
@@ -63,7 +64,8 @@ def _combine_spec(config, write_gram: bool) -> AotSpec:
         label=f"gram_combine_kernel BT={config.block_t}{'' if write_gram else ' no-gram'}",
         kernel="gpt2fast.kernels.consensus_metric:gram_combine_kernel",
         signature={"slices_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
-                   "T": "i32", "n_slices": "i32", "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32",
+                   "P": "i32", "T": "i32", "n_slices": "i32", "stride_gp": "i32", "stride_gl": "i32", "stride_gs": "i32",
+                   "stride_gt": "i32",
                    "WRITE_GRAM": "constexpr", "BT": "constexpr"},
         constexprs={"WRITE_GRAM": write_gram, "BT": config.block_t},
         options={"num_warps": COMBINE_WARPS},
@@ -85,8 +87,8 @@ AOT_SPECS = [
     AotSpec(
         label="finalize_kernel",
         kernel="gpt2fast.kernels.consensus_metric:finalize_kernel",
-        signature={"partial_ptr": "*fp32", "lengths_ptr": "*i64", "err_ptr": "*fp32", "n_tiles": "i32",
-                   "stride_ep": "i32", "stride_ek": "i32", "BLOCK": "constexpr"},
+        signature={"partial_ptr": "*fp32", "lengths_ptr": "*i64", "err_ptr": "*fp32", "P": "i32", "n_tiles": "i32",
+                   "stride_ep": "i32", "stride_el": "i32", "stride_ek": "i32", "BLOCK": "constexpr"},
         constexprs={"BLOCK": FINALIZE_BLOCK},
         options={"num_warps": 4},
     ),
@@ -226,24 +228,50 @@ def _bad(**changes):
 
 
 @pytest.mark.parametrize(
-    "arguments, precision",
+    "arguments, precision, message",
     [
-        (_bad(x=torch.empty(2, 5, 16, dtype=torch.float64)), "ieee"),
-        (_bad(x=torch.empty(2, 16, 5).transpose(1, 2)), "ieee"),
-        (_bad(x=torch.empty(2, 5, 16), ln_f_w=torch.empty(15)), "ieee"),
-        (_bad(x=torch.empty(2, 5, 2049), ln_f_w=torch.empty(2049), ln_f_b=torch.empty(2049)), "ieee"),
-        (_bad(ln_f_b=torch.empty(16, dtype=torch.bfloat16)), "ieee"),
-        (_bad(lengths=torch.tensor([5, 3], dtype=torch.int32)), "ieee"),
-        (_bad(lengths=torch.tensor([5, 3, 1])), "ieee"),
-        (_bad(err_out=torch.empty(2, 3)), "ieee"),
-        (_bad(err_out=torch.empty(2, 2, dtype=torch.float64)), "ieee"),
-        (_bad(gram_out=torch.empty(2, 5, 4)), "ieee"),
-        (_bad(), "tf32x2"),
+        (_bad(x=torch.empty(2, 5, 16, dtype=torch.float64)), "ieee", "x must be a contiguous float32"),
+        (_bad(x=torch.empty(2, 16, 5).transpose(1, 2)), "ieee", "x must be a contiguous float32"),
+        (_bad(x=torch.empty(5, 16)), "ieee", "x must be a contiguous float32"),
+        (_bad(x=torch.empty(2, 5, 16), ln_f_w=torch.empty(15)), "ieee", "ln_f_w must be"),
+        (_bad(x=torch.empty(2, 5, 2049), ln_f_w=torch.empty(2049), ln_f_b=torch.empty(2049)), "ieee",
+         "exceeds the largest supported width"),
+        (_bad(ln_f_b=torch.empty(16, dtype=torch.bfloat16)), "ieee", "ln_f_b must be"),
+        (_bad(lengths=torch.tensor([5, 3], dtype=torch.int32)), "ieee", "lengths must be"),
+        (_bad(lengths=torch.tensor([5, 3, 1])), "ieee", "lengths must be"),
+        (_bad(err_out=torch.empty(2, 3)), "ieee", "err_out must be"),
+        (_bad(err_out=torch.empty(2, 2, dtype=torch.float64)), "ieee", "err_out must be"),
+        (_bad(err_out=torch.empty(2, 1, 2)), "ieee", "takes err_out"),
+        (_bad(gram_out=torch.empty(2, 5, 4)), "ieee", "gram_out must be"),
+        (_bad(x=torch.empty(3, 2, 5, 16), err_out=torch.empty(2, 2, 2), gram_out=None), "ieee", "err_out must be"),
+        (_bad(x=torch.empty(3, 2, 5, 16), err_out=torch.empty(2, 3, 2), gram_out=torch.empty(2, 2, 5, 5)), "ieee",
+         "gram_out must be"),
+        (_bad(), "tf32x2", "precision"),
     ],
 )
-def test_rejects_bad_arguments(arguments, precision):
-    with pytest.raises(ValueError):
+def test_rejects_bad_arguments(arguments, precision, message):
+    with pytest.raises(ValueError, match=message):
         consensus_metric(**arguments, precision=precision)
+
+
+@pytest.mark.parametrize("length, split", [(27, False), (27, True), (70, False)])
+def test_all_layers_at_once_match_the_reference_per_layer(device, monkeypatch, length, split):
+    """x [L, P, T, C] (every block's states of an iteration) into err [P, L, 2] and G
+    [P, L, T, T]: each layer's slot as one layer alone would write it (split Gram too)."""
+    if split:
+        monkeypatch.setattr(metric_module, "MIN_SLICE", 32)
+    lengths_list, layers, width = [length, 1, length // 2 + 1], 3, 200
+    states = [_inputs(device, lengths_list, width, seed=length + layer) for layer in range(layers)]
+    x = torch.stack([inputs[0] for inputs in states])
+    w, b, lengths = states[0][1:]
+    err = torch.full((len(lengths_list), layers, 2), float("nan"), device=device)
+    gram = torch.full((len(lengths_list), layers, length, length), SENTINEL, device=device)
+    consensus_metric(x, w, b, lengths, err, gram)
+    for layer in range(layers):
+        want_err, want_gram = torch.empty(len(lengths_list), 2), torch.empty(len(lengths_list), length, length)
+        consensus_metric_reference(x[layer].cpu(), w.cpu(), b.cpu(), lengths.cpu(), want_err, want_gram)
+        torch.testing.assert_close(err[:, layer].cpu(), want_err, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gram[:, layer].cpu(), want_gram, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def test_no_prompts_launches_nothing():

@@ -264,7 +264,7 @@ def _bad_calls():
         ("out shape", lambda: skinny_linear(x, w, b, out[:3]), "out must be"),
         ("strided x", lambda: skinny_linear(torch.zeros(48, 4).t(), w, b, out), "x must be"),
         ("vector x", lambda: skinny_linear(x[0], w, b, out), "matrices"),
-        ("precision", lambda: skinny_linear(x, w, b, out, precision="tf32"), "precision must be"),
+        ("precision", lambda: skinny_linear(x, w, b, out, precision="bf16"), "precision must be"),
         ("unknown precision", lambda: skinny_linear(x, w, b, out, precision="fp8"), "precision must be"),
         ("gelu and residual", lambda: skinny_linear(x, w, b, out, gelu=True, residual=out), "separate epilogues"),
         ("residual shape", lambda: skinny_linear(x, w, b, out, residual=out[:3]), "residual must be"),
@@ -304,17 +304,17 @@ def test_rejects_bad_arguments(call, match):
 @pytest.mark.parametrize("k, n", GPT2_SHAPES + GPT2_XL_SHAPES)
 @pytest.mark.parametrize("rows", (1, 16, 27, 64, 130))
 def test_plan_fills_the_gpu(rows, k, n, dtype):
-    """Slices tile K exactly, are whole BLOCK_K steps, and the grid holds PROGRAMS_PER_SM
+    """Slices are at least MIN_SLICE_BLOCKS whole BLOCK_K steps, and the grid holds PROGRAMS_PER_SM
     programs per SM unless K is too short for that many slices of MIN_SLICE_BLOCKS steps;
     gpt2-xl's c_attn, c_fc and mlp c_proj fill their last wave to WAVE_EFFICIENCY."""
     p = plan(rows, n, k, SM_COUNT, dtype)
     assert p.block_m == min(64, max(16, triton.next_power_of_2(rows))) and p.block_n == BLOCK_N >= 64
-    assert p.block_k == BLOCK_K[dtype] and p.k_per_split % p.block_k == 0
-    assert 1 <= p.splits <= MAX_SPLIT and (p.splits - 1) * p.k_per_split < k <= p.splits * p.k_per_split
+    k_steps = triton.cdiv(k, p.block_k)
+    assert p.block_k == BLOCK_K[dtype] and 1 <= p.splits <= min(MAX_SPLIT, k_steps)
+    assert p.splits == 1 or k_steps // p.splits >= MIN_SLICE_BLOCKS  # the narrowest slice fills a pipeline
     assert p.num_stages >= 3
     m_tiles, n_tiles, splits = p.grid(rows, n)
     programs = m_tiles * n_tiles * splits
-    k_steps = triton.cdiv(k, p.block_k)
     assert programs >= PROGRAMS_PER_SM * SM_COUNT or k_steps // MIN_SLICE_BLOCKS <= splits, (programs, p)
     if (k, n) in (GPT2_XL_SHAPES[0], GPT2_XL_SHAPES[2], GPT2_XL_SHAPES[3]):
         assert wave_efficiency(programs, SM_COUNT) >= WAVE_EFFICIENCY, (programs, p)
@@ -335,35 +335,38 @@ CONFIGS += [(dtype, "tf32x3", block_m, "ln+split+gelu") for dtype in ("fp32", "b
 CONFIGS += [(dtype, "tf32x3", 64, "split+residual+stats") for dtype in ("fp32", "bf16")]
 
 
-def _spec(dtype: str, precision: str, block_m: int, variant: str) -> AotSpec:
+def _spec(dtype: str, precision: str, block_m: int, variant: str, capability: int) -> AotSpec:
     pointer = f"*{dtype}"
     signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr")}
     signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "ln_w_ptr": pointer, "ln_b_ptr": pointer,
                   "ln_stats_ptr": "*fp32", "stats_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
-                  "k_per_split": "i32", "splits": "i32"}
+                  "splits": "i32"}
     flags = {flag: flag in VARIANTS[variant] for flag in ("GELU", "RESIDUAL", "PARTIAL", "LN", "STATS")}
     constexprs = dict(**flags, PRECISION=precision, BF16_AS_FP32=False, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
                       BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16],
                       # the widest batched loads the launcher can choose at this BLOCK_M (most registers)
                       SPLIT_CHUNK=split_chunk(MAX_SPLIT, block_m) if flags["PARTIAL"] else 1,
-                      LN_TILES=ln_tiles(1 << 20, block_m) if flags["LN"] else 1)
+                      LN_TILES=ln_tiles(1 << 20, block_m) if flags["LN"] else 1,
+                      PDL=capability >= 90, PREFETCH_STEPS=NUM_STAGES)  # as the launcher builds it there
     signature |= {name: "constexpr" for name in constexprs}
     products = precision if dtype == "fp32" else "bf16"
-    label = f"{dtype} {products} BLOCK_M={block_m} {variant}"
+    label = f"{dtype} {products} BLOCK_M={block_m} {variant}{' pdl' if constexprs['PDL'] else ''}"
     return AotSpec(label=label, kernel="gpt2fast.kernels.skinny_linear:skinny_linear_kernel", signature=signature,
                    constexprs=constexprs, options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-                   aligned=True, divisible=("K", "k_per_split"), sass=True)
+                   aligned=True, divisible=("K",), sass=True, capabilities=(capability,))
 
 
+AOT_SPECS = [_spec(*config, capability) for config in CONFIGS + [("fp32", "ieee", 64, "split+gelu")]
+             for capability in CAPABILITIES]
 SHARED_PER_SM = {80: 163 * 1024, 90: 227 * 1024}
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    specs = [_spec(*config) for config in CONFIGS] + [_spec("fp32", "ieee", 64, "split+gelu")]
+    specs = AOT_SPECS
     results = compile_in_child(specs)
-    assert len(results) == len(specs) * len(CAPABILITIES)
-    return {(result.label, result.capability): result for result in results}, specs
+    assert len(results) == len(specs)
+    return {result.label: result for result in results}, specs
 
 
 def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
@@ -371,13 +374,19 @@ def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
     for spec in specs:
         dtype, block_m, block_k = spec.label.split()[0], spec.constexprs["BLOCK_M"], spec.constexprs["BLOCK_K"]
         stage_bytes = (BLOCK_N + block_m) * block_k * (4 if dtype == "fp32" else 2)
-        for capability in CAPABILITIES:
-            r = results[spec.label, capability]
+        for capability in spec.capabilities:
+            r = results[spec.label]
             counts = {op: r.count(op) for op in ("HGMMA", "HMMA", "FFMA", "LDGSTS")}
             print(f"\n{r.line()}, {r.num_warps} warps, {counts}", end="")
             assert r.spill_store_bytes == 0 and r.spill_load_bytes == 0, r.line()
             assert r.n_regs * 32 * r.num_warps <= 65536 // 2, r.line()  # 2 CTAs per SM by registers
             assert r.shared_bytes <= SHARED_PER_SM[capability] // 2, r.line()  # and by shared memory
+            # programmatic dependent launch (sm_90): the L2 prefetches of the first weight steps
+            # (one 128-byte line per row and step: BLOCK_N · NUM_STAGES / threads per thread), the
+            # early launch of the next kernel (PREEXIT) and one wait for the previous (ACQBULK)
+            pdl = (r.count("CCTL.E.PML2"), r.count("PREEXIT"), r.count("ACQBULK"))
+            want = (BLOCK_N * NUM_STAGES // (32 * NUM_WARPS), 1, 1) if spec.constexprs["PDL"] else (0, 0, 0)
+            assert pdl == want, (r.line(), pdl)
             if spec.constexprs["PRECISION"] == "ieee" and dtype == "fp32":
                 continue
             assert r.shared_bytes >= 3 * stage_bytes, r.line()  # at least 3 buffers of both operands
