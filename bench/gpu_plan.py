@@ -166,13 +166,15 @@ class Launch:
     role: str
     spec: AotSpec
     grid: tuple[int, ...]
-    per_block: int
+    per_block: int  # launches per block (0: per iteration only)
     precision: str
     bytes: int
     steps: int = 0
     dot: tuple[int, int, int] | None = None
     divisible: tuple[str, ...] = ()
     pipeline: dict | None = None  # skinny GEMM: the pipelined K loop's bytes (see skinny_launches)
+    per_iteration: int = 0  # launches per iteration besides the per-block ones
+    pdl: bool = False  # a programmatic dependent launch after a kernel that lets it start early
 
 
 # --- the launch plan of one iteration (the launchers' own plan functions) ---------------
@@ -231,11 +233,12 @@ def gemm_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms: 
     return launches
 
 
-def attention_launch(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str) -> Launch:
+def attention_launch(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str, pdl: bool = False) -> Launch:
     length, size = max(lengths), BYTES[dtype]
     block_m, block_n, warps = attention.causal_config(length)
     used = "tf32" if dtype == "bf16" else precision
-    constexprs = {"HEAD_DIM": attention.HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": used}
+    constexprs = {"HEAD_DIM": attention.HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": used,
+                  "PDL": pdl}
     spec = AotSpec(label=f"causal_attention_kernel {constexprs}",
                    kernel="gpt2fast.kernels.attention:causal_attention_kernel",
                    signature={"qkv_ptr": _pointer(dtype), "lengths_ptr": "*i64", "out_ptr": _pointer(dtype),
@@ -244,43 +247,47 @@ def attention_launch(cfg: ModelConfig, lengths: list[int], dtype: str, precision
                    constexprs=constexprs, options={"num_warps": warps}, aligned=True)
     grid = (triton.cdiv(length, block_m), len(lengths) * cfg.n_head)
     return Launch("causal_attention_kernel", "attention", spec, grid, 1, used,
-                  len(lengths) * length * 4 * cfg.n_embd * size)
+                  len(lengths) * length * 4 * cfg.n_embd * size, pdl=pdl)
 
 
 def metric_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str,
-                    split_gram: bool = True) -> list[Launch]:
-    """``consensus_metric``'s kernels; ``split_gram=False``: the Gram as it ran on the H200
-    (one slice of C, no combine kernel)."""
+                    split_gram: bool = True, layers: int = 1) -> list[Launch]:
+    """``consensus_metric``'s kernels over ``layers`` layers' states at once: once per block
+    for one layer (the engine as measured on the H200), else once per iteration.
+    ``split_gram=False``: the Gram as it ran on the H200 (one slice of C, no combine kernel)."""
     n_prompts, length, width = len(lengths), max(lengths), cfg.n_embd
+    slots = layers * n_prompts
+    per_block, per_iteration = (1, 0) if layers == 1 else (0, 1)
     block_c = triton.next_power_of_2(width)
     rows_constexprs = {"BLOCK_C": block_c}
     unit_rows = AotSpec(
         label=f"unit_rows_kernel BLOCK_C={block_c}", kernel="gpt2fast.kernels.consensus_metric:unit_rows_kernel",
         signature={"x_ptr": _pointer(dtype), "w_ptr": _pointer(dtype), "b_ptr": _pointer(dtype), "lengths_ptr": "*i64",
-                   "unit_ptr": "*fp32", "T": "i32", "C": "i32", "eps": "fp32", "BLOCK_C": "constexpr"},
+                   "unit_ptr": "*fp32", "P": "i32", "T": "i32", "C": "i32", "eps": "fp32", "BLOCK_C": "constexpr"},
         constexprs=rows_constexprs, options={"num_warps": consensus_metric.unit_rows_warps(block_c)}, aligned=True)
     config = consensus_metric.gram_block(length)
     n_blocks = triton.cdiv(length, config.block_t)
     if split_gram:
-        splits, k_per_slice = consensus_metric.gram_splits(n_prompts, n_blocks, width, config)
+        splits, k_per_slice = consensus_metric.gram_splits(slots, n_blocks, width, config)
     else:
         splits, k_per_slice = 1, triton.cdiv(width, config.block_k) * config.block_k
     gram_constexprs = {"WRITE_GRAM": True, "SPLIT": splits > 1, "BT": config.block_t, "BK": config.block_k,
                        "PRECISION": precision}
+    strides = {"stride_gp": "i32", "stride_gl": "i32", "stride_gs": "i32", "stride_gt": "i32"}
     gram = AotSpec(
         label=f"gram_tiles_kernel {gram_constexprs}", kernel="gpt2fast.kernels.consensus_metric:gram_tiles_kernel",
         signature={"unit_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
-                   "slices_ptr": "*fp32", "T": "i32", "C": "i32", "k_per_slice": "i32", "stride_gp": "i32",
-                   "stride_gs": "i32", "stride_gt": "i32"} | dict.fromkeys(gram_constexprs, "constexpr"),
+                   "slices_ptr": "*fp32", "P": "i32", "T": "i32", "C": "i32", "k_per_slice": "i32"} | strides
+        | dict.fromkeys(gram_constexprs, "constexpr"),
         constexprs=gram_constexprs, options={"num_warps": config.num_warps}, aligned=True)
     side = n_blocks * config.block_t
     launches = [
-        Launch("unit_rows_kernel", "metric", unit_rows, (length, n_prompts), 1, "-",
-               n_prompts * length * width * (BYTES[dtype] + 4)),
-        Launch("gram_tiles_kernel", "metric", gram, (n_blocks, n_blocks, n_prompts * splits), 1, precision,
-               n_prompts * length * width * 4 + n_prompts * splits * side * side * 4,
+        Launch("unit_rows_kernel", "metric", unit_rows, (length, slots), per_block, "-",
+               slots * length * width * (BYTES[dtype] + 4), per_iteration=per_iteration),
+        Launch("gram_tiles_kernel", "metric", gram, (n_blocks, n_blocks, slots * splits), per_block, precision,
+               slots * length * width * 4 + slots * splits * side * side * 4,
                steps=triton.cdiv(k_per_slice, config.block_k), dot=(config.block_t, config.block_t, config.block_k),
-               divisible=("C",) if width % 16 == 0 else ()),
+               divisible=("C",) if width % 16 == 0 else (), per_iteration=per_iteration),
     ]
     if splits > 1:
         combine_constexprs = {"WRITE_GRAM": True, "BT": config.block_t}
@@ -288,18 +295,19 @@ def metric_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision:
             label=f"gram_combine_kernel {combine_constexprs}",
             kernel="gpt2fast.kernels.consensus_metric:gram_combine_kernel",
             signature={"slices_ptr": "*fp32", "lengths_ptr": "*i64", "gram_ptr": "*fp32", "partial_ptr": "*fp32",
-                       "T": "i32", "n_slices": "i32", "stride_gp": "i32", "stride_gs": "i32", "stride_gt": "i32"}
+                       "P": "i32", "T": "i32", "n_slices": "i32"} | strides
             | dict.fromkeys(combine_constexprs, "constexpr"),
             constexprs=combine_constexprs, options={"num_warps": consensus_metric.COMBINE_WARPS}, aligned=True)
-        launches.append(Launch("gram_combine_kernel", "metric", combine, (n_blocks, n_blocks, n_prompts), 1, "-",
-                               n_prompts * splits * side * side * 4))
+        launches.append(Launch("gram_combine_kernel", "metric", combine, (n_blocks, n_blocks, slots), per_block, "-",
+                               slots * splits * side * side * 4, per_iteration=per_iteration))
     finalize_constexprs = {"BLOCK": consensus_metric.FINALIZE_BLOCK}
     finalize = AotSpec(
         label="finalize_kernel", kernel="gpt2fast.kernels.consensus_metric:finalize_kernel",
-        signature={"partial_ptr": "*fp32", "lengths_ptr": "*i64", "err_ptr": "*fp32", "n_tiles": "i32",
-                   "stride_ep": "i32", "stride_ek": "i32", "BLOCK": "constexpr"},
+        signature={"partial_ptr": "*fp32", "lengths_ptr": "*i64", "err_ptr": "*fp32", "P": "i32", "n_tiles": "i32",
+                   "stride_ep": "i32", "stride_el": "i32", "stride_ek": "i32", "BLOCK": "constexpr"},
         constexprs=finalize_constexprs, options={"num_warps": 4}, aligned=True)
-    launches.append(Launch("finalize_kernel", "metric", finalize, (n_prompts,), 1, "-", n_prompts * n_blocks ** 2 * 8))
+    launches.append(Launch("finalize_kernel", "metric", finalize, (slots,), per_block, "-", slots * n_blocks ** 2 * 8,
+                           per_iteration=per_iteration))
     return launches
 
 
@@ -330,13 +338,19 @@ L2_LATENCY_US = 0.3
 # GHz), scaled to 132 SMs at 1.98 GHz: ~7 TB/s. An estimate, not measured; x's re-reads (one
 # per weight tile) and the split-K partials go through it.
 L2_BANDWIDTH = {"sm_90": 7.0e12, "sm_80": 4.0e12}
+# The kernel boundary of a programmatic dependent launch whose predecessor let it start early
+# (``gpt2fast.kernels.dependent_launch``): its launch and CTA start overlap the predecessor's
+# tail; left is the wait's release after the predecessor completes and flushes. NOT MEASURED:
+# an assumption (a third of KERNEL_FIXED_US) for the next GPU session to measure
+# (bench/gpu_session.sh, stage "pdl"); ``--pdl-us`` shows the sensitivity.
+PDL_BOUNDARY_US = 1.0
 ISSUE_PER_CLOCK = 4  # warp instructions an SM issues per clock (4 schedulers)
-GEMMS = ("fused", "skinny")  # --gemm: today's fused_linear_kernel + finishes, or skinny_linear
+GEMMS = ("fused", "skinny")  # --gemm: the engine measured on the H200 (fused_linear_kernel + finishes), or today's
 
 
 def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial: bool, gelu: bool,
                 residual: bool, ln: bool = False, stats: bool = False, split_chunk: int = 1,
-                ln_tiles: int = 1) -> AotSpec:
+                ln_tiles: int = 1, pdl: bool = False) -> AotSpec:
     """skinny_linear_kernel as its launcher calls it (tests/kernels/test_skinny_linear.py's signature)."""
     from gpt2fast.kernels import skinny_linear
 
@@ -344,10 +358,10 @@ def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial:
     names = skinny_linear.skinny_linear_kernel.arg_names
     signature = {name: pointer for name in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr", "ln_w_ptr", "ln_b_ptr")}
     signature |= {"part_ptr": "*fp32", "count_ptr": "*i32", "ln_stats_ptr": "*fp32", "stats_ptr": "*fp32",
-                  "M": "i32", "N": "i32", "K": "i32", "k_per_split": "i32", "splits": "i32"}
+                  "M": "i32", "N": "i32", "K": "i32", "splits": "i32"}
     constexprs = dict(GELU=gelu, RESIDUAL=residual, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
                       LN=ln, STATS=stats, BLOCK_M=block_m, BLOCK_N=skinny_linear.BLOCK_N, BLOCK_K=block_k,
-                      SPLIT_CHUNK=split_chunk, LN_TILES=ln_tiles)
+                      SPLIT_CHUNK=split_chunk, LN_TILES=ln_tiles, PDL=pdl, PREFETCH_STEPS=skinny_linear.NUM_STAGES)
     signature |= {name: "constexpr" for name in constexprs}
     # the kernel's own parameters, in its order (a build without LayerNorm has no LN/STATS)
     signature = {name: signature[name] for name in names}
@@ -359,11 +373,13 @@ def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial:
                    aligned=True)
 
 
-def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms: int) -> list[Launch]:
+def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms: int,
+                    pdl: bool = False) -> list[Launch]:
     """The four GEMMs of a block as skinny_linear launches them (``skinny_linear.plan``), one
     launch each: the split-K partials are reduced inside the kernel, so no finish kernel. The
-    LayerNorm of c_attn and c_fc is taken as applied to x on its way in, its statistics
-    produced by the epilogue of the GEMM before (issue 12, item 2): no extra pass or bytes."""
+    LayerNorm of c_attn and c_fc is applied to x on its way in, its statistics produced by
+    the epilogue of the residual GEMM before (no extra pass or bytes). ``pdl``: programmatic
+    dependent launches (sm_90), each after a kernel that lets it start early."""
     import torch
 
     from gpt2fast.kernels import skinny_linear
@@ -381,8 +397,7 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
         spec = skinny_spec(dtype, precision if dtype == "fp32" else "tf32x3", chosen.block_m, chosen.block_k,
                            partial, gelu, residual, ln=ln, stats=residual,
                            split_chunk=skinny_linear.split_chunk(chosen.splits, chosen.block_m),
-                           ln_tiles=skinny_linear.ln_tiles(k, chosen.block_m))
-        ln = ln and "LN" in spec.constexprs  # x normalised on load, from the statistics' tiles
+                           ln_tiles=skinny_linear.ln_tiles(k, chosen.block_m), pdl=pdl)
         partials = chosen.splits * rows * n * 4 if partial else 0
         out = rows * n * size * (2 if residual else 1) + n * size
         dram = n * k * size + rows * k * size + out  # partials stay in the 50 MB L2
@@ -395,13 +410,39 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
                     "ln_trips": triton.cdiv(triton.cdiv(k, skinny_linear.BLOCK_N),
                                             skinny_linear.ln_tiles(k, chosen.block_m)) if ln else 0,
                     "split_trips": triton.cdiv(chosen.splits, skinny_linear.split_chunk(chosen.splits, chosen.block_m))}
-        divisible = tuple(name for name, value in (("N", n), ("K", k), ("k_per_split", chosen.k_per_split))
-                          if value % 16 == 0)
+        divisible = tuple(name for name, value in (("N", n), ("K", k)) if value % 16 == 0)
         launches.append(Launch("skinny_linear_kernel", role, spec, grid, 1, used, dram,
-                               steps=triton.cdiv(chosen.k_per_split, chosen.block_k),
-                               dot=(chosen.block_n, chosen.block_m, chosen.block_k), divisible=divisible,
-                               pipeline=pipeline))
+                               steps=chosen.steps(k), dot=(chosen.block_n, chosen.block_m, chosen.block_k),
+                               divisible=divisible, pipeline=pipeline, pdl=pdl))
     return launches
+
+
+def layer_norm_stats_launch(cfg: ModelConfig, rows: int, dtype: str) -> Launch:
+    """``layer_norm_stats`` of x at the start of an iteration (once per iteration)."""
+    from gpt2fast.kernels import skinny_linear
+
+    tile_m = linear.block_m(rows)
+    spec = AotSpec(label=f"tile_stats_kernel BLOCK_M={tile_m}", kernel="gpt2fast.kernels.skinny_linear:tile_stats_kernel",
+                   signature={"x_ptr": _pointer(dtype), "stats_ptr": "*fp32", "M": "i32", "K": "i32",
+                              "BLOCK_M": "constexpr"},
+                   constexprs={"BLOCK_M": tile_m}, options={"num_warps": 4}, aligned=True)
+    grid = (triton.cdiv(rows, tile_m), triton.cdiv(cfg.n_embd, skinny_linear.BLOCK_N))
+    return Launch("tile_stats_kernel", "ln_1 statistics", spec, grid, 0, "-",
+                  rows * cfg.n_embd * BYTES[dtype] + math.prod(skinny_linear.stats_shape(rows, cfg.n_embd)) * 4,
+                  per_iteration=1)
+
+
+def engine_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str, gpu: Gpu) -> list[Launch]:
+    """Every launch of ``TritonEngine.iteration`` with stored weights, in launch order: per block
+    c_attn, attention, attn c_proj, c_fc, mlp c_proj (``skinny_launches``, programmatic
+    dependent launches on sm_90; block 0's c_attn, after the statistics kernel, counts as one
+    too); per iteration the first LayerNorm's statistics and the metric of all L layers."""
+    rows = len(lengths) * max(lengths)  # padded prompts
+    pdl = gpu.capability >= 90
+    gemms = skinny_launches(cfg, rows, dtype, precision, gpu.sms, pdl)
+    return ([layer_norm_stats_launch(cfg, rows, dtype)] + gemms[:1]
+            + [attention_launch(cfg, lengths, dtype, precision, pdl)] + gemms[1:]
+            + metric_launches(cfg, lengths, dtype, precision, layers=cfg.n_layer))
 
 
 _BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA\s+(?:`\()?(?:\.L_x_\d+\)?)?0x([0-9a-f]+)")
@@ -571,28 +612,32 @@ def k_loop_wavefronts(ttgir: str, warps: int) -> int:
     return total
 
 
-def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: float = DRAM_LATENCY_US) -> dict:
+def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: float = DRAM_LATENCY_US,
+                      pdl_us: float = PDL_BOUNDARY_US) -> dict:
     """Predicted microseconds of a skinny_linear launch: its K loop pipelined over ``buffers``
     shared stages of cp.async, then the in-kernel split-K reduction.
 
     The busiest SM runs ⌈CTAs / SMs⌉ programs in rounds of at most CTAs-per-SM resident
-    ones; a round of c programs takes latency_us (filling the pipeline) + steps · step + the
-    epilogue, with per step the slowest of
-      dram:    c · weight bytes of a stage / (bandwidth / busy SMs)  (the SM's share of DRAM);
+    ones; a round of c programs takes the pipeline's fill + steps · step + the epilogue, with
+    per step the slowest of the SM's own limits
       latency: latency_us / (buffers − 1)  (Little: buffers − 1 stages in flight per program);
       issue:   c · warps · loop instructions / 4 schedulers;  tensor: c · MMA cycles (×3 for
                tf32x3, bf16 at twice TF32's rate);  shared: c · replayed wavefronts;
-               fma (IEEE): c · BM·BN·BK / FP32 lanes  (cycles / clock).
-    Before the loop, with LayerNorm, the merge of x's per-tile statistics: one L2 trip per
-    batch of ``skinny_linear.ln_tiles`` tiles loaded at once (a loop the compiler does not
-    unroll: one for C ≤ 2048 at BLOCK_M = 64). After it, with S > 1 splits, the partial tile's
-    store and the ticket (2 L2 trips), and in the last round the last program's partial loads:
-    one L2 trip per batch of ``skinny_linear.split_chunk`` tiles (⌈S / chunk⌉ dependent trips). The kernel: KERNEL_FIXED_US +
-    max(DRAM bytes / bandwidth, L2 bytes / L2 bandwidth, the busiest SM's rounds)."""
+               fma (IEEE): c · BM·BN·BK / FP32 lanes  (cycles / clock);
+    and the K loops together no faster than the launch's DRAM bytes at the bandwidth ("dram":
+    an SM with more than its share draws more than 1/SMs of it while others idle, up to its
+    own limits). The fill is latency_us, or with programmatic dependent launch (``launch.pdl``)
+    an L2 hit for the first round, whose first NUM_STAGES weight steps were prefetched while
+    the kernel before drained. Before the loop, with LayerNorm, the merge of x's per-tile
+    statistics: one L2 trip per batch of ``skinny_linear.ln_tiles`` tiles loaded at once (one
+    for C ≤ 2048 at BLOCK_M = 64). After it, with S > 1 splits, the partial tile's store and
+    the ticket (2 L2 trips), and in the last round the last program's partial loads: one L2
+    trip per batch of ``skinny_linear.split_chunk`` tiles. The kernel: the boundary
+    (KERNEL_FIXED_US, or ``pdl_us`` for a dependent launch) + max(L2 bytes / L2 bandwidth,
+    the busiest SM's rounds)."""
     pipe = launch.pipeline
     ctas = math.prod(launch.grid)
     per_sm = ctas_per_sm(compiled, gpu)
-    busy = min(gpu.sms, ctas)
     on_busiest = math.ceil(ctas / gpu.sms)
     rounds = [per_sm] * (on_busiest // per_sm) + ([on_busiest % per_sm] if on_busiest % per_sm else [])
     bm, bn, bk = launch.dot
@@ -608,35 +653,34 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
         cycles["fma"] = bm * bn * bk / gpu.fp32_lanes
         cycles["shared"] = max(cycles["shared"], compiled.wavefronts_per_dot)
     in_flight = max(1, compiled.buffers - 1)
-    sm_bandwidth = gpu.bandwidth / busy  # bytes/s
     split = pipe["splits"] > 1
     binding, parts = Counter(), Counter()
     for index, c in enumerate(rounds):
-        step = {"dram": c * pipe["w_stage"] / sm_bandwidth * 1e6, "latency": latency_us / in_flight}
-        step |= {name: c * value * clock_us for name, value in cycles.items()}
+        step = {"latency": latency_us / in_flight} | {name: c * value * clock_us for name, value in cycles.items()}
         bound = max(step, key=step.get)
         binding[bound] += launch.steps * step[bound]
-        parts["fill"] += latency_us
+        parts["fill"] += L2_LATENCY_US if launch.pdl and index == 0 else latency_us
         parts["k_loop"] += launch.steps * step[bound]
         parts["ln_stats_merge"] += pipe.get("ln_trips", 0) * L2_LATENCY_US  # dependent loads before the loop
         parts["split_k"] += (2 + (pipe["split_trips"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
-    total_us = sum(parts.values())
-    terms = {"memory": launch.bytes / gpu.bandwidth * 1e6,
-             "l2": pipe["l2_bytes"] / L2_BANDWIDTH[f"sm_{gpu.capability}"] * 1e6,
-             "pipeline": total_us}
+    dram_us = launch.bytes / gpu.bandwidth * 1e6
+    if dram_us > parts["k_loop"]:
+        parts["k_loop"], binding = dram_us, Counter({"dram": dram_us})
+    fixed = pdl_us if launch.pdl else KERNEL_FIXED_US
+    terms = {"l2": pipe["l2_bytes"] / L2_BANDWIDTH[f"sm_{gpu.capability}"] * 1e6, "pipeline": sum(parts.values())}
     bound = max(terms, key=terms.get)
     if bound == "pipeline":
         bound = f"pipeline:{binding.most_common(1)[0][0]}"
     return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": len(rounds), "bound": bound,
             "step_cycles": {name: round(value, 1) for name, value in cycles.items()},
             "in_flight_bytes_per_sm": min(per_sm, on_busiest) * in_flight * (pipe["w_stage"] + pipe["x_stage"]),
-            "parts_us": {name: round(value, 2) for name, value in parts.items()} | {"fixed": KERNEL_FIXED_US},
-            "predicted_us": round(KERNEL_FIXED_US + max(terms.values()), 2)}
+            "parts_us": {name: round(value, 2) for name, value in parts.items()} | {"fixed": fixed},
+            "predicted_us": round(fixed + max(terms.values()), 2)}
 
 
 def wave_report(models=("gpt2", "gpt2-xl"), rows=(1, 16, 27, 64), sms: int = 132) -> list[dict]:
-    """The skinny plan of every GEMM at these row counts: CTAs, waves of PROGRAMS_PER_SM · sms
-    programs (the plan's occupancy) and their efficiency CTAs / (waves × SMs × CTAs per SM)."""
+    """The skinny plan of every GEMM at these row counts: CTAs, K steps per CTA and the wave
+    efficiency (``skinny_linear.wave_efficiency``: all CTAs' K steps / (SMs × the busiest SM's))."""
     import torch
 
     from gpt2fast.kernels import skinny_linear
@@ -648,10 +692,11 @@ def wave_report(models=("gpt2", "gpt2-xl"), rows=(1, 16, 27, 64), sms: int = 132
                 for dtype in ("fp32", "bf16"):
                     chosen = skinny_linear.plan(m, n, k, sms, torch.float32 if dtype == "fp32" else torch.bfloat16)
                     ctas = math.prod(chosen.grid(m, n))
-                    slots = skinny_linear.PROGRAMS_PER_SM * sms
+                    k_blocks = triton.cdiv(k, chosen.block_k)
+                    efficiency = skinny_linear.wave_efficiency(chosen.tiles(m, n), k_blocks, chosen.splits, sms)
                     report.append({"model": model, "role": role, "rows": m, "dtype": dtype, "n": n, "k": k,
-                                   "splits": chosen.splits, "ctas": ctas, "waves": math.ceil(ctas / slots),
-                                   "efficiency": round(skinny_linear.wave_efficiency(ctas, sms), 3)})
+                                   "splits": chosen.splits, "ctas": ctas, "steps": chosen.steps(k),
+                                   "busiest_sm_ctas": math.ceil(ctas / sms), "efficiency": round(efficiency, 3)})
     return report
 
 
@@ -827,8 +872,9 @@ def ctas_per_sm(compiled: Compiled, gpu: Gpu) -> int:
     return max(1, min(by_registers, by_shared, by_threads, gpu.max_ctas))
 
 
-def predict(launch: Launch, compiled: Compiled, gpu: Gpu) -> dict:
-    """Predicted microseconds of one launch, with the terms that set it."""
+def predict(launch: Launch, compiled: Compiled, gpu: Gpu, pdl_us: float = PDL_BOUNDARY_US) -> dict:
+    """Predicted microseconds of one launch, with the terms that set it (the boundary
+    KERNEL_FIXED_US, or ``pdl_us`` for a programmatic dependent launch)."""
     ctas = math.prod(launch.grid)
     per_sm = ctas_per_sm(compiled, gpu)
     waves = math.ceil(ctas / (gpu.sms * per_sm))
@@ -852,22 +898,23 @@ def predict(launch: Launch, compiled: Compiled, gpu: Gpu) -> dict:
         terms["latency"] = waves * latency_us
     bound = max(terms, key=terms.get)
     return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": waves, "bound": bound,
-            "predicted_us": round(KERNEL_FIXED_US + terms[bound], 2)}
+            "predicted_us": round((pdl_us if launch.pdl else KERNEL_FIXED_US) + terms[bound], 2)}
 
 
 def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: str | None = None,
-               latency_us: float = DRAM_LATENCY_US) -> dict:
+               latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
     compiled = compile_launch(launch, gpu, dump_dir)
-    row = {"name": launch.name, "role": launch.role, "launches_per_iteration": launch.per_block * layers,
+    row = {"name": launch.name, "role": launch.role,
+           "launches_per_iteration": launch.per_block * layers + launch.per_iteration, "pdl": launch.pdl,
            "grid": list(launch.grid), "precision": launch.precision, "regs": compiled.regs, "spills": compiled.spills,
            "shared_bytes": compiled.shared_bytes, "warps": compiled.warps, "instructions": compiled.instructions,
            "dot_path": compiled.dot_path, "shared_wavefronts_per_step": compiled.wavefronts_per_dot}
     if launch.pipeline is not None:
-        row |= predict_pipelined(launch, compiled, gpu, latency_us)
+        row |= predict_pipelined(launch, compiled, gpu, latency_us, pdl_us)
         row |= {"buffers": compiled.buffers, "loop_instructions": compiled.loop_instructions,
                 "loop_mma": compiled.loop_mma, "splits": launch.pipeline["splits"]}
     else:
-        row |= predict(launch, compiled, gpu)
+        row |= predict(launch, compiled, gpu, pdl_us)
     row["config"] = config
     row["cubin"] = compiled.cubin
     return row
@@ -879,35 +926,36 @@ def _config_name(config: triton.Config) -> str:
 
 
 def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision: str, dump_dir: Path,
-         split_gram: bool = True, config: triton.Config | None = None, gemm: str = "fused",
-         latency_us: float = DRAM_LATENCY_US) -> dict:
+         split_gram: bool = True, config: triton.Config | None = None, gemm: str = "skinny",
+         latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
     """The report: every kernel of one iteration with its compiled facts and predicted time.
-    ``gemm="fused"`` (today's engine): each GEMM takes ``config``, or by default the one of
-    CONFIGS the model predicts fastest (on a GPU the autotuner takes the fastest measured),
-    with its split-K finish kernels. ``gemm="skinny"``: the four GEMMs are skinny_linear's
-    launches (no finish kernels), the other kernels as today."""
+    ``gemm="skinny"``: today's engine (``engine_launches``). ``gemm="fused"``: the engine as
+    measured on the H200 (``block_launches``: fused_linear_kernel with split-K finishes, the
+    metric after every block), each GEMM with ``config``, or by default the one of CONFIGS the
+    model predicts fastest (on a GPU the autotuner took the fastest measured)."""
     if gemm not in GEMMS:
         raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
     gpu = ARCHS[arch]
     dump_dir.mkdir(parents=True, exist_ok=True)
     layers = cfg.n_layer
     used = precision if dtype == "fp32" else TRITON_PRECISION[dtype]  # --precision is for fp32 runs
-    by_config = {id(c): block_launches(cfg, lengths, dtype, used, gpu.sms, c, split_gram) for c in linear.CONFIGS}
     if gemm == "skinny":
-        gemms = skinny_launches(cfg, len(lengths) * max(lengths), dtype, precision, gpu.sms)
-        others = [launch for launch in by_config[id(linear.DEFAULT_CONFIG)]
-                  if launch.name not in ("fused_linear_kernel", "split_k_finish_kernel")]
-        by_config = {id(linear.DEFAULT_CONFIG): gemms[:1] + others[:1] + gemms[1:] + others[1:]}
-    rows = []
-    for index, launch in enumerate(by_config[id(linear.DEFAULT_CONFIG)]):
-        if launch.name != "fused_linear_kernel":
-            rows.append(kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us))
-            continue
-        candidates = [kernel_row(by_config[id(c)][index], layers, gpu, dump_dir, _config_name(c))
-                      for c in ([config] if config is not None else linear.CONFIGS)]
-        rows.append(min(candidates, key=lambda row: row["predicted_us"]))
+        launches = engine_launches(cfg, lengths, dtype, precision, gpu)
+        rows = [kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us, pdl_us=pdl_us) for launch in launches]
+    else:
+        by_config = {id(c): block_launches(cfg, lengths, dtype, used, gpu.sms, c, split_gram) for c in linear.CONFIGS}
+        launches = by_config[id(linear.DEFAULT_CONFIG)]
+        rows = []
+        for index, launch in enumerate(launches):
+            if launch.name != "fused_linear_kernel":
+                rows.append(kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us))
+                continue
+            candidates = [kernel_row(by_config[id(c)][index], layers, gpu, dump_dir, _config_name(c))
+                          for c in ([config] if config is not None else linear.CONFIGS)]
+            rows.append(min(candidates, key=lambda row: row["predicted_us"]))
     weight_bytes = layers * block_parameters(cfg) * BYTES[dtype]
     predicted_ms = sum(row["predicted_us"] * row["launches_per_iteration"] for row in rows) / 1e3
+    per_iteration = sum(launch.per_iteration for launch in launches)
     return {
         "model": next((name for name, preset in PRESETS.items() if preset == cfg), "custom"),
         "rows": len(lengths) * max(lengths), "arch": arch, "gpu": gpu.name, "dtype": dtype, "precision": precision,
@@ -916,10 +964,12 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
         "kernel_precisions": sorted({row["precision"] for row in rows} - {"-"}),
         "floor_ms": round(weight_bytes / gpu.bandwidth * 1e3, 3),
         "predicted_ms": round(predicted_ms, 3),
-        "launches_per_block": sum(launch.per_block for launch in by_config[id(linear.DEFAULT_CONFIG)]),
+        "launches_per_block": sum(launch.per_block for launch in launches),
         "launches_per_iteration": sum(row["launches_per_iteration"] for row in rows),
+        "launches_per_block_with_metric": round((sum(launch.per_block for launch in launches) * layers
+                                                 + per_iteration) / layers, 2),
         "constants": {"KERNEL_FIXED_US": KERNEL_FIXED_US, "DEPENDENT_STEP_US": DEPENDENT_STEP_US,
-                      "DRAM_LATENCY_US": latency_us, "L2_LATENCY_US": L2_LATENCY_US,
+                      "DRAM_LATENCY_US": latency_us, "L2_LATENCY_US": L2_LATENCY_US, "PDL_BOUNDARY_US": pdl_us,
                       "L2_BANDWIDTH": L2_BANDWIDTH[arch],
                       "clock_hz": gpu.clock_hz, "bandwidth": gpu.bandwidth, "sms": gpu.sms},
         "kernels": rows,
@@ -930,7 +980,7 @@ def calibrate(dump_dir: Path) -> dict:
     """Predicted against measured for the H200 run of bench/RESULTS.md (gpt2-xl, one 27-token
     prompt, fp32 IEEE, the Gram unsplit as it was then)."""
     by_config = {_config_name(c): plan(PRESETS["gpt2-xl"], [27], "sm_90", "fp32", "ieee", dump_dir, split_gram=False,
-                                       config=c) for c in linear.CONFIGS}
+                                       config=c, gemm="fused") for c in linear.CONFIGS}
     report = by_config[_config_name(CALIBRATION_CONFIG)]
     predicted_ms: dict[str, float] = {}
     for row in report["kernels"]:
@@ -972,13 +1022,13 @@ SETTINGS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("bf16", "bf16"))
 
 
 def compare(cfg: ModelConfig, lengths: list[int], arch: str, dump_dir: Path,
-            latency_us: float = DRAM_LATENCY_US) -> dict:
+            latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
     """Fused (today) against skinny for each of SETTINGS: ms per iteration by kernel and role."""
     columns = {}
     for gemm in GEMMS:
         for dtype, precision in SETTINGS:
             report = plan(cfg, lengths, arch, dtype, "tf32x3" if precision == "bf16" else precision, dump_dir,
-                          gemm=gemm, latency_us=latency_us)
+                          gemm=gemm, latency_us=latency_us, pdl_us=pdl_us)
             by_kernel: dict[str, float] = {}
             for row in report["kernels"]:
                 key = row["name"] if row["name"] not in ("fused_linear_kernel", "skinny_linear_kernel") \
@@ -1025,8 +1075,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dump-dir", type=Path, default=None, help="where the cubins go (and are reused from)")
     parser.add_argument("--calibrate", action="store_true")
-    parser.add_argument("--gemm", default="fused", choices=GEMMS,
-                        help="fused: today's engine (fused_linear_kernel + split-K finishes); skinny: skinny_linear")
+    parser.add_argument("--gemm", default="skinny", choices=GEMMS,
+                        help="skinny: today's engine (skinny_linear, 5 launches per block, the metric once per "
+                             "iteration); fused: the engine measured on the H200 (fused_linear_kernel + split-K "
+                             "finishes, the metric after every block)")
+    parser.add_argument("--pdl-us", type=float, default=PDL_BOUNDARY_US,
+                        help="assumed kernel boundary of a programmatic dependent launch (not measured yet)")
     parser.add_argument("--latency-us", type=float, default=DRAM_LATENCY_US,
                         help="DRAM latency under load assumed by the skinny GEMM's pipeline model")
     parser.add_argument("--compare", action="store_true",
@@ -1039,10 +1093,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps(report))
             return
-        print("model | GEMM | M | dtype | N x K | S | CTAs | waves | efficiency")
+        print("model | GEMM | M | dtype | N x K | S | CTAs | steps per CTA | CTAs on the busiest SM | efficiency")
         for row in report:
             print(f"{row['model']} | {row['role']} | {row['rows']} | {row['dtype']} | {row['n']}x{row['k']} | "
-                  f"{row['splits']} | {row['ctas']} | {row['waves']} | {row['efficiency']}"
+                  f"{row['splits']} | {row['ctas']} | {row['steps']} | {row['busiest_sm_ctas']} | {row['efficiency']}"
                   + ("  < 0.85" if row["efficiency"] < 0.85 else ""))
         return
     with contextlib.ExitStack() as stack:
@@ -1061,14 +1115,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name} | {ms}")
             return
         if args.compare:
-            result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us)
+            result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us, args.pdl_us)
             if args.json:
                 print(json.dumps(result))
             else:
                 print_compare(result)
             return
         report = plan(PRESETS[args.model], [args.rows], args.arch, args.dtype, args.precision, dump_dir,
-                      gemm=args.gemm, latency_us=args.latency_us)
+                      gemm=args.gemm, latency_us=args.latency_us, pdl_us=args.pdl_us)
         if args.json:
             print(json.dumps(report))
         else:

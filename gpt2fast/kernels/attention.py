@@ -72,8 +72,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import merge_heads, split_heads
+from .dependent_launch import launch_options, pdl
 from .dot_precision import check_precision
 
 HEAD_DIM = 64
@@ -92,12 +94,16 @@ COMBINE_NUM_WARPS = 1
 @triton.jit
 def causal_attention_kernel(qkv_ptr, lengths_ptr, out_ptr, length, n_head, scale,
                             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            INPUT_PRECISION: tl.constexpr):
+                            INPUT_PRECISION: tl.constexpr, PDL: tl.constexpr = False):
     """One (query block, prompt·head) tile of causal attention; see the module docstring.
 
     qkv_ptr: [P, length, 3·n_head·HEAD_DIM]; lengths_ptr: *i64 [P];
     out_ptr: [P, length, n_head·HEAD_DIM] (both *fp32 or both *bf16); scale: 1/sqrt(HEAD_DIM).
+    PDL: launched as a programmatic dependent launch (``dependent_launch``).
     """
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     block_m = tl.program_id(0)
     prompt = tl.program_id(1) // n_head
     head = tl.program_id(1) % n_head
@@ -181,7 +187,7 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
         causal_attention_kernel[grid](qkv, lengths, out, length, n_head, 1.0 / math.sqrt(HEAD_DIM),
                                       HEAD_DIM=HEAD_DIM, BLOCK_M=block_m, BLOCK_N=block_n,
                                       INPUT_PRECISION=product_precision(qkv.dtype, precision),
-                                      num_warps=num_warps)
+                                      PDL=pdl(qkv.device), num_warps=num_warps, **launch_options(qkv.device))
     return out
 
 

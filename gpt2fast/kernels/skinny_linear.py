@@ -43,7 +43,7 @@ order does not depend on which program arrives last or when, so results are bitw
 reproducible; there is no finish kernel. With LayerNorm, x is loaded
 [BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
 
-Launch (sm_90 and later, ``USE_PDL``): programmatic dependent launch. Each program first asks
+Launch (sm_90 and later): programmatic dependent launch (``dependent_launch``). Each program first asks
 L2 for the first NUM_STAGES weight steps of its slice (``prefetch_weights``: PTX
 ``prefetch.global.L2``, SASS CCTL.E.PML2), lets the next kernel launch (``gdc_launch_dependents``),
 then waits until the previous kernel has finished and its writes are visible (``gdc_wait``)
@@ -51,19 +51,19 @@ before any other memory access; so a launch's start and its first weight fetches
 previous kernel's tail, and every kernel of the chain still runs after the one before it.
 
 Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
-⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM and fills its last wave
-of PROGRAMS_PER_SM · SMs programs to ``WAVE_EFFICIENCY``, with K slices at least
+⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM, with K slices at least
 ``MIN_SLICE_BLOCKS`` BLOCK_K steps wide (one slice when K is narrower) and at most
-``MAX_SPLIT`` of them (gpt2-xl fp32 at M ≤ 64: S = 7, 13, 5, 19 for c_attn, attn c_proj, c_fc,
-mlp c_proj; attn c_proj's 325 programs fill 62 % of a second wave of 264, though all of
-them fit on the SMs at once when 3 or more programs per SM fit, as they do up to BLOCK_M = 32). The SM count is the GPU's, or 132 (an H100's) on the CPU, where the
-interpreter runs the same plan.
+``MAX_SPLIT`` of them, and among those the S whose busiest SM streams the least weight
+(``wave_efficiency``: ⌈programs / SMs⌉ programs of ⌈B/S⌉ steps against the mean; gpt2-xl
+fp32 at M ≤ 64: S = 5, 11, 5, 20 for c_attn, attn c_proj, c_fc, mlp c_proj, 0.95 but attn
+c_proj's 0.63, whose 25 tiles of 50 steps cannot be shared out evenly in slices of 4 or
+more). The SM count is the GPU's, or 132 (an H100's) on the CPU, where the interpreter runs
+the same plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +72,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import LAYERNORM_EPS
+from .dependent_launch import launch_options, pdl
 from .dot_precision import check_precision
 from .linear import _check_tensor, _overlap, _sm_count, block_m, chan_merge, finish_tile
 
@@ -81,14 +82,9 @@ BLOCK_K = {torch.float32: 32, torch.bfloat16: 64}  # 8 KB of weights per stage e
 NUM_WARPS = 4
 NUM_STAGES = 4  # 4 stages × 8 KB of weights in flight per program, 2+ programs per SM
 PROGRAMS_PER_SM = 2
-# Programmatic dependent launch on sm_90 and later (a switch for A/B measurements): each
-# launch may start while the kernel before it drains; its programs ask L2 for their first
-# PREFETCH_STEPS (= NUM_STAGES) weight steps, allow the next launch, then wait for the
-# previous kernel to finish (``gdc_wait``) before touching anything it writes or reads.
-USE_PDL = True
 MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
 MAX_SPLIT = 32
-WAVE_EFFICIENCY = 0.85  # wanted: programs / (waves × PROGRAMS_PER_SM × SMs)
+WAVE_EFFICIENCY = 0.85  # wanted (``wave_efficiency``): the busiest SM's share of the weights near the mean
 # What the last program's reduction and the LayerNorm merge may load at once (fp32 elements
 # per program of NUM_WARPS warps): SPLIT_CHUNK partial tiles per BLOCK_M (64 registers a
 # thread: 128 spilled fp32 tf32x3 BLOCK_M = 64 on sm_80, whose K loop holds 255, and took
@@ -124,37 +120,33 @@ class SkinnyPlan:
         return triton.cdiv(m, self.block_m) * triton.cdiv(n, self.block_n)
 
 
-@functools.cache
-def _capability(device: torch.device) -> int:
-    """The major compute capability of a CUDA device."""
-    return torch.cuda.get_device_capability(device)[0]
-
-
 def ticket_count(m: int, n: int) -> int:
     """Split-K tickets (output tiles) of a call with m rows and at most n output columns."""
     return triton.cdiv(m, block_m(m)) * triton.cdiv(n, BLOCK_N)
 
 
-def wave_efficiency(programs: int, sm_count: int) -> float:
-    """programs / (the waves of PROGRAMS_PER_SM · sm_count programs they need × that many)."""
-    slots = PROGRAMS_PER_SM * sm_count
-    return programs / (triton.cdiv(programs, slots) * slots)
+def wave_efficiency(tiles: int, k_blocks: int, splits: int, sm_count: int) -> float:
+    """How full the busiest SM keeps the GPU: the K steps of all programs over sm_count times
+    those of the busiest SM, which runs ⌈programs / sm_count⌉ programs of ⌈k_blocks / S⌉ steps
+    (1: every SM streams the same share of the weights)."""
+    programs = tiles * splits
+    return tiles * k_blocks / (sm_count * triton.cdiv(programs, sm_count) * triton.cdiv(k_blocks, splits))
 
 
 def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float32) -> SkinnyPlan:
     """The SkinnyPlan of an [m, k] × [n, k]ᵀ product on ``sm_count`` SMs (see the module docstring).
 
-    Among the splits that give PROGRAMS_PER_SM programs per SM (or as many as K allows), the
-    fewest whose last wave is at least WAVE_EFFICIENCY full, else the fullest.
+    Among the splits that give PROGRAMS_PER_SM programs per SM (or as many as K allows in
+    slices of MIN_SLICE_BLOCKS steps), the one of highest ``wave_efficiency``; the fewest
+    splits among equals.
     """
     tile_m, block_k = block_m(m), BLOCK_K[dtype]
     tiles = triton.cdiv(m, tile_m) * triton.cdiv(n, BLOCK_N)
     k_blocks = triton.cdiv(k, block_k)
     most = max(1, min(k_blocks // MIN_SLICE_BLOCKS, MAX_SPLIT))
     least = min(triton.cdiv(PROGRAMS_PER_SM * sm_count, tiles), most)
-    candidates = [SkinnyPlan(tile_m, BLOCK_N, block_k, splits) for splits in range(least, most + 1)]
-    full = [c for c in candidates if wave_efficiency(tiles * c.splits, sm_count) >= WAVE_EFFICIENCY]
-    return full[0] if full else max(candidates, key=lambda c: wave_efficiency(tiles * c.splits, sm_count))
+    splits = max(range(least, most + 1), key=lambda s: (wave_efficiency(tiles, k_blocks, s, sm_count), -s))
+    return SkinnyPlan(tile_m, BLOCK_N, block_k, splits)
 
 
 def split_chunk(splits: int, tile_m: int) -> int:
@@ -376,7 +368,6 @@ def skinny_linear(
     if max(m * k, chosen.splits * m * n) >= 2**31:
         raise ValueError(f"x [{m}, {k}] or the partials {chosen.splits} x [{m}, {n}] exceed int32 offsets")
     partial = chosen.splits > 1
-    pdl = USE_PDL and device.type == "cuda" and _capability(device) >= 9
     workspace = torch.empty((chosen.splits, m, n), dtype=torch.float32, device=device) if partial else out
     skinny_linear_kernel[chosen.grid(m, n)](
         x, weight, bias, residual if residual is not None else out, out, workspace, counters,
@@ -386,8 +377,8 @@ def skinny_linear(
         BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda", LN=ln_w is not None, STATS=stats is not None,
         BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
         SPLIT_CHUNK=split_chunk(chosen.splits, chosen.block_m), LN_TILES=ln_tiles(k, chosen.block_m),
-        PDL=pdl, PREFETCH_STEPS=chosen.num_stages, num_warps=chosen.num_warps, num_stages=chosen.num_stages,
-        **({"launch_pdl": True} if pdl else {}),
+        PDL=pdl(device), PREFETCH_STEPS=chosen.num_stages, num_warps=chosen.num_warps,
+        num_stages=chosen.num_stages, **launch_options(device),
     )
     return out
 

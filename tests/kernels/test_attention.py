@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aot import AotSpec, check_compiles
+from aot import CAPABILITIES, AotSpec, check_compiles
 from gpt2fast.kernels.dot_precision import PRECISIONS
 from gpt2fast.kernels.attention import (
     CAUSAL_CONFIGS,
@@ -41,26 +41,34 @@ QKV_SCALE = 2.0  # scores q·k/8 of standard deviation ~4: peaked softmax rows
 MODULE = "gpt2fast.kernels.attention"
 CAUSAL_SIGNATURE = {"qkv_ptr": "*fp32", "lengths_ptr": "*i64", "out_ptr": "*fp32", "length": "i32",
                     "n_head": "i32", "scale": "fp32", "HEAD_DIM": "constexpr", "BLOCK_M": "constexpr",
-                    "BLOCK_N": "constexpr", "INPUT_PRECISION": "constexpr"}
+                    "BLOCK_N": "constexpr", "INPUT_PRECISION": "constexpr", "PDL": "constexpr"}
+# causal attention as its launcher builds it: a programmatic dependent launch on sm_90
 AOT_SPECS = [
     AotSpec(
-        label=f"causal_attention_kernel {name} {block_m}x{block_n} {precision} (D=64, any C=64·H: 768, 1600)",
+        label=f"causal_attention_kernel {name} {block_m}x{block_n} {precision} (D=64, any C=64·H: 768, 1600)"
+              f"{' pdl' if capability >= 90 else ''}",
         kernel=f"{MODULE}:causal_attention_kernel",
         signature=CAUSAL_SIGNATURE,
-        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": precision},
+        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": precision,
+                    "PDL": capability >= 90},
         options={"num_warps": num_warps},
+        capabilities=(capability,),
     )
     for name, (block_m, block_n, num_warps) in CAUSAL_CONFIGS.items()
     for precision in PRECISIONS
+    for capability in CAPABILITIES
 ] + [
     AotSpec(
-        label=f"causal_attention_kernel {name} {block_m}x{block_n} bf16 (D=64)",
+        label=f"causal_attention_kernel {name} {block_m}x{block_n} bf16 (D=64){' pdl' if capability >= 90 else ''}",
         kernel=f"{MODULE}:causal_attention_kernel",
         signature={**CAUSAL_SIGNATURE, "qkv_ptr": "*bf16", "out_ptr": "*bf16"},
-        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": "tf32"},
+        constexprs={"HEAD_DIM": HEAD_DIM, "BLOCK_M": block_m, "BLOCK_N": block_n, "INPUT_PRECISION": "tf32",
+                    "PDL": capability >= 90},
         options={"num_warps": num_warps},
+        capabilities=(capability,),
     )
     for name, (block_m, block_n, num_warps) in CAUSAL_CONFIGS.items()
+    for capability in CAPABILITIES
 ] + [
     AotSpec(
         label=f"decode_attention_split_kernel BLOCK_N={DECODE_BLOCK_N} {dtype} (D=64)",

@@ -305,8 +305,8 @@ def test_rejects_bad_arguments(call, match):
 @pytest.mark.parametrize("rows", (1, 16, 27, 64, 130))
 def test_plan_fills_the_gpu(rows, k, n, dtype):
     """Slices are at least MIN_SLICE_BLOCKS whole BLOCK_K steps, and the grid holds PROGRAMS_PER_SM
-    programs per SM unless K is too short for that many slices of MIN_SLICE_BLOCKS steps;
-    gpt2-xl's c_attn, c_fc and mlp c_proj fill their last wave to WAVE_EFFICIENCY."""
+    programs per SM unless K is too short for that many slices of MIN_SLICE_BLOCKS steps; no
+    larger S balances the SMs better; gpt2-xl's c_attn, c_fc and mlp c_proj reach WAVE_EFFICIENCY."""
     p = plan(rows, n, k, SM_COUNT, dtype)
     assert p.block_m == min(64, max(16, triton.next_power_of_2(rows))) and p.block_n == BLOCK_N >= 64
     k_steps = triton.cdiv(k, p.block_k)
@@ -316,8 +316,11 @@ def test_plan_fills_the_gpu(rows, k, n, dtype):
     m_tiles, n_tiles, splits = p.grid(rows, n)
     programs = m_tiles * n_tiles * splits
     assert programs >= PROGRAMS_PER_SM * SM_COUNT or k_steps // MIN_SLICE_BLOCKS <= splits, (programs, p)
+    efficiency = wave_efficiency(m_tiles * n_tiles, k_steps, splits, SM_COUNT)
+    assert all(efficiency >= wave_efficiency(m_tiles * n_tiles, k_steps, other, SM_COUNT)
+               for other in range(splits, min(MAX_SPLIT, k_steps // MIN_SLICE_BLOCKS) + 1))  # none better
     if (k, n) in (GPT2_XL_SHAPES[0], GPT2_XL_SHAPES[2], GPT2_XL_SHAPES[3]):
-        assert wave_efficiency(programs, SM_COUNT) >= WAVE_EFFICIENCY, (programs, p)
+        assert efficiency >= WAVE_EFFICIENCY, (programs, p)
 
 
 # Every configuration the plan can choose, on aligned pointers and K (the JIT specialises the
