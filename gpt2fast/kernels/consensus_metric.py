@@ -67,7 +67,7 @@ class GramConfig:
     num_warps: int
 
 
-GRAM_CONFIGS = (GramConfig(16, 32, 4), GramConfig(32, 32, 8), GramConfig(64, 16, 8))
+GRAM_CONFIGS = (GramConfig(16, 32, 4), GramConfig(32, 32, 8), GramConfig(64, 16, 16))
 
 
 def gram_block(length: int) -> GramConfig:
@@ -166,8 +166,10 @@ def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, 
     n_blocks = tl.num_programs(0)
     n_slices = tl.cdiv(C, k_per_slice)
     slot = tl.program_id(2) // n_slices
-    piece = tl.program_id(2) % n_slices
-    length = tl.load(lengths_ptr + slot % P).to(tl.int32)
+    piece = tl.program_id(2) - slot * n_slices
+    layer = slot // P
+    prompt_index = slot - layer * P
+    length = tl.load(lengths_ptr + prompt_index).to(tl.int32)
     s = s_block * BT + tl.arange(0, BT)
     t = t_block * BT + tl.arange(0, BT)
     s_valid = s < length
@@ -177,6 +179,11 @@ def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, 
     live = (s_block * BT < length) & (t_block * BT < length)
     k_start = piece * k_per_slice
     k_end = tl.where(live, tl.minimum(k_start + k_per_slice, C), k_start)
+    # where the epilogue writes, worked out before the loop (no slot index lives through it)
+    tile = (slot.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
+    side = n_blocks * BT
+    out_ptr = (slices_ptr + (slot.to(tl.int64) * n_slices + piece) * side * side if SPLIT
+               else gram_ptr + prompt_index.to(tl.int64) * stride_gp + layer.to(tl.int64) * stride_gl)
     acc = tl.zeros((BT, BT), dtype=tl.float32)
     for k0 in range(k_start, k_end, BK):
         in_k = k0 + k < k_end
@@ -186,13 +193,9 @@ def gram_tiles_kernel(unit_ptr, lengths_ptr, gram_ptr, partial_ptr, slices_ptr, 
                     mask=t_valid[None, :] & in_k[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if SPLIT:
-        side = n_blocks * BT
-        base = slices_ptr + (slot.to(tl.int64) * n_slices + piece) * side * side
-        tl.store(base + s[:, None] * side + t[None, :], acc)
+        tl.store(out_ptr + s[:, None] * side + t[None, :], acc)
     else:
-        tile = (slot.to(tl.int64) * tl.num_programs(1) + s_block) * n_blocks + t_block
-        finish_gram_tile(acc, s, t, length, T, tile, slot_gram(gram_ptr, slot, P, stride_gp, stride_gl),
-                         partial_ptr, stride_gs, stride_gt, WRITE_GRAM)
+        finish_gram_tile(acc, s, t, length, T, tile, out_ptr, partial_ptr, stride_gs, stride_gt, WRITE_GRAM)
 
 
 @triton.jit

@@ -24,7 +24,8 @@ Swapped operands. M = P·T is small (1 to a few hundred), so the weight rows fil
 M side and the tokens its N side: program (j, i, s) multiplies the weight tile W[i·BLOCK_N..,
 k] [BLOCK_N, BLOCK_K] (first operand; BLOCK_N = 64 = wgmma's M on sm_90, four mma.sync
 rows on sm_80) by the transposed token tile x[j·BLOCK_M.., k]ᵀ [BLOCK_K, BLOCK_M] (second
-operand; BLOCK_M = M rounded up to a power of two in [16, 64], as tl.dot needs ≥ 16), both
+operand; BLOCK_M = M rounded up to a power of two in [16, 64], as tl.dot needs ≥ 16; fp32
+"ieee", on the FMA units, takes BLOCK_M ≤ 32 and BLOCK_K = 16 to fit its registers), both
 K-major, into an fp32 accumulator [BLOCK_N, BLOCK_M] that is stored transposed. The K loop
 is pipelined over ``num_stages`` ≥ 3 shared buffers filled by 16-byte cp.async (LDGSTS) on
 both sm_80 and sm_90, feeding mma.sync (HMMA) on sm_80 and wgmma (HGMMA) on sm_90.
@@ -44,7 +45,8 @@ reproducible; there is no finish kernel. With LayerNorm, x is loaded
 [BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
 
 Launch (sm_90 and later): programmatic dependent launch (``dependent_launch``). Each program first asks
-L2 for the first NUM_STAGES weight steps of its slice (``prefetch_weights``: PTX
+L2 for the first PREFETCH_LINES 128-byte lines of each weight row of its slice (the first
+NUM_STAGES steps; ``prefetch_weights``: PTX
 ``prefetch.global.L2``, SASS CCTL.E.PML2), lets the next kernel launch (``gdc_launch_dependents``),
 then waits until the previous kernel has finished and its writes are visible (``gdc_wait``)
 before any other memory access; so a launch's start and its first weight fetches overlap the
@@ -79,8 +81,13 @@ from .linear import _check_tensor, _overlap, _sm_count, block_m, chan_merge, fin
 DTYPES = (torch.float32, torch.bfloat16)
 BLOCK_N = 64  # weight rows per tile: wgmma's M (one warpgroup of 4 warps)
 BLOCK_K = {torch.float32: 32, torch.bfloat16: 64}  # 8 KB of weights per stage either way
+# fp32 "ieee" multiplies on the FMA units, each thread holding its rows and columns of a K
+# step in registers: half the K step, and at most 32 token rows per tile (64 spill there)
+IEEE_BLOCK_K = 16
+IEEE_MAX_BLOCK_M = 32
 NUM_WARPS = 4
 NUM_STAGES = 4  # 4 stages × 8 KB of weights in flight per program, 2+ programs per SM
+PREFETCH_LINES = NUM_STAGES  # 128-byte lines of each weight row prefetched to L2 (PDL): the first stages
 PROGRAMS_PER_SM = 2
 MIN_SLICE_BLOCKS = 4  # a K slice spans at least this many BLOCK_K steps (a full pipeline)
 MAX_SPLIT = 32
@@ -122,7 +129,7 @@ class SkinnyPlan:
 
 def ticket_count(m: int, n: int) -> int:
     """Split-K tickets (output tiles) of a call with m rows and at most n output columns."""
-    return triton.cdiv(m, block_m(m)) * triton.cdiv(n, BLOCK_N)
+    return triton.cdiv(m, 16) * triton.cdiv(n, BLOCK_N)  # the smallest BLOCK_M: the most tiles
 
 
 def wave_efficiency(tiles: int, k_blocks: int, splits: int, sm_count: int) -> float:
@@ -133,7 +140,8 @@ def wave_efficiency(tiles: int, k_blocks: int, splits: int, sm_count: int) -> fl
     return tiles * k_blocks / (sm_count * triton.cdiv(programs, sm_count) * triton.cdiv(k_blocks, splits))
 
 
-def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float32) -> SkinnyPlan:
+def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float32,
+         precision: str = "tf32x3") -> SkinnyPlan:
     """The SkinnyPlan of an [m, k] × [n, k]ᵀ product on ``sm_count`` SMs (see the module docstring).
 
     Among the splits that give PROGRAMS_PER_SM programs per SM (or as many as K allows in
@@ -141,6 +149,8 @@ def plan(m: int, n: int, k: int, sm_count: int, dtype: torch.dtype = torch.float
     splits among equals.
     """
     tile_m, block_k = block_m(m), BLOCK_K[dtype]
+    if dtype == torch.float32 and precision == "ieee":
+        tile_m, block_k = min(tile_m, IEEE_MAX_BLOCK_M), IEEE_BLOCK_K
     tiles = triton.cdiv(m, tile_m) * triton.cdiv(n, BLOCK_N)
     k_blocks = triton.cdiv(k, block_k)
     most = max(1, min(k_blocks // MIN_SLICE_BLOCKS, MAX_SPLIT))
@@ -211,11 +221,11 @@ def tile_stats_kernel(x_ptr, stats_ptr, M, K, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def prefetch_weights(w_ptr, cols, k_start, N, K, BLOCK_K: tl.constexpr, STEPS: tl.constexpr):
-    """Ask L2 for W[cols, k_start ..] over STEPS K steps, one 128-byte line per row and step
-    (BLOCK_K elements are 128 bytes in both dtypes); addresses clamped into W. No data moves
-    into registers: ``prefetch.global.L2::evict_last``."""
-    lines = tl.minimum(k_start + tl.arange(0, STEPS) * BLOCK_K, K - 1)
+def prefetch_weights(w_ptr, cols, k_start, N, K, LINES: tl.constexpr):
+    """Ask L2 for LINES 128-byte lines of each row W[cols, k_start ..] (addresses clamped into
+    W). No data moves into registers: ``prefetch.global.L2::evict_last``."""
+    line: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements per 128 bytes
+    lines = tl.minimum(k_start + tl.arange(0, LINES) * line, K - 1)
     rows = tl.minimum(cols, N - 1).to(tl.int64) * K
     tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; // $0", "=r,l",
                               [w_ptr + rows[:, None] + lines[None, :]], dtype=tl.int32, is_pure=False, pack=1)
@@ -229,7 +239,7 @@ def skinny_linear_kernel(
     BF16_AS_FP32: tl.constexpr, LN: tl.constexpr, STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_CHUNK: tl.constexpr = 1, LN_TILES: tl.constexpr = 1, PDL: tl.constexpr = False,
-    PREFETCH_STEPS: tl.constexpr = 4,
+    PREFETCH_LINES: tl.constexpr = 4,
 ):
     """Output tile (rows j·BLOCK_M.., cols i·BLOCK_N..) over the K slice s, (j, i, s) = program ids.
 
@@ -250,7 +260,7 @@ def skinny_linear_kernel(
     k_start = (s * k_blocks // splits) * BLOCK_K
     k_end = tl.minimum(((s + 1) * k_blocks // splits) * BLOCK_K, K)
     if PDL:
-        prefetch_weights(w_ptr, cols, k_start, N, K, BLOCK_K, PREFETCH_STEPS)
+        prefetch_weights(w_ptr, cols, k_start, N, K, PREFETCH_LINES)
         gdc_launch_dependents()
         gdc_wait()  # from here on the previous kernel's writes are visible, and it reads nothing we write
     if LN:
@@ -354,7 +364,7 @@ def skinny_linear(
         return out
     if k == 0:
         raise ValueError("x must have at least one column")
-    chosen = plan(m, n, k, _sm_count(device), dtype)
+    chosen = plan(m, n, k, _sm_count(device), dtype, precision)
     if splits is not None:
         if not 1 <= splits <= triton.cdiv(k, chosen.block_k):
             raise ValueError(f"splits must be in [1, {triton.cdiv(k, chosen.block_k)}], got {splits}")
@@ -377,7 +387,7 @@ def skinny_linear(
         BF16_AS_FP32=dtype == torch.bfloat16 and device.type != "cuda", LN=ln_w is not None, STATS=stats is not None,
         BLOCK_M=chosen.block_m, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k,
         SPLIT_CHUNK=split_chunk(chosen.splits, chosen.block_m), LN_TILES=ln_tiles(k, chosen.block_m),
-        PDL=pdl(device), PREFETCH_STEPS=chosen.num_stages, num_warps=chosen.num_warps,
+        PDL=pdl(device), PREFETCH_LINES=PREFETCH_LINES, num_warps=chosen.num_warps,
         num_stages=chosen.num_stages, **launch_options(device),
     )
     return out

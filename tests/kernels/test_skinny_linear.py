@@ -18,10 +18,13 @@ from compare import assert_relative_error
 from gpt2fast.kernels.skinny_linear import (
     BLOCK_K,
     BLOCK_N,
+    IEEE_BLOCK_K,
+    IEEE_MAX_BLOCK_M,
     MAX_SPLIT,
     MIN_SLICE_BLOCKS,
     NUM_STAGES,
     NUM_WARPS,
+    PREFETCH_LINES,
     PROGRAMS_PER_SM,
     WAVE_EFFICIENCY,
     layer_norm_stats,
@@ -327,15 +330,19 @@ def test_plan_fills_the_gpu(rows, k, n, dtype):
 # real shapes so, every GPT-2 K being a multiple of 16): fp32 with tf32x3 products and bf16, at
 # every BLOCK_M, with the split-K path (partials, tickets, the reduction, GELU) and the direct
 # residual one; the LayerNorm prologue (with split and GELU, as c_fc) and the residual epilogue
-# writing statistics (with split, as mlp c_proj). ieee fp32 runs on the CUDA cores (no MMA) and
-# is compiled once for spills.
+# writing statistics (with split, as both c_proj); fp32 "ieee" (on the CUDA cores, no MMA) in
+# every variant at its BLOCK_Ms (16 and 32), and "tf32" as --dtype tf32 runs c_fc and mlp c_proj.
 VARIANTS = {"split+gelu": ("PARTIAL", "GELU"), "residual": ("RESIDUAL",), "ln+split+gelu": ("LN", "PARTIAL", "GELU"),
             "split+residual+stats": ("PARTIAL", "RESIDUAL", "STATS")}
 CONFIGS = [(dtype, precision, block_m, variant)
            for dtype, precision in (("fp32", "tf32x3"), ("bf16", "tf32x3"))
            for block_m in (16, 32, 64) for variant in ("split+gelu", "residual")]
 CONFIGS += [(dtype, "tf32x3", block_m, "ln+split+gelu") for dtype in ("fp32", "bf16") for block_m in (16, 32, 64)]
-CONFIGS += [(dtype, "tf32x3", 64, "split+residual+stats") for dtype in ("fp32", "bf16")]
+CONFIGS += [(dtype, "tf32x3", block_m, "split+residual+stats") for dtype in ("fp32", "bf16") for block_m in (16, 32, 64)]
+CONFIGS += [("fp32", "tf32", 32, "ln+split+gelu"), ("fp32", "tf32", 32, "split+residual+stats")]
+# fp32 "ieee" (the engine's default, on the FMA units): every variant at its BLOCK_Ms
+CONFIGS += [("fp32", "ieee", block_m, variant) for block_m in (16, IEEE_MAX_BLOCK_M) for variant in VARIANTS]
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _spec(dtype: str, precision: str, block_m: int, variant: str, capability: int) -> AotSpec:
@@ -346,11 +353,11 @@ def _spec(dtype: str, precision: str, block_m: int, variant: str, capability: in
                   "splits": "i32"}
     flags = {flag: flag in VARIANTS[variant] for flag in ("GELU", "RESIDUAL", "PARTIAL", "LN", "STATS")}
     constexprs = dict(**flags, PRECISION=precision, BF16_AS_FP32=False, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-                      BLOCK_K=BLOCK_K[torch.float32 if dtype == "fp32" else torch.bfloat16],
+                      BLOCK_K=IEEE_BLOCK_K if precision == "ieee" else BLOCK_K[TORCH_DTYPES[dtype]],
                       # the widest batched loads the launcher can choose at this BLOCK_M (most registers)
                       SPLIT_CHUNK=split_chunk(MAX_SPLIT, block_m) if flags["PARTIAL"] else 1,
                       LN_TILES=ln_tiles(1 << 20, block_m) if flags["LN"] else 1,
-                      PDL=capability >= 90, PREFETCH_STEPS=NUM_STAGES)  # as the launcher builds it there
+                      PDL=capability >= 90, PREFETCH_LINES=PREFETCH_LINES)  # as the launcher builds it there
     signature |= {name: "constexpr" for name in constexprs}
     products = precision if dtype == "fp32" else "bf16"
     label = f"{dtype} {products} BLOCK_M={block_m} {variant}{' pdl' if constexprs['PDL'] else ''}"
@@ -359,8 +366,7 @@ def _spec(dtype: str, precision: str, block_m: int, variant: str, capability: in
                    aligned=True, divisible=("K",), sass=True, capabilities=(capability,))
 
 
-AOT_SPECS = [_spec(*config, capability) for config in CONFIGS + [("fp32", "ieee", 64, "split+gelu")]
-             for capability in CAPABILITIES]
+AOT_SPECS = [_spec(*config, capability) for config in CONFIGS for capability in CAPABILITIES]
 SHARED_PER_SM = {80: 163 * 1024, 90: 227 * 1024}
 
 
@@ -388,7 +394,7 @@ def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
             # (one 128-byte line per row and step: BLOCK_N · NUM_STAGES / threads per thread), the
             # early launch of the next kernel (PREEXIT) and one wait for the previous (ACQBULK)
             pdl = (r.count("CCTL.E.PML2"), r.count("PREEXIT"), r.count("ACQBULK"))
-            want = (BLOCK_N * NUM_STAGES // (32 * NUM_WARPS), 1, 1) if spec.constexprs["PDL"] else (0, 0, 0)
+            want = (BLOCK_N * PREFETCH_LINES // (32 * NUM_WARPS), 1, 1) if spec.constexprs["PDL"] else (0, 0, 0)
             assert pdl == want, (r.line(), pdl)
             if spec.constexprs["PRECISION"] == "ieee" and dtype == "fp32":
                 continue
