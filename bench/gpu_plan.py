@@ -361,7 +361,7 @@ def skinny_spec(dtype: str, precision: str, block_m: int, block_k: int, partial:
                   "M": "i32", "N": "i32", "K": "i32", "splits": "i32"}
     constexprs = dict(GELU=gelu, RESIDUAL=residual, PARTIAL=partial, PRECISION=precision, BF16_AS_FP32=False,
                       LN=ln, STATS=stats, BLOCK_M=block_m, BLOCK_N=skinny_linear.BLOCK_N, BLOCK_K=block_k,
-                      SPLIT_CHUNK=split_chunk, LN_TILES=ln_tiles, PDL=pdl, PREFETCH_STEPS=skinny_linear.NUM_STAGES)
+                      SPLIT_CHUNK=split_chunk, LN_TILES=ln_tiles, PDL=pdl, PREFETCH_LINES=skinny_linear.PREFETCH_LINES)
     signature |= {name: "constexpr" for name in constexprs}
     # the kernel's own parameters, in its order (a build without LayerNorm has no LN/STATS)
     signature = {name: signature[name] for name in names}
@@ -389,7 +389,7 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
     launches = []
     for role, (n, k) in linear_shapes(cfg).items():
         gelu, residual = role == "mlp.c_fc", role.endswith("c_proj")
-        chosen = skinny_linear.plan(rows, n, k, sms, torch_dtype)
+        chosen = skinny_linear.plan(rows, n, k, sms, torch_dtype, precision)
         grid = chosen.grid(rows, n)
         partial = chosen.splits > 1
         # the kernel's own precision argument: bf16 ignores it (compiled as the tests do)
@@ -959,7 +959,7 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
     return {
         "model": next((name for name, preset in PRESETS.items() if preset == cfg), "custom"),
         "rows": len(lengths) * max(lengths), "arch": arch, "gpu": gpu.name, "dtype": dtype, "precision": precision,
-        "gemm": gemm,
+        "gemm": gemm, "triton": triton.__version__,
         "engine_default_precision": TRITON_PRECISION[dtype],  # what a run without a precision flag uses today
         "kernel_precisions": sorted({row["precision"] for row in rows} - {"-"}),
         "floor_ms": round(weight_bytes / gpu.bandwidth * 1e3, 3),

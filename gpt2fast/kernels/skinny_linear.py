@@ -35,10 +35,10 @@ Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers th
 out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
 ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
 that the whole tile's stores are released): the program that draws ticket S − 1 arrives
-last loads workspace[0..S−1] SPLIT_CHUNK tiles at a time in one load each ([SPLIT_CHUNK,
-BLOCK_N, BLOCK_M] masked past S, L2 loads, ``.cg``; ``split_chunk``: S rounded up to a power of two, capped by registers at 8
-tiles for BLOCK_M = 16, 4 for 32, 2 for 64, larger S in batches added in order), sums them
-over the split axis with tl.sum's fixed tree, applies bias and the epilogue, writes out and
+last loads workspace[0..S−1] SPLIT_CHUNK tiles per trip (an unrolled run of independent
+[BLOCK_N, BLOCK_M] loads masked past S, L2 loads, ``.cg``; ``split_chunk``: S rounded up to
+a power of two, capped by registers at 8 tiles for BLOCK_M = 16, 4 for 32, 2 for 64), adds
+them in split order, applies bias and the epilogue, writes out and
 resets the counter to 0, so the next call and every CUDA graph replay start clean. The sum's
 order does not depend on which program arrives last or when, so results are bitwise
 reproducible; there is no finish kernel. With LayerNorm, x is loaded
@@ -96,7 +96,9 @@ WAVE_EFFICIENCY = 0.85  # wanted (``wave_efficiency``): the busiest SM's share o
 # per program of NUM_WARPS warps): SPLIT_CHUNK partial tiles per BLOCK_M (64 registers a
 # thread: 128 spilled fp32 tf32x3 BLOCK_M = 64 on sm_80, whose K loop holds 255, and took
 # the BLOCK_M = 32 builds from 115 to 144 registers, 4 programs per SM to 3), LN_TILES
-# tiles' (mean, M2) pairs.
+# tiles' (mean, M2) pairs. The partial tiles are separate loads, not one [SPLIT_CHUNK, ..]
+# load summed by tl.sum: Triton 3.6 (the GPU machines') built that form at 225 registers
+# instead of 149 (fp32 tf32x3, BLOCK_M = 32, sm_90; bench/triton_compat.py).
 SPLIT_CHUNK_ELEMENTS = {16: 8192, 32: 8192, 64: 8192}
 LN_MERGE_ELEMENTS = 2048
 STATS_COLUMNS: tl.constexpr = tl.constexpr(BLOCK_N)  # columns per LayerNorm-statistics tile
@@ -291,16 +293,14 @@ def skinny_linear_kernel(
         tl.debug_barrier()  # every thread's partial stores precede the ticket's release
         counter = count_ptr + tile_m * tl.num_programs(1) + tile_n
         if tl.atomic_add(counter, 1, sem="acq_rel") == splits - 1:
-            # SPLIT_CHUNK partial tiles per load ([SPLIT_CHUNK, BLOCK_N, BLOCK_M], masked past S),
-            # summed over the chunk axis by tl.sum's fixed tree; chunks (one when SPLIT_CHUNK ≥ S)
-            # added in order
+            # SPLIT_CHUNK partial tiles per trip, unrolled: independent loads (masked past S)
+            # the compiler issues back to back, added in split order; trips in order
             acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
             for t0 in range(0, splits, SPLIT_CHUNK):
-                chunk = t0 + tl.arange(0, SPLIT_CHUNK)
-                parts = tl.load(part_ptr + chunk[:, None, None] * M * N + offsets[None, :, :],
-                                mask=(chunk[:, None, None] < splits) & mask[None, :, :], other=0.0,
-                                cache_modifier=".cg")
-                acc += tl.sum(parts, 0)
+                for j in tl.static_range(SPLIT_CHUNK):
+                    in_range = mask & (tl.zeros_like(offsets) + t0 + j < splits)
+                    acc += tl.load(part_ptr + (t0 + j) * M * N + offsets, mask=in_range, other=0.0,
+                                   cache_modifier=".cg")
             stored = finish_tile(tl.trans(acc), rows, cols, M, N, b_ptr, res_ptr, out_ptr, True, GELU, RESIDUAL)
             if STATS:
                 store_tile_stats(stats_ptr, stored.to(tl.float32), rows, tile_n, M, N)
