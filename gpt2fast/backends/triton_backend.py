@@ -36,6 +36,9 @@ from ..weights import LINEAR_NAMES
 from .torch_backend import MIN_GRAPH_REPLAYS, CapturedIteration, capture_in_place, pad_prompts
 
 Drawn = tuple[int, int, Step] | None
+# Stored weights through skinny_linear (False: through ln_linear / linear_residual, the fused
+# FMA-path kernels the engine used before; a switch for A/B measurements, bench/gpu_profile.py)
+SKINNY_GEMMS = True
 
 
 def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, Drawn]]:
@@ -111,7 +114,7 @@ def apply_block(
     not overlapping it). attend(qkv [M, 3C], out [M, C]) is the attention. A block whose
     Linears are all stored runs skinny_linear, which needs ``buffers.stats_in`` to describe
     x_in (computed here unless ``buffers.stats_valid``) and leaves x_out's there."""
-    skinny = all(draw is None for draw in drawn.values())
+    skinny = SKINNY_GEMMS and all(draw is None for draw in drawn.values())
     if skinny and not buffers.stats_valid:
         layer_norm_stats(x_in, buffers.stats_in)
 
