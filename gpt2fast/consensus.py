@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backends import make_engine
+from .backends import make_engine, products
 from .config import ConsensusFlags
 from .driver import drive
 from .interrupts import graceful_stop
@@ -84,7 +84,7 @@ def run_consensus(
     meta = consensus_metadata(
         model_name=model_name, weights=weights, flags=flags, texts=texts,
         token_lists=token_lists, device=describe_device(device), dtype=dtype,
-        backend=engine.backend, files=files,
+        backend=engine.backend, products=products(engine.backend, device, dtype), files=files,
     )
     meta["decoded"] = []
     meta_paths = [metadata_path(path) for path in (err_path, gram_path) if path is not None and path not in scratch]

@@ -64,6 +64,7 @@ def consensus_metadata(
     device: str,
     dtype: str,
     backend: str,
+    products: str,
     files: dict[str, dict],
 ) -> dict:
     """The metadata of a consensus run as it starts (status ``running``, nothing completed).
@@ -92,6 +93,7 @@ def consensus_metadata(
         "device": device,
         "dtype": dtype,
         "backend": backend,
+        "products": products,
         "versions": versions(),
         "host": host(),
         "prompts": prompt_records(texts, token_lists),

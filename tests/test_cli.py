@@ -60,7 +60,7 @@ def test_consensus_run_writes_the_original_files(tiny_checkpoint, tmp_path, caps
     assert meta["flags"]["decode"] == [0, 1] and meta["flags"]["size"] == 2
     assert [p["tokens"] for p in meta["prompts"]] == token_lists
     assert meta["model"]["n_layer"] == CFG.n_layer and meta["device"] == "cpu"
-    assert meta["dtype"] == "fp32" and meta["backend"] == "torch"
+    assert meta["dtype"] == "fp32" and meta["backend"] == "torch" and meta["products"] == "ieee"
     assert meta["weights"]["source"].endswith("model.safetensors") and len(meta["weights"]["sha256"]) == 64
     assert meta["files"]["err2"]["shape"] == list(m.shape)
     assert {"torch", "numpy", "python"} <= set(meta["versions"])
@@ -230,5 +230,5 @@ def test_triton_backend_in_bf16_from_the_command_line(tiny_checkpoint):
     assert main(common + ["--backend", "triton", "--savefile", "tri"]) == 0
     assert main(common + ["--backend", "torch", "--savefile", "tor"]) == 0
     meta = json.loads(open("tri.json").read())
-    assert (meta["backend"], meta["dtype"]) == ("triton", "bf16")
+    assert (meta["backend"], meta["dtype"], meta["products"]) == ("triton", "bf16", "bf16")
     np.testing.assert_allclose(np.load("tri.npy"), np.load("tor.npy"), rtol=0, atol=2e-2)

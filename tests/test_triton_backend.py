@@ -193,3 +193,20 @@ def test_triton_cuda_graph_replays_the_eager_iteration(random_init, const_reset,
     graphed = run(TritonEngine, flags, tmp_path, cuda, chunk=1)
     assert_same_run(graphed, run(EagerTritonEngine, flags, tmp_path, cuda), rtol=1e-6, atol=1e-7)
     assert_same_run(graphed, run(TorchEngine, flags, tmp_path, cuda), rtol=1e-4, atol=1e-5)
+
+
+def test_float32_products_are_tf32x3_only_on_confirmed_gpus(monkeypatch):
+    """The Triton backend multiplies float32 as tf32x3 only on a GPU in TF32X3_CONFIRMED; the
+    metadata's ``products`` says what each run used."""
+    from gpt2fast import backends
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert [backends.products(backend, device, "fp32") for backend in ("torch", "triton")
+            for device in (cpu, cuda)] == ["ieee"] * 4
+    monkeypatch.setattr(backends, "TF32X3_CONFIRMED", frozenset({(9, 0)}))
+    assert backends.products("triton", cuda, "fp32") == backends.triton_precision(cuda, "fp32") == "tf32x3"
+    assert backends.products("triton", cpu, "fp32") == backends.products("torch", cuda, "fp32") == "ieee"
+    assert [backends.products("triton", cuda, dtype) for dtype in ("tf32", "bf16")] == ["tf32", "bf16"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
+    assert backends.triton_precision(cuda, "fp32") == "ieee"

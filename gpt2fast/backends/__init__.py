@@ -15,6 +15,11 @@ BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels' float32 product precision per --dtype. bf16 operands are multiplied as
 # TF32 whatever this says (exact for bf16 values); "ieee" keeps the metrics' Gram exact.
 TRITON_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
+# GPUs (compute capability) on which tf32x3 products were measured as accurate as IEEE float32
+# (tests/kernels/test_skinny_linear.py::test_tf32x3_is_as_accurate_as_ieee_on_a_gpu passing on
+# that card): there the Triton backend multiplies float32 as tf32x3, float32's accuracy at the
+# tensor cores' rate; elsewhere as IEEE FMAs. None yet: no GPU has run the test.
+TF32X3_CONFIRMED: frozenset[tuple[int, int]] = frozenset()
 # The dtypes ``auto`` runs on Triton. bf16 on Triton is opt-in (--backend triton): it has run
 # under the interpreter and compiled ahead of time, but not yet on a GPU.
 AUTO_TRITON_DTYPES = ("fp32", "tf32")
@@ -35,12 +40,28 @@ def resolve_backend(name: str, device: torch.device, dtype: str) -> str:
     return name
 
 
+def triton_precision(device: torch.device, dtype: str) -> str:
+    """The Triton kernels' ``precision`` argument for a --dtype on ``device``: TRITON_PRECISION,
+    with float32 as "tf32x3" on a GPU in TF32X3_CONFIRMED."""
+    if dtype == "fp32" and device.type == "cuda" and torch.cuda.get_device_capability(device) in TF32X3_CONFIRMED:
+        return "tf32x3"
+    return TRITON_PRECISION[dtype]
+
+
+def products(backend: str, device: torch.device, dtype: str) -> str:
+    """The precision of a run's matrix products, as its metadata records it: "ieee" (float32
+    FMAs), "tf32x3" (float32 accuracy from three TF32 products), "tf32" or "bf16"."""
+    if dtype != "fp32":
+        return dtype
+    return triton_precision(device, dtype) if backend == "triton" else "ieee"
+
+
 def make_engine(backend: str, stream: WeightStream, token_lists: list[list[int]], noff: bool, dtype: str):
     """The engine of a resolved backend name for these prompts."""
     if backend == "triton":
         from .triton_backend import TritonEngine
 
-        return TritonEngine(stream, token_lists, noff, TRITON_PRECISION[dtype])
+        return TritonEngine(stream, token_lists, noff, triton_precision(stream.wte.device, dtype))
     from .torch_backend import TorchEngine
 
     return TorchEngine(stream, token_lists, noff)
@@ -51,7 +72,7 @@ def make_generation(backend: str, stream: WeightStream, noff: bool, iterations: 
     if backend == "triton":
         from .triton_backend import TritonGeneration
 
-        return TritonGeneration(stream, noff, iterations, TRITON_PRECISION[dtype])
+        return TritonGeneration(stream, noff, iterations, triton_precision(stream.wte.device, dtype))
     from .torch_backend import TorchGeneration
 
     return TorchGeneration(stream, noff, iterations)
