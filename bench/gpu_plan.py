@@ -731,6 +731,28 @@ def _encoding_fields(body: str) -> dict[str, list[int]]:
             for key, value in re.findall(r"(\w+) = (\[[^\]]*\]|\d+)", body)}
 
 
+_DOT_READ = re.compile(r"ttng\.warp_group_dot [^:]*: (.*) -> tensor"
+                       r"|ttg\.local_load [^:]*: (!ttg\.memdesc<[^>]*>) -> tensor<[^,]*, #ttg\.dot_op")
+_MEMDESC_ENCODING = re.compile(r"!ttg\.memdesc<[^,]*, #(\w+)")
+
+
+def dot_operand_buffers(ttgir: str) -> list[tuple[str, dict]]:
+    """The shared-memory encodings of every buffer a dot reads: wgmma's memdesc operands and
+    the buffers loaded into a dot operand layout (mma.sync, FMA), as (kind, fields), e.g.
+    ("nvmma_shared", {"swizzlingByteWidth": [128], ...}) or ("swizzled_shared", {"maxPhase": [8], ...})."""
+    encodings = {name: (kind, _encoding_fields(body)) for name, kind, body in _ENCODING.findall(ttgir)}
+    return [encodings[name] for match in _DOT_READ.finditer(ttgir) for types in match.groups() if types
+            for name in _MEMDESC_ENCODING.findall(types)]
+
+
+def swizzled(kind: str, fields: dict) -> bool:
+    """Whether a shared encoding spreads a column of rows over the banks: an nvmma swizzle of
+    at least 64 bytes, or a swizzled_shared layout with more than one phase."""
+    if kind == "nvmma_shared":
+        return fields.get("swizzlingByteWidth", [0])[0] >= 64
+    return kind == "swizzled_shared" and fields.get("maxPhase", [1])[0] > 1
+
+
 def _lane_coords(lane: int, tpw: list[int], order: list[int]) -> list[int]:
     coords = [0, 0]
     fast, slow = order

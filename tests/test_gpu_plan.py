@@ -181,6 +181,12 @@ def test_skinny_plan_report(dtype, dump_dir, calibration):
         assert row["loop_mma"] == passes * block_k // (8 if dtype == "fp32" else 16), row  # one HGMMA per k8 / k16
         assert row["in_flight_bytes_per_sm"] >= gpu_plan.ARCHS["sm_90"].bandwidth / 132 * 1e-6  # hides ~1 us
         assert 0 < sum(row["parts_us"].values()) and row["pdl"]
+        # every buffer the dot reads is swizzled, and a K step's shared-memory wavefronts stay
+        # within 8x of reading its operands once (a 32-way conflicted W read alone is 32x)
+        buffers = gpu_plan.dot_operand_buffers(Path(row["cubin"]).with_suffix(".ttgir").read_text())
+        assert len(buffers) >= 2 and all(gpu_plan.swizzled(*buffer) for buffer in buffers), buffers
+        stage_bytes = (skinny_linear.BLOCK_N + 32) * block_k * (4 if dtype == "fp32" else 2)  # BLOCK_M = 32
+        assert row["step_cycles"]["shared"] <= 8 * stage_bytes / 128, row
         assert row["predicted_us"] > gpu_plan.PDL_BOUNDARY_US + row["parts_us"]["k_loop"]
     assert 0 < report["floor_ms"] < report["predicted_ms"]
     if dtype == "fp32":
@@ -249,3 +255,18 @@ def test_skinny_wave_efficiency_on_132_sms():
     assert under == set(EXPECTED_UNDERFILLED)
     for key in under:  # the same at every M: one BLOCK_M tile up to 64 rows
         assert len({row["efficiency"] for row in report if (row["model"], row["role"], row["dtype"]) == key}) == 1
+
+
+def test_dot_operand_buffers_tell_swizzled_from_plain():
+    """The encodings of the buffers a dot reads, from ttgir text as Triton writes it."""
+    ttgir = """#shared = #ttg.nvmma_shared<{swizzlingByteWidth = 128, transposed = false, elementBitWidth = 16}>
+#shared1 = #ttg.swizzled_shared<{vec = 1, perPhase = 1, maxPhase = 1, order = [1, 0]}>
+#shared2 = #ttg.swizzled_shared<{vec = 4, perPhase = 1, maxPhase = 8, order = [0, 1]}>
+      %a = ttng.warp_group_dot %w, %x, %acc {inputPrecision = 0 : i32} : !ttg.memdesc<64x64xbf16, #shared, #smem, mutable> * !ttg.memdesc<64x32xbf16, #shared2, #smem, mutable> -> tensor<64x32xf32, #mma>
+      %b = ttg.local_load %y token %t : !ttg.memdesc<32x32xf32, #shared1, #smem, mutable> -> tensor<32x32xf32, #ttg.dot_op<{opIdx = 1, parent = #mma, kWidth = 1}>>
+      %c = ttg.local_load %z token %t : !ttg.memdesc<32x32xf32, #shared1, #smem, mutable> -> tensor<32x32xf32, #blocked>
+      %d = ttng.warp_group_dot %c, %x, %acc {inputPrecision = 0 : i32} : tensor<64x32xf32, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 1}>> * !ttg.memdesc<32x64xf32, #shared1, #smem> -> tensor<64x64xf32, #mma>
+"""
+    buffers = gpu_plan.dot_operand_buffers(ttgir)  # %c's plain load feeds no dot: not listed
+    assert [kind for kind, _ in buffers] == ["nvmma_shared", "swizzled_shared", "swizzled_shared", "swizzled_shared"]
+    assert [gpu_plan.swizzled(*buffer) for buffer in buffers] == [True, True, False, False]
