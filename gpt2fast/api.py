@@ -44,7 +44,7 @@ from .errors import InputError
 from .generate import available_memory, cache_bytes
 from .generate import generate as grow
 from .interrupts import graceful_stop
-from .outputs import check_disk_space, format_bytes, npy_bytes, npy_path
+from .outputs import check_disk_space, exclusive_outputs, format_bytes, npy_bytes, npy_path
 from .precision import DTYPES, matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
@@ -247,29 +247,30 @@ def consensus(
     for path, label in ((err_path, "savefile"), (gram_path, "matrixerror")):
         if path is not None:
             check_writable(path, label)
-    loaded, model_name = load_weights(weights, model, seed)
-    texts, token_lists = prompt_tokens(prompts, loaded.config.n_positions)
-    n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), loaded.config.n_layer * size
-    gram_bytes = npy_bytes((n_prompts, length, length, steps))
-    if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
-        raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
-                         f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
-    flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
-                           seed=seed, decode_iterations=decode)
-    with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
-        scratch = Path(folder)
-        err_file = err_path or scratch / "Eplot.npy"
-        gram_file = gram_path or (scratch / "m.npy" if matrix else None)
-        check_space(err_file, gram_file, n_prompts, length, steps,
-                    "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)")
-        meta, status = run_consensus(
-            loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
-            err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
-            show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
-            second_signal_exits=second_signal_exits,
-        )
-        err = read_array(err_file, keep_mapped=err_path is not None)
-        err2 = None if gram_file is None else read_array(gram_file, keep_mapped=gram_path is not None)
+    with exclusive_outputs([path for path in (err_path, gram_path) if path is not None]):
+        loaded, model_name = load_weights(weights, model, seed)
+        texts, token_lists = prompt_tokens(prompts, loaded.config.n_positions)
+        n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), loaded.config.n_layer * size
+        gram_bytes = npy_bytes((n_prompts, length, length, steps))
+        if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
+            raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
+                             f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
+        flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
+                               seed=seed, decode_iterations=decode)
+        with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
+            scratch = Path(folder)
+            err_file = err_path or scratch / "Eplot.npy"
+            gram_file = gram_path or (scratch / "m.npy" if matrix else None)
+            check_space(err_file, gram_file, n_prompts, length, steps,
+                        "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)")
+            meta, status = run_consensus(
+                loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
+                err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
+                show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
+                second_signal_exits=second_signal_exits,
+            )
+            err = read_array(err_file, keep_mapped=err_path is not None)
+            err2 = None if gram_file is None else read_array(gram_file, keep_mapped=gram_path is not None)
     return ConsensusResult(err=err, err2=err2, metadata=meta, exit_status=status)
 
 

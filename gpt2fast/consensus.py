@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from .config import ConsensusFlags
 from .driver import drive
 from .interrupts import graceful_stop
 from .metadata import consensus_metadata, now
-from .outputs import metadata_path, write_json_atomic
+from .outputs import metadata_path, partial_path, promote, write_json_atomic
 from .precision import matmul_precision, storage_dtype
 from .weight_stream import WeightStream
 from .weights import Weights
@@ -50,6 +51,9 @@ def run_consensus(
 ) -> tuple[dict, int]:
     """Run every prompt through N iterations in one batch and write the files.
 
+    The arrays and metadata are written as ``outputs.partial_path`` files beside err_path
+    and gram_path and moved into place when the run completes or stops gracefully; after
+    an error they stay where they are, the metadata saying "failed" (``outputs``).
     backend is a resolved name (``gpt2fast.backends.resolve_backend``). ``scratch``: array
     paths that are temporary (the API's in-memory results): the metadata records their
     ``path`` as null, and no metadata file is written beside them.
@@ -87,7 +91,9 @@ def run_consensus(
         backend=engine.backend, products=products(engine.backend, device, dtype), files=files,
     )
     meta["decoded"] = []
-    meta_paths = [metadata_path(path) for path in (err_path, gram_path) if path is not None and path not in scratch]
+    meta["pid"] = os.getpid()
+    targets = [path for path in (err_path, gram_path) if path is not None]
+    meta_paths = [metadata_path(partial_path(path)) for path in targets if path not in scratch]
     for path in meta_paths:
         write_json_atomic(path, meta)
 
@@ -104,7 +110,7 @@ def run_consensus(
     ) as bar:
         try:
             completed = drive(
-                engine, flags.iterations, err_path, gram_path,
+                engine, flags.iterations, partial_path(err_path), gram_path and partial_path(gram_path),
                 decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
                 on_progress=lambda done: bar.update(done - bar.n), stop=stop,
             )
@@ -128,4 +134,6 @@ def run_consensus(
     )
     for path in meta_paths:
         write_json_atomic(path, meta)
+    for path in targets:
+        promote(partial_path(path), path, with_metadata=path not in scratch)
     return meta, stop.exit_status()

@@ -6,16 +6,29 @@ Layouts (float32, as the original wrote them, one row per prompt; step u = i·L 
 The C++ driver creates both files full of NaN, so entries a run has not reached (an
 interrupted run) read as NaN, and fills them a chunk of iterations at a time; err2 can be
 far larger than memory. This module holds the naming, sizing and metadata around them.
+
+A run never writes over results in place: it writes ``Eplot.partial.npy`` and
+``Eplot.partial.json`` beside ``Eplot.npy`` and moves them into place (``promote``, one
+rename each) when it completes or stops gracefully. A killed run leaves the earlier results
+as they were and its partial files, whose metadata names the run's pid; earlier results
+memory-mapped in a notebook stay valid (a rename leaves their file intact). While it runs, a
+run holds an advisory lock (``exclusive_outputs``) on each output, so a second run on the
+same names is refused, and a reader can tell a running run from a gone one (``is_locked``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from .errors import InputError
 
 
 def npy_path(name: str) -> Path:
@@ -28,6 +41,58 @@ def metadata_path(array_path: Path) -> Path:
     return array_path.with_suffix(".json")
 
 
+def partial_path(target: Path) -> Path:
+    """Where a run writes ``target`` until it ends: ``Eplot.npy`` -> ``Eplot.partial.npy``."""
+    return target.with_name(f"{target.stem}.partial{target.suffix}")
+
+
+def lock_path(target: Path) -> Path:
+    """The lock file of an output: ``Eplot.npy`` -> ``.Eplot.npy.lock`` beside it."""
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_outputs(targets: list[Path]) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on each target's lock file for the block: a
+    second run on any of them raises InputError naming the run that holds it. The locks go
+    with the process (a killed run's lock is free); the lock files are removed on exit."""
+    with contextlib.ExitStack() as stack:
+        for target in targets:
+            path = lock_path(target)
+            handle = stack.enter_context(open(path, "a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                raise InputError(f"another gpt2fast run ({handle.read().strip() or 'pid unknown'}) is writing "
+                                 f"{target}; wait for it or choose another output name") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            stack.callback(path.unlink, missing_ok=True)
+        yield
+
+
+def is_locked(target: Path) -> bool:
+    """Whether a run holds ``target``'s lock now (``exclusive_outputs``)."""
+    try:
+        with open(lock_path(target)) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def promote(partial: Path, target: Path, with_metadata: bool) -> None:
+    """Move a finished run's array (and its metadata, after it) from ``partial`` into place."""
+    os.replace(partial, target)
+    if with_metadata:
+        os.replace(metadata_path(partial), metadata_path(target))
+
+
 def npy_bytes(shape: tuple[int, ...]) -> int:
     """Size on disk of a float32 ``.npy`` of ``shape`` (header included, upper bound)."""
     return 4 * int(np.prod(shape)) + 256
@@ -36,13 +101,15 @@ def npy_bytes(shape: tuple[int, ...]) -> int:
 def check_disk_space(planned: dict[Path, int]) -> None:
     """Raise OSError naming the sizes if the planned files would not fit on their disks.
 
-    planned maps each output path to its size in bytes; an existing file at a path counts
-    as free space since the run replaces it.
+    planned maps each output path to its size in bytes. The run writes partial files beside
+    the outputs, so an existing output still takes its space until the run ends; a partial
+    file a killed run left there counts as free (the run replaces it).
     """
     by_device: dict[int, tuple[Path, int]] = {}
     for path, size in planned.items():
         directory = path.parent.resolve()
-        reclaimed = path.stat().st_size if path.exists() else 0
+        leftover = partial_path(path)
+        reclaimed = leftover.stat().st_size if leftover.exists() else 0
         device = os.stat(directory).st_dev
         anchor, total = by_device.get(device, (directory, 0))
         by_device[device] = (anchor, total + size - reclaimed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -205,14 +206,19 @@ def test_bf16_is_opt_in_and_recorded(tiny_checkpoint):
 
 
 def test_disk_full_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_path, capsys):
-    (tmp_path / "m.npy").symlink_to("/dev/full")
+    """The run's err2 goes to a full disk (its partial file is /dev/full): one line, status
+    1, the earlier results untouched, the partial metadata saying why."""
+    (tmp_path / "m.npy").write_bytes(b"earlier results")
+    (tmp_path / "m.partial.npy").symlink_to("/dev/full")
     status = main(["--weights", str(tiny_checkpoint), "--size", "2", "--prompt", "a b",
                    "--matrixerror", "m"])
     err = capsys.readouterr().err.strip().split("\n")[-1]
     assert status == 1
     assert err.startswith("gpt2fast: error: cannot write") and "No space left on device" in err
-    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert (tmp_path / "m.npy").read_bytes() == b"earlier results" and not (tmp_path / "Eplot.npy").exists()
+    meta = json.loads((tmp_path / "Eplot.partial.json").read_text())
     assert meta["status"] == "failed" and meta["complete"] is False and "No space" in meta["error"]
+    assert meta["pid"] == os.getpid()
 
 
 def test_triton_backend_from_the_command_line(tiny_checkpoint):

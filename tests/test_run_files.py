@@ -1,0 +1,130 @@
+"""Nothing lost: a run writes partial files beside its outputs and moves them into place at
+the end, holds a lock on its outputs while it runs, and leaves earlier results alone when it
+is killed or fails (``gpt2fast.outputs``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpt2fast
+from gpt2fast.cli import main
+from gpt2fast.errors import InputError
+from gpt2fast.outputs import exclusive_outputs, is_locked, lock_path
+
+LONG_RUN = 200_000  # iterations of the tiny model: far more than the tests wait for
+
+
+def start_cli(checkpoint: Path, folder: Path, *flags: str) -> subprocess.Popen:
+    """``python -m gpt2fast`` on the tiny checkpoint in ``folder`` (CPU, torch backend)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen([sys.executable, "-m", "gpt2fast", "--weights", str(checkpoint), "--prompt", "a b c",
+                             "--backend", "torch", *flags], cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def first_chunk_written(path: Path) -> bool:
+    """Whether the partial err file holds its first flushed chunk (values, not NaN)."""
+    try:
+        return bool(np.isfinite(np.load(path, mmap_mode="r")[0, 0]).all())
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_killed_run_leaves_the_earlier_results_and_recognisable_partial_ones(tiny_checkpoint, tmp_path):
+    assert start_cli(tiny_checkpoint, tmp_path, "--size", "3").wait(timeout=300) == 0
+    earlier = {name: (tmp_path / name).read_bytes() for name in ("Eplot.npy", "Eplot.json")}
+    run = start_cli(tiny_checkpoint, tmp_path, "--size", str(LONG_RUN))
+    wait_for(lambda: first_chunk_written(tmp_path / "Eplot.partial.npy"))
+    assert is_locked(tmp_path / "Eplot.npy")
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert {name: (tmp_path / name).read_bytes() for name in earlier} == earlier
+    partial = np.load(tmp_path / "Eplot.partial.npy")
+    assert partial.shape == (1, 2 * LONG_RUN, 2)
+    assert np.isfinite(partial[0, :256]).all() and np.isnan(partial[0, -1]).all()
+    meta = json.loads((tmp_path / "Eplot.partial.json").read_text())
+    assert meta["status"] == "running" and meta["pid"] == run.pid
+    assert not is_locked(tmp_path / "Eplot.npy")  # the reader's way to tell the run is gone
+    assert start_cli(tiny_checkpoint, tmp_path, "--size", "2").wait(timeout=300) == 0  # the lock is free
+    assert np.load(tmp_path / "Eplot.npy").shape == (1, 4, 2)
+    assert not (tmp_path / "Eplot.partial.npy").exists() and not lock_path(tmp_path / "Eplot.npy").exists()
+
+
+def test_a_second_run_on_the_same_outputs_is_refused_at_once(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    run = start_cli(tiny_checkpoint, tmp_path, "--size", str(LONG_RUN), "--matrixerror", "m")
+    try:
+        wait_for(lambda: (tmp_path / "Eplot.partial.json").exists())
+        monkeypatch.chdir(tmp_path)
+        started = time.monotonic()
+        status = main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "x", "--savefile", "other",
+                       "--matrixerror", "m"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and time.monotonic() - started < 5
+        assert lines[0].startswith(f"gpt2fast: error: another gpt2fast run (pid {run.pid}) is writing m.npy")
+        assert not (tmp_path / "other.npy").exists() and not (tmp_path / "other.partial.npy").exists()
+        assert run.poll() is None
+    finally:
+        run.send_signal(signal.SIGINT)  # a graceful stop: its partial results move into place
+        assert run.wait(timeout=120) == 128 + signal.SIGINT
+    meta = json.loads((tmp_path / "Eplot.json").read_text())
+    assert meta["status"] == "interrupted" and meta == json.loads((tmp_path / "m.json").read_text())
+    assert not (tmp_path / "Eplot.partial.npy").exists()
+
+
+def test_exclusive_outputs_in_one_process(tmp_path):
+    target = tmp_path / "E.npy"
+    with exclusive_outputs([target]):
+        assert is_locked(target)
+        with pytest.raises(InputError, match=rf"another gpt2fast run \(pid {os.getpid()}\) is writing"):
+            with exclusive_outputs([tmp_path / "F.npy", target]):
+                pass
+        assert not lock_path(tmp_path / "F.npy").exists()
+    assert not is_locked(target) and not lock_path(target).exists()
+
+
+def test_earlier_results_mapped_in_a_notebook_stay_valid(tiny_checkpoint, tmp_path, monkeypatch):
+    """The same call twice with another size: the first result still reads its own numbers
+    (the second run's files replaced the names, not the first's data)."""
+    monkeypatch.chdir(tmp_path)
+    common = dict(prompts="a b c", weights=str(tiny_checkpoint), backend="torch", progress=False,
+                  savefile="E", matrixerror="M")
+    first = gpt2fast.consensus(size=2, **common)
+    before = (np.array(first.err), np.array(first.err2), first.metadata["flags"]["size"])
+    second = gpt2fast.consensus(size=3, seed=1, **common)
+    assert np.array_equal(first.err, before[0]) and np.array_equal(first.err2, before[1], equal_nan=True)
+    assert first.err.shape[1] == 2 * 2 and second.err.shape[1] == 2 * 3
+    assert json.loads(Path("E.json").read_text())["flags"]["size"] == 3 == second.metadata["flags"]["size"]
+
+
+def test_outputs_that_share_a_file_both_get_their_array(tiny_checkpoint, tmp_path, monkeypatch):
+    """savefile and matrixerror hard-linked to one file: each ends up its own array."""
+    monkeypatch.chdir(tmp_path)
+    Path("E.npy").write_bytes(b"x")
+    os.link("E.npy", "M.npy")
+    result = gpt2fast.consensus("a b", weights=str(tiny_checkpoint), backend="torch", size=1, progress=False,
+                                savefile="E", matrixerror="M")
+    assert np.load("E.npy").shape == result.err.shape and np.load("M.npy").shape == result.err2.shape
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_place_of_an_output_is_replaced_without_blocking(tiny_checkpoint, tmp_path):
+    os.mkfifo(tmp_path / "m.npy")
+    run = start_cli(tiny_checkpoint, tmp_path, "--size", "1", "--matrixerror", "m")
+    assert run.wait(timeout=300) == 0
+    assert np.load(tmp_path / "m.npy").shape == (1, 3, 3, 2)
