@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -77,9 +78,11 @@ class CudaStaging {
 class Driver {
  public:
   Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
-         int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path)
+         int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path,
+         double flush_seconds)
       : shape_{n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty()},
-        writer_(shape_, err_path, gram_path) {}
+        writer_(shape_, err_path, gram_path),
+        flush_interval_(std::chrono::duration<double>(flush_seconds)) {}
 
   const RunShape& shape() const { return shape_; }
   ChunkWriter& writer() { return writer_; }
@@ -150,6 +153,7 @@ class Driver {
     int64_t chunk_start = 0;
     int64_t completed = 0;
     writer_.acquire(slot);
+    auto chunk_began = std::chrono::steady_clock::now();
     for (int64_t iteration = 0; iteration < shape_.n_iterations; ++iteration) {
       const int64_t row = iteration - chunk_start;
       launch(iteration, slot, row);
@@ -158,7 +162,10 @@ class Driver {
       if (staging == nullptr) on_progress(completed);
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       const bool stopping = stop_.load();
-      if (row + 1 == chunk || completed == shape_.n_iterations || stopping) {
+      // a slot goes to the writer when full, at the end, at a stop, and once it has waited
+      // flush_interval_ (slow iterations: a killed run keeps all but the last few seconds)
+      if (row + 1 == chunk || completed == shape_.n_iterations || stopping ||
+          std::chrono::steady_clock::now() - chunk_began >= flush_interval_) {
         CUevent ready = nullptr;
         CUcontext context = nullptr;
         if (staging != nullptr) {
@@ -171,6 +178,7 @@ class Driver {
         if (staging != nullptr) on_progress(completed);
         slot ^= 1;
         chunk_start = completed;
+        chunk_began = std::chrono::steady_clock::now();
         if (completed < shape_.n_iterations && !stopping) {
           py::gil_scoped_release release;
           writer_.acquire(slot);
@@ -195,6 +203,7 @@ class Driver {
   RunShape shape_;
   ChunkWriter writer_;
   std::atomic<bool> stop_{false};
+  std::chrono::duration<double> flush_interval_;
 };
 
 }  // namespace gpt2fast
@@ -213,10 +222,11 @@ PYBIND11_MODULE(_driver, m) {
   py::register_exception<gpt2fast::WriteError>(m, "WriteError", PyExc_OSError);
 
   py::class_<Driver>(m, "Driver")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double>(),
            py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
-           py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"),
-           "Create the output files (full of NaN) and two staging slots.")
+           py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"), py::arg("flush_seconds"),
+           "Create the output files (full of NaN) and two staging slots; a slot is written when full "
+           "or flush_seconds after its first iteration, whichever comes first.")
       .def("err_slot", [](py::object self, int slot) {
              Driver& driver = self.cast<Driver&>();
              const auto& s = driver.shape();

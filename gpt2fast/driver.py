@@ -19,6 +19,7 @@ from .interrupts import StopRequest
 
 CHUNK_BYTES = 128 << 20
 MAX_CHUNK_ITERATIONS = 256
+FLUSH_SECONDS = 5.0  # a staging slot goes to the writer at the latest this long after it began
 
 
 def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool) -> int:
@@ -44,10 +45,12 @@ def drive(
     on_progress: Callable[[int], None] = lambda completed: None,
     stop: StopRequest | None = None,
     chunk: int | None = None,
+    flush_seconds: float = FLUSH_SECONDS,
 ) -> int:
     """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``).
 
-    The files are created at once, full of NaN. on_decode(i, tokens [P, T] int64) follows
+    The files are created at once, full of NaN, and filled a chunk at a time: every ``chunk``
+    iterations or ``flush_seconds`` after the chunk began, whichever comes first. on_decode(i, tokens [P, T] int64) follows
     each decode iteration; on_progress(iterations completed) follows each iteration (each
     chunk on the CUDA-graph path). Returns the number of iterations completed and written,
     N unless a stop was requested. Raises OSError when a file cannot be written.
@@ -57,7 +60,7 @@ def drive(
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
-        str(err_path), str(gram_path) if wants_gram else "",
+        str(err_path), str(gram_path) if wants_gram else "", flush_seconds,
     )
     if stop is not None:
         stop.on_request(driver.request_stop)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -67,6 +68,40 @@ def test_driver_writes_what_the_plain_loop_computes(tmp_path, n_iterations, chun
         assert torch.equal(decoded[i], want_decoded[i])
 
 
+class SlowEngine:
+    """engine_for()'s engine, each iteration taking at least ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.engine, self.seconds = engine_for(), seconds
+        self.n_prompts, self.n_layer, self.length = self.engine.n_prompts, CFG.n_layer, self.engine.length
+
+    def iteration(self, index, err_out, gram_out):
+        time.sleep(self.seconds)
+        self.engine.iteration(index, err_out, gram_out)
+
+    def capture_iteration(self, with_gram, n_iterations):
+        return None
+
+
+@pytest.mark.parametrize("flush_seconds, flushed", [(0.2, True), (1e9, False)])
+def test_slow_iterations_reach_the_file_within_the_flush_interval(tmp_path, flush_seconds, flushed):
+    """A 256-iteration chunk of slow iterations is written flush_seconds after it began (so a
+    killed run loses only the last seconds), not only when full or at the end."""
+    seen = {}
+
+    def look(completed: int) -> None:
+        if completed == 12:  # 0.6 s into the run
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not np.isfinite(np.load(tmp_path / "e.npy")[:, :2]).all():
+                time.sleep(0.05)
+            seen["first rows"] = bool(np.isfinite(np.load(tmp_path / "e.npy")[:, :2]).all())
+
+    done = drive(SlowEngine(0.05), 15, tmp_path / "e.npy", tmp_path / "g.npy", on_progress=look, chunk=256,
+                 flush_seconds=flush_seconds)
+    assert done == 15 and seen == {"first rows": flushed}
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), plain_loop(15)[0])
+
+
 def test_err_only_run_writes_no_matrix_file(tmp_path):
     """Without err2 the engine never forms G (metrics.consensus_metrics), so err equals the
     full run's to float32 rounding rather than bit for bit."""
@@ -94,7 +129,7 @@ def test_stop_request_ends_at_the_next_iteration(tmp_path):
 
 
 def test_files_hold_nan_before_any_iteration(tmp_path):
-    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"))
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"), 5.0)
     driver.finish()
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
     assert err.shape == (2, 15, 2) and gram.shape == (2, 4, 4, 15)
@@ -102,7 +137,7 @@ def test_files_hold_nan_before_any_iteration(tmp_path):
 
 
 def test_slots_are_views_of_the_staging_memory(tmp_path):
-    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "")
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "", 5.0)
     slot = driver.err_slot(1)
     assert slot.shape == (2, 2, 3, 2) and slot.dtype == np.float32
     assert driver.gram_slot(0) is None
