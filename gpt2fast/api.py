@@ -44,7 +44,15 @@ from .errors import InputError
 from .generate import available_memory, cache_bytes
 from .generate import generate as grow
 from .interrupts import graceful_stop
-from .outputs import check_disk_space, exclusive_outputs, format_bytes, npy_bytes, npy_path
+from .outputs import (
+    check_disk_space,
+    exclusive_outputs,
+    format_bytes,
+    metadata_path,
+    npy_bytes,
+    npy_path,
+    partial_path,
+)
 from .precision import DTYPES, matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
@@ -124,11 +132,18 @@ def resolve_device(name: str, dtype: str, label: Label = parameter) -> torch.dev
 
 
 def check_writable(path: Path, label: str) -> None:
-    """Refuse an output path that is a directory, or whose directory is missing or does not
-    take new files (tried with a temporary file that is removed at once)."""
+    """Refuse an output path whose directory is missing or does not take new files (tried
+    with a temporary file that is removed at once), or where the array, its metadata or the
+    metadata's temporary file would replace something that is not a regular file (a
+    directory, a FIFO, a device)."""
     directory = path.parent
-    if path.is_dir():
-        raise InputError(f"{label}: {path} is a directory")
+    partial_json = metadata_path(partial_path(path))
+    partial_tmp = partial_json.with_name(partial_json.name + ".tmp")
+    for taken in (path, metadata_path(path), partial_path(path), partial_json, partial_tmp):
+        if taken.is_dir():
+            raise InputError(f"{label}: {taken} is a directory")
+        if taken.exists() and not taken.is_file() and taken != partial_path(path):  # a partial one is replaced
+            raise InputError(f"{label}: {taken} exists and is not a regular file")
     if not directory.is_dir():
         raise InputError(f"{label}: directory {directory} does not exist")
     try:
@@ -242,8 +257,10 @@ def consensus(
     backend = resolve_backend(backend, device_, dtype)
     err_path = None if savefile is None else npy_path(os.fspath(savefile))
     gram_path = None if matrixerror is None else npy_path(os.fspath(matrixerror))
-    if err_path is not None and gram_path is not None and err_path.resolve() == gram_path.resolve():
-        raise InputError(f"matrixerror and savefile both name {err_path}")
+    if err_path is not None and gram_path is not None and (
+            err_path.resolve() == gram_path.resolve()
+            or (err_path.exists() and gram_path.exists() and os.path.samefile(err_path, gram_path))):
+        raise InputError(f"matrixerror and savefile both name {err_path} (one file)")
     for path, label in ((err_path, "savefile"), (gram_path, "matrixerror")):
         if path is not None:
             check_writable(path, label)

@@ -112,19 +112,20 @@ def test_earlier_results_mapped_in_a_notebook_stay_valid(tiny_checkpoint, tmp_pa
     assert json.loads(Path("E.json").read_text())["flags"]["size"] == 3 == second.metadata["flags"]["size"]
 
 
-def test_outputs_that_share_a_file_both_get_their_array(tiny_checkpoint, tmp_path, monkeypatch):
-    """savefile and matrixerror hard-linked to one file: each ends up its own array."""
-    monkeypatch.chdir(tmp_path)
-    Path("E.npy").write_bytes(b"x")
-    os.link("E.npy", "M.npy")
-    result = gpt2fast.consensus("a b", weights=str(tiny_checkpoint), backend="torch", size=1, progress=False,
-                                savefile="E", matrixerror="M")
-    assert np.load("E.npy").shape == result.err.shape and np.load("M.npy").shape == result.err2.shape
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_a_fifo_in_place_of_an_output_is_replaced_without_blocking(tiny_checkpoint, tmp_path):
-    os.mkfifo(tmp_path / "m.npy")
-    run = start_cli(tiny_checkpoint, tmp_path, "--size", "1", "--matrixerror", "m")
-    assert run.wait(timeout=300) == 0
-    assert np.load(tmp_path / "m.npy").shape == (1, 3, 3, 2)
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: os.link(folder / "E.npy", folder / "M.npy"), "matrixerror and savefile both name"),
+    (lambda folder: os.mkfifo(folder / "M.npy"), "M.npy exists and is not a regular file"),
+    (lambda folder: (folder / "M.npy").symlink_to("/dev/null"), "M.npy exists and is not a regular file"),
+    (lambda folder: (folder / "M.json").mkdir(), "M.json is a directory"),
+    (lambda folder: (folder / "E.partial.json.tmp").mkdir(), "E.partial.json.tmp is a directory"),
+], ids=["hard-linked outputs", "fifo", "device", "metadata directory", "temporary metadata directory"])
+def test_outputs_that_are_not_plain_files_are_refused_before_work(tiny_checkpoint, tmp_path, capsys, make, message):
+    """One line, exit 2, at once, nothing touched (the CLI, in process)."""
+    (tmp_path / "E.npy").write_bytes(b"earlier")
+    make(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    status = main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b",
+                   "--savefile", str(tmp_path / "E"), "--matrixerror", str(tmp_path / "M")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("gpt2fast: error:") and message in lines[0]
+    assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "E.npy").read_bytes() == b"earlier"
