@@ -147,7 +147,7 @@ def test_interrupt_leaves_valid_files(tiny_checkpoint, tmp_path, sig, status):
         cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 120
-    while not (tmp_path / "Eplot.json").exists() and time.time() < deadline:
+    while not (tmp_path / "Eplot.partial.json").exists() and time.time() < deadline:  # the run has begun
         time.sleep(0.2)
     time.sleep(2.0)
     process.send_signal(getattr(signal, f"SIG{sig}"))
