@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 
 from .errors import InputError
 
@@ -95,7 +95,7 @@ def promote(partial: Path, target: Path, with_metadata: bool) -> None:
 
 def npy_bytes(shape: tuple[int, ...]) -> int:
     """Size on disk of a float32 ``.npy`` of ``shape`` (header included, upper bound)."""
-    return 4 * int(np.prod(shape)) + 256
+    return 4 * math.prod(shape) + 256  # Python integers: exact at any size (numpy's int64 wraps)
 
 
 def check_disk_space(planned: dict[Path, int]) -> None:

@@ -48,6 +48,9 @@ BAD_INVOCATIONS = [
     ("tf32-on-cpu", ["--dtype", "tf32", "--device", "cpu"], "tf32"),
     ("unknown-backend", ["--backend", "jax"], "--backend"),
     ("output-too-big-for-disk", ["--weights", "TINY", "--size", "100000000000", "--prompt", "a"], "refusing"),
+    # a byte count past 2**63 (numpy's int64 wrapped it negative and the check passed)
+    ("output-size-past-int64", ["--weights", "TINY", "--size", "1100000000000000", "--prompt", "a b c",
+                                "--matrixerror", "m"], "refusing"),
 ]
 if not torch.cuda.is_available():
     BAD_INVOCATIONS.append(("cuda-without-gpu", ["--device", "cuda"], "cuda"))
