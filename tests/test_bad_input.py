@@ -49,7 +49,7 @@ BAD_INVOCATIONS = [
     ("unknown-backend", ["--backend", "jax"], "--backend"),
     ("output-too-big-for-disk", ["--weights", "TINY", "--size", "100000000000", "--prompt", "a"], "refusing"),
     # a byte count past 2**63 (numpy's int64 wrapped it negative and the check passed)
-    ("output-size-past-int64", ["--weights", "TINY", "--size", "1100000000000000", "--prompt", "a b c",
+    ("output-size-past-int64", ["--weights", "TINY", "--size", "1000000000000000000", "--prompt", "a b c d",
                                 "--matrixerror", "m"], "refusing"),
 ]
 if not torch.cuda.is_available():
