@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .backends import make_generation, resolve_backend
+from .backends import BACKENDS, make_generation, resolve_backend
 from .config import (
     CONTEXT,
     DEFAULT_GENERATION_LENGTH,
@@ -82,11 +82,33 @@ def parameter(name: str) -> str:
 
 
 def whole(value, name: str, label: Label = parameter) -> int:
-    """``value`` as an int (any integer type, not a float or a string), else InputError."""
+    """``value`` as an int (any integer type, not a bool, a float or a string), else InputError."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         return operator.index(value)
     except TypeError:
         raise InputError(f"{label(name)} must be an integer, got {value!r}") from None
+
+
+def check_options(flags: dict[str, object], choices: dict[str, tuple[object, tuple]],
+                  paths: dict[str, object] | None = None, callbacks: dict[str, object] | None = None) -> None:
+    """Raise InputError unless every flag is a bool, every choice one of its options, every
+    path a str or os.PathLike (or None) and every callback callable (or None)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
+    for name, (value, options) in choices.items():
+        if not isinstance(value, (str, type(None))) or value not in options:
+            raise InputError(f"{name} must be one of {', '.join(map(str, options))}, got {value!r}")
+    for name, value in (paths or {}).items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise InputError(f"{name} must be a path, got {value!r}")
+        if isinstance(value, str) and not value.strip():
+            raise InputError(f"{name} must not be empty")
+    for name, value in (callbacks or {}).items():
+        if value is not None and not callable(value):
+            raise InputError(f"{name} must be callable, got {value!r}")
 
 
 def check_values(*, size, seed, top_k=1, temperature: float = 1.0, max_length=None,
@@ -95,11 +117,12 @@ def check_values(*, size, seed, top_k=1, temperature: float = 1.0, max_length=No
     size, seed, top_k = whole(size, "size", label), whole(seed, "seed", label), whole(top_k, "top_k", label)
     if size < 1:
         raise InputError(f"{label('size')} must be at least 1, got {size}")
-    if seed < 0:
-        raise InputError(f"{label('seed')} must be non-negative, got {seed}")
+    if not 0 <= seed < 2**64:
+        raise InputError(f"{label('seed')} must be in [0, 2**64), got {seed}")
     if not 1 <= top_k <= VOCAB_SIZE:
         raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature > 0):
         raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
     if max_length is not None and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
         raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
@@ -161,6 +184,8 @@ def load_weights(weights: str | os.PathLike | Weights | None, model: str | None,
     ``single_use``: the run they are loaded for keeps their only copy."""
     if model is not None and model not in PRESETS:
         raise InputError(f"model must be one of {', '.join(sorted(PRESETS))}, got {model!r}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike, Weights)):
+        raise InputError(f"weights must be a checkpoint path, \"random\" or a Weights, got {weights!r}")
     name = model or DEFAULT_MODEL
     if isinstance(weights, Weights):
         if weights.single_use and not weights.state:
@@ -193,7 +218,10 @@ def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[in
     elif isinstance(prompts, str) or (isinstance(prompts, Sequence) and len(prompts) > 0
                                       and all(is_integer(item) for item in prompts)):
         prompts = [prompts]
-    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+    if isinstance(prompts, (bytes, bytearray)) or (
+            isinstance(prompts, Sequence) and any(isinstance(prompt, (bytes, bytearray)) for prompt in prompts)):
+        raise InputError("prompts must be text (str) or token ids, not bytes: decode them first")
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise InputError("no prompts were given")
     texts, token_lists = [], []
     for number, prompt in enumerate(prompts, start=1):
@@ -251,6 +279,10 @@ def consensus(
     one raises KeyboardInterrupt, or, with ``second_signal_exits`` (the CLI), ends the
     process.
     """
+    check_options(dict(noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix, progress=progress,
+                       second_signal_exits=second_signal_exits),
+                  dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
+                  dict(savefile=savefile, matrixerror=matrixerror), dict(on_decode=on_decode))
     check_values(size=size, seed=seed)
     decode = check_decode(decode, size)
     device_ = resolve_device(device, dtype)
@@ -333,6 +365,9 @@ def generate(
     (seeded by ``seed``) from the model whose every forward pass applies the block stack
     ``size`` times. on_text(text) sees each finished prompt's text. Ctrl-C as in
     ``consensus``."""
+    check_options(dict(noff=noff, random_init=random_init, const_reset=const_reset, progress=progress,
+                       second_signal_exits=second_signal_exits),
+                  dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)), callbacks=dict(on_text=on_text))
     check_values(size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
     device_ = resolve_device(device, dtype)
     backend = resolve_backend(backend, device_, dtype)

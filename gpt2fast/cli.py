@@ -115,6 +115,9 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError(f"choose one prompt source: {' and '.join(sources)} were both given")
     if args.prompt is not None and any(not text.strip() for text in args.prompt):
         raise InputError("--prompt: an empty prompt has no tokens to run")
+    for name in ("savefile", "matrixerror"):
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            raise InputError(f"--{name} must not be empty")
     if not generating:
         savefile = npy_path(args.savefile or "Eplot")
         if args.matrixerror is not None and npy_path(args.matrixerror).resolve() == savefile.resolve():

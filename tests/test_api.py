@@ -79,6 +79,20 @@ def test_err_only_run_has_no_matrices(tiny_checkpoint):
     ({"device": "tpu"}, "device"),
     ({"savefile": "no/such/dir/E"}, "does not exist"),
     ({"matrixerror": "E"}, "both name"),
+    # types: a bool is not a number, bytes are not prompts, a string is not a flag
+    ({"size": True}, "size must be an integer, got True"),
+    ({"seed": 2**64}, r"seed must be in \[0, 2\*\*64\)"),
+    ({"decode": [True]}, "decode must be an integer"),
+    ({"prompts": b"hello"}, "not bytes"),
+    ({"prompts": ["a", b"b"]}, "not bytes"),
+    ({"noff": "False"}, "noff must be True or False"),
+    ({"matrix": 1}, "matrix must be True or False"),
+    ({"weights": 123}, "weights must be a checkpoint path"),
+    ({"model": ["gpt2"]}, "model must be one of"),
+    ({"backend": None}, "backend must be one of"),
+    ({"savefile": ""}, "savefile must not be empty"),
+    ({"matrixerror": 7}, "matrixerror must be a path"),
+    ({"on_decode": "print"}, "on_decode must be callable"),
 ])
 def test_bad_arguments_raise_before_any_work(tiny_checkpoint, tmp_path, arguments, word):
     """Nothing is written, and the files of an earlier run are left as they were."""
