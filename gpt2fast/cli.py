@@ -25,6 +25,7 @@ from .tokenizer import gpt2_encoding
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"gpt2fast: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before a run starts (e.g. at a prompt question); a run stops itself
+        print("\ngpt2fast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:

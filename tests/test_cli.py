@@ -194,6 +194,30 @@ def test_interactive_terminal_asks_like_the_original(tiny_checkpoint, tmp_path):
     assert [p["text"] for p in meta["prompts"]] == ["a first prompt"]
 
 
+def test_ctrl_c_at_the_prompt_question_is_one_line_and_status_130(tiny_checkpoint, tmp_path):
+    import os
+    import pty
+    import select
+    import signal
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--size", "1"],
+        cwd=tmp_path, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(terminal)
+    seen = b""
+    while b"Enter prompt 1" not in seen:
+        ready, _, _ = select.select([controller], [], [], 60)
+        assert ready, seen
+        seen += os.read(controller, 1024)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C on its terminal sends
+    assert process.wait(timeout=60) == 130
+    os.close(controller)
+    assert process.stderr.read().strip().splitlines() == ["gpt2fast: interrupted"]
+    assert sorted(os.listdir(tmp_path)) == []
+
+
 def test_bf16_is_opt_in_and_recorded(tiny_checkpoint):
     assert main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b c d e",
                  "--savefile", "fp32"]) == 0
