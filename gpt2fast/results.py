@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .outputs import metadata_path, npy_path
 
 
@@ -53,4 +54,26 @@ def load_result(savefile: str | os.PathLike, matrixerror: str | os.PathLike | No
         raise ValueError(f"{err_path}: expected an err array of shape (P, steps, 2), got {err.shape}")
     if err2 is not None and (err2.ndim != 4 or err2.shape[0] != err.shape[0] or err2.shape[3] != err.shape[1]):
         raise ValueError(f"{matrixerror}: expected err2 of shape (P, T, T, {err.shape[1]}), got {err2.shape}")
-    return ConsensusResult(err=err, err2=err2, metadata=read_metadata(err_path))
+    metadata = read_metadata(err_path)
+    check_metadata_describes(metadata, err_path, {"err": err, "err2": err2})
+    return ConsensusResult(err=err, err2=err2, metadata=metadata)
+
+
+def check_metadata_describes(metadata: dict | None, err_path: Path, arrays: dict[str, np.ndarray | None]) -> None:
+    """Raise InputError unless the metadata beside ``err_path`` records the shapes of these
+    arrays (a file of one run beside the metadata of another is refused, not drawn)."""
+    if not isinstance(metadata, dict):
+        return
+    files = metadata.get("files") if isinstance(metadata.get("files"), dict) else {}
+    for role, array in arrays.items():
+        recorded = files.get(role, {}).get("shape") if isinstance(files.get(role), dict) else None
+        if array is not None and recorded is not None and tuple(recorded) != array.shape:
+            raise InputError(f"{metadata_path(err_path)} describes {role} of shape {tuple(recorded)}, but the array "
+                             f"has shape {array.shape}: they are from different runs")
+    prompts = metadata.get("prompts")
+    if isinstance(prompts, list) and prompts and all(isinstance(p, dict) and "tokens" in p for p in prompts):
+        shape = (len(prompts), max(len(p["tokens"]) for p in prompts))
+        for role, array in arrays.items():
+            if array is not None and array.shape[: 1 if role == "err" else 2] != shape[: 1 if role == "err" else 2]:
+                raise InputError(f"{metadata_path(err_path)} describes {shape[0]} prompts of up to {shape[1]} "
+                                 f"tokens, but {role} has shape {array.shape}: they are from different runs")

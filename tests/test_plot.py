@@ -160,3 +160,22 @@ def test_cli_damaged_or_unplottable_files_are_one_line_errors(tmp_path, capsys, 
     message = capsys.readouterr().err
     assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and word in message
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_cli_refuses_arrays_beside_another_runs_metadata(tiny_checkpoint, tmp_path, capsys, matrix):
+    """E.npy / m.npy of one run, E.json of another (other prompts): one line, nothing drawn."""
+    gpt2fast.consensus(["one two three", "four"], weights=tiny_checkpoint, size=2, savefile="E", matrixerror="m",
+                       progress=False)
+    other = gpt2fast.consensus(["five six", "seven"], weights=tiny_checkpoint, size=2 if matrix else 3,
+                               savefile="F", matrixerror="n", progress=False)
+    if matrix:  # the other run's matrices: 2 tokens, not 3
+        (tmp_path / "m.npy").write_bytes((tmp_path / "n.npy").read_bytes())
+    else:  # the other run's metadata: 3 iterations, not 2
+        (tmp_path / "E.json").write_text((tmp_path / "F.json").read_text())
+    assert other.err2.shape[1] == 2
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["plot", "E.npy", *(["--matrix", "m.npy"] if matrix else [])]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and "different runs" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
