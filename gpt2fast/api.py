@@ -38,7 +38,9 @@ from .config import (
     PRESETS,
     VOCAB_SIZE,
     ConsensusFlags,
+    ModelConfig,
 )
+from .checkpoints import inspect_checkpoint
 from .consensus import run_consensus
 from .errors import InputError
 from .generate import available_memory, cache_bytes
@@ -178,14 +180,27 @@ def check_writable(path: Path, label: str) -> None:
         raise InputError(f"{label}: cannot overwrite {path} (permission denied)")
 
 
+def expected_config(weights: str | os.PathLike | Weights | None, model: str | None) -> ModelConfig:
+    """The model's sizes as far as they are known before anything heavy is read: a Weights'
+    own, a checkpoint's ``config.json`` (``checkpoints.inspect_checkpoint``, which also refuses
+    a missing, damaged or mismatched checkpoint), else the preset of ``model``. The checks
+    made with them are made again with the loaded model's."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike, Weights)):
+        raise InputError(f"weights must be a checkpoint path, \"random\" or a Weights, got {weights!r}")
+    if isinstance(weights, Weights):
+        return weights.config
+    preset = PRESETS[model or DEFAULT_MODEL]
+    if weights is not None and os.fspath(weights) != "random":
+        return inspect_checkpoint(Path(weights), preset, model is not None) or preset
+    return preset
+
+
 def load_weights(weights: str | os.PathLike | Weights | None, model: str | None, seed: int) -> tuple[Weights, str]:
     """The run's weights and model name: a ``Weights`` as given, else ``resolve_weights``
     (a checkpoint path, ``"random"``, or None to search), notes going to stderr, marked
     ``single_use``: the run they are loaded for keeps their only copy."""
     if model is not None and model not in PRESETS:
         raise InputError(f"model must be one of {', '.join(sorted(PRESETS))}, got {model!r}")
-    if weights is not None and not isinstance(weights, (str, os.PathLike, Weights)):
-        raise InputError(f"weights must be a checkpoint path, \"random\" or a Weights, got {weights!r}")
     name = model or DEFAULT_MODEL
     if isinstance(weights, Weights):
         if weights.single_use and not weights.state:
@@ -296,22 +311,17 @@ def consensus(
     for path, label in ((err_path, "savefile"), (gram_path, "matrixerror")):
         if path is not None:
             check_writable(path, label)
+    # before anything heavy: the prompts and the files' sizes with the sizes known so far
+    check_run_fits(prompts, expected_config(weights, model), size, matrix, err_path, gram_path)
     with exclusive_outputs([path for path in (err_path, gram_path) if path is not None]):
         loaded, model_name = load_weights(weights, model, seed)
-        texts, token_lists = prompt_tokens(prompts, loaded.config.n_positions)
-        n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), loaded.config.n_layer * size
-        gram_bytes = npy_bytes((n_prompts, length, length, steps))
-        if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
-            raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
-                             f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
+        texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path)
         flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                                seed=seed, decode_iterations=decode)
         with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
             scratch = Path(folder)
             err_file = err_path or scratch / "Eplot.npy"
             gram_file = gram_path or (scratch / "m.npy" if matrix else None)
-            check_space(err_file, gram_file, n_prompts, length, steps,
-                        "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)")
             meta, status = run_consensus(
                 loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
                 err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
@@ -329,16 +339,34 @@ def read_array(path: Path, keep_mapped: bool) -> np.ndarray:
     return mapped if keep_mapped else np.array(mapped)
 
 
-def check_space(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int,
-                note: str = "") -> None:
-    """Refuse to start when the files would not fit on their disks (``note`` ends the message)."""
-    planned = {err_path: npy_bytes((n_prompts, steps, 2))}
-    if gram_path is not None:
-        planned[gram_path] = npy_bytes((n_prompts, length, length, steps))
+def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int) -> list[list[int]]:
+    """The prompts' token ids, once they and ``max_length`` fit ``cfg``'s context."""
+    if max_length > cfg.n_positions:
+        raise InputError(f"max_length {max_length} (--use-model) exceeds the model's context of {cfg.n_positions}")
+    return prompt_tokens(prompts, cfg.n_positions)[1]
+
+
+def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
+                   gram_path: Path | None) -> tuple[list[str], list[list[int]]]:
+    """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run's arrays
+    are known to fit: err2 kept in memory within half the free memory, the files on their
+    disks (in-memory results pass through the temporary folder). InputError otherwise."""
+    texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
+    n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), cfg.n_layer * size
+    gram_bytes = npy_bytes((n_prompts, length, length, steps))
+    if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
+        raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
+                         f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
+    scratch = Path(tempfile.gettempdir())
+    planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
+    if gram_path is not None or matrix:
+        planned[gram_path or scratch / "m.npy"] = gram_bytes
     try:
         check_disk_space(planned)
     except OSError as error:
+        note = "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)"
         raise InputError(f"refusing to start: {error}{note}") from None
+    return texts, token_lists
 
 
 def generate(
@@ -371,11 +399,10 @@ def generate(
     check_values(size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
     device_ = resolve_device(device, dtype)
     backend = resolve_backend(backend, device_, dtype)
+    check_generation_fits(prompts, expected_config(weights, model), max_length)  # before anything heavy
     loaded, _ = load_weights(weights, model, seed)
     cfg = loaded.config
-    if max_length > cfg.n_positions:
-        raise InputError(f"max_length {max_length} (--use-model) exceeds the model's context of {cfg.n_positions}")
-    _, token_lists = prompt_tokens(prompts, cfg.n_positions)
+    token_lists = check_generation_fits(prompts, cfg, max_length)
     storage = storage_dtype(dtype)
     needed = cache_bytes(cfg.n_layer, cfg.n_embd, size, max_length, storage.itemsize)
     available = available_memory(device_)

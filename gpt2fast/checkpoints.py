@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -80,6 +81,25 @@ def load_checkpoint(path: Path, preset: ModelConfig, preset_explicit: bool) -> W
         state[name] = _to_float32(name, state[name], conv1d)
     check_state(state, cfg, origin)
     return Weights(config=cfg, state=state, source=origin, sha256=file_sha256(file))
+
+
+def inspect_checkpoint(path: Path, preset: ModelConfig, preset_explicit: bool) -> ModelConfig | None:
+    """What a checkpoint tells without reading its tensors: it exists and is of a known type,
+    a safetensors header parses, and the sizes of a ``config.json`` beside it (returned; None
+    without one) agree with an explicitly chosen preset up to the vocabulary, which loading
+    may trim. InputError otherwise; ``load_checkpoint`` checks everything again."""
+    file = find_checkpoint_file(Path(path))
+    if file.suffix == ".safetensors":
+        try:
+            with safetensors.safe_open(file, "pt") as handle:
+                handle.keys()
+        except Exception as exc:  # the library raises its own error types for a damaged header
+            raise InputError(f"{file}: cannot read as safetensors ({reason(exc)})") from None
+    cfg = None if file.suffix in (".pt", ".pth") else read_config_json(file.parent / CONFIG_FILE)
+    if cfg is not None and preset_explicit and dataclasses.replace(cfg, vocab_size=preset.vocab_size) != preset:
+        raise InputError(f"{file}: checkpoint sizes ({describe(cfg)}) differ from the chosen model's "
+                         f"({describe(preset)})")
+    return cfg
 
 
 def find_checkpoint_file(path: Path) -> Path:

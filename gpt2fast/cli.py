@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .api import check_decode, check_values, check_writable, consensus, generate, load_weights, prompt_tokens, \
-    resolve_device, warn
+from .api import check_decode, check_values, check_writable, consensus, expected_config, generate, resolve_device, warn
 from .backends import BACKENDS, resolve_backend
 from .config import CONTEXT, DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
 from .errors import InputError
@@ -181,10 +180,9 @@ def run(args: argparse.Namespace) -> int:
             check_writable(gram_path, "--matrixerror")
     iterations = args.size if args.size is not None else (1 if generating else DEFAULT_ITERATIONS)
     decode = parse_decode(args.decode, iterations) if args.decode is not None and not generating else ()
-    weights, _ = load_weights(args.weights, args.model, args.seed)
+    expected_config(args.weights, args.model)  # a missing or damaged checkpoint before the prompt questions
     texts = read_prompt_texts(args, gpt2_encoding(), generating)
-    prompt_tokens(texts, weights.config.n_positions)
-    common = dict(model=args.model, weights=weights, size=iterations, noff=args.noff,
+    common = dict(model=args.model, weights=args.weights, size=iterations, noff=args.noff,
                   random_init=args.random_init, const_reset=args.const_reset, seed=args.seed,
                   device=args.device, backend=args.backend, dtype=args.dtype, second_signal_exits=True)
     if generating:

@@ -120,3 +120,22 @@ def test_a_panel_kernel_variant_this_machine_lacks(monkeypatch, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"gpt2fast: error: GPT2FAST_PANEL_KERNEL={forced.lower()}: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["prompt-too-long", "prompt-too-long-for-medium", "prompts-file-missing",
+                                  "output-too-big-for-disk", "output-size-past-int64", "missing-weights",
+                                  "corrupt-weights", "mismatched-weights", "use-model-over-context"])
+def test_refused_before_any_weight_is_read(case, paths, tmp_path, capsys, monkeypatch):
+    """The refusals that need no weights come before any are loaded or drawn (gpt2-medium's
+    random weights would take 1.4 GB), and before the prompt questions."""
+    import gpt2fast.api
+
+    def no_weights(*arguments, **keywords):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(gpt2fast.api, "load_weights", no_weights)
+    table = dict((name, args) for name, args, _ in BAD_INVOCATIONS)
+    table["prompt-too-long-for-medium"] = ["--model", "gpt2-medium", "--weights", "random", "--prompt", "word " * 1100]
+    args = [paths.get(arg, arg) for arg in table[case]]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("gpt2fast: error:")
