@@ -60,7 +60,7 @@ from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
 from .weight_sources import resolve_weights
 from .weight_stream import WeightStream
-from .weights import Weights
+from .weights import Weights, parameter_count
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | None
 Label = Callable[[str], str]
@@ -190,9 +190,14 @@ def expected_config(weights: str | os.PathLike | Weights | None, model: str | No
     if isinstance(weights, Weights):
         return weights.config
     preset = PRESETS[model or DEFAULT_MODEL]
+    cfg = preset
     if weights is not None and os.fspath(weights) != "random":
-        return inspect_checkpoint(Path(weights), preset, model is not None) or preset
-    return preset
+        cfg = inspect_checkpoint(Path(weights), preset, model is not None) or preset
+    needed, free = 4 * parameter_count(cfg), available_memory(torch.device("cpu"))
+    if needed > free:
+        raise InputError(f"a model of n_layer={cfg.n_layer}, n_embd={cfg.n_embd} needs {format_bytes(needed)} "
+                         f"of memory for its float32 weights; {format_bytes(free)} is free")
+    return cfg
 
 
 def load_weights(weights: str | os.PathLike | Weights | None, model: str | None, seed: int) -> tuple[Weights, str]:
@@ -223,6 +228,9 @@ def is_integer(value) -> bool:
     return True
 
 
+MAX_TOKEN_BYTES = 128  # no GPT-2 token is longer (tests/test_api.py checks the vocabulary)
+
+
 def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[int]]]:
     """Texts and token ids of ``prompts`` (a string, strings, token-id lists, or one list of
     token ids; None: the default prompt); refuse empty prompts and prompts longer than
@@ -241,6 +249,12 @@ def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[in
     texts, token_lists = [], []
     for number, prompt in enumerate(prompts, start=1):
         if isinstance(prompt, str):
+            try:
+                size = len(prompt.encode("utf-8"))
+            except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (argv, stdin)
+                raise InputError(f"prompt {number} is not valid UTF-8 text") from None
+            if size > limit * MAX_TOKEN_BYTES:  # over the context whatever its tokens: not tokenised
+                raise InputError(f"prompt {number} has {size} bytes, more than {limit} tokens can hold")
             tokens = encoding.encode(prompt, disallowed_special=())
         else:
             if not isinstance(prompt, Sequence) or not all(is_integer(token) for token in prompt):

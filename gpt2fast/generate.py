@@ -37,8 +37,14 @@ def sample_top_k(
     logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator
 ) -> int:
     """The original's rule: softmax(logits / temperature), keep the ``top_k`` most likely,
-    sample among them. logits [V] any float dtype; sampling runs in float32 on the CPU."""
-    probs = F.softmax(logits.float().cpu() / temperature, dim=-1)
+    sample among them. logits [V] any float dtype; sampling runs in float32 on the CPU. A
+    temperature so small that logits / temperature is not finite in float32 takes the limit of
+    the softmax as the temperature goes to 0: the most likely tokens share all probability."""
+    logits = logits.float().cpu()
+    scaled = logits / temperature
+    if not torch.isfinite(scaled).all():
+        scaled = torch.where(logits == logits.max(), 0.0, float("-inf"))
+    probs = F.softmax(scaled, dim=-1)
     top_probs, top_ids = torch.topk(probs, top_k, dim=-1)
     choice = torch.multinomial(top_probs, 1, generator=generator)
     return int(top_ids[choice])

@@ -53,6 +53,9 @@ def read_prompts(stream: TextIO, ask: TextIO | None, single: bool) -> list[str]:
             return prompts
 
 
+MAX_PROMPTS_FILE_BYTES = 256 << 20  # read whole into memory, then tokenised: a bound on both
+
+
 def read_prompts_file(path: Path) -> list[str]:
     """The prompts in a UTF-8 text file, one per line, each stripped; blank lines skipped.
 
@@ -60,6 +63,8 @@ def read_prompts_file(path: Path) -> list[str]:
     ``InputError`` when the file cannot be read, is not UTF-8, or holds no prompt.
     """
     try:
+        if path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+            raise InputError(f"prompts file {path} is larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"prompts file {path} is not UTF-8 (byte {e.start})") from e

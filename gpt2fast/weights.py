@@ -80,6 +80,15 @@ def check_state(state: dict[str, torch.Tensor], cfg: ModelConfig, origin: str) -
             )
         if not state[name].is_floating_point():
             raise InputError(f"{origin}: {name} is not a floating-point tensor")
+        if not torch.isfinite(state[name]).all():
+            raise InputError(f"{origin}: {name} holds NaN or infinite values")
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """The parameters of a GPT-2 of ``cfg``'s sizes (exact; nothing allocated): embeddings,
+    12·C² + 13·C per block, ln_f."""
+    width = cfg.n_embd
+    return (cfg.vocab_size + cfg.n_positions) * width + cfg.n_layer * (12 * width * width + 13 * width) + 2 * width
 
 
 @dataclass(frozen=True)

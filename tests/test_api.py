@@ -119,9 +119,9 @@ def test_in_memory_arrays_leave_no_paths_to_deleted_files(tiny_checkpoint, tmp_p
 
 
 def test_matrix_in_memory_that_does_not_fit_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "available_memory", lambda device: 10_000)
-    with pytest.raises(InputError, match="matrixerror=PATH"):
-        gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=200, matrix=True, progress=False)
+    monkeypatch.setattr(api, "available_memory", lambda device: 40 << 20)  # the tiny model's 28 MB fit
+    with pytest.raises(InputError, match="matrixerror=PATH"):  # err2: 72 MB
+        gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=10**6, matrix=True, progress=False)
     assert not list(tmp_path.iterdir())
 
 
@@ -140,3 +140,49 @@ def test_load_result_reads_the_original_files_without_metadata(tmp_path):
     result = gpt2fast.load_result(tmp_path / "Eplot")
     assert result.metadata is None and result.n_layer is None and result.decoded == []
     assert np.array_equal(result.err, err)
+
+
+def test_no_gpt2_token_is_longer_than_the_prompt_byte_bound():
+    encoding = gpt2_encoding()
+    assert max(len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)) <= api.MAX_TOKEN_BYTES
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a \udcff b", "prompt 1 is not valid UTF-8"),  # a byte that was not UTF-8, as argv and stdin decode it
+    ("x" * (1024 * api.MAX_TOKEN_BYTES + 1), "bytes, more than 1024 tokens can hold"),
+])
+def test_prompts_that_cannot_be_text_or_cannot_fit_are_refused(tiny_checkpoint, prompt, message):
+    with pytest.raises(InputError, match=message):
+        gpt2fast.consensus(prompt, weights=tiny_checkpoint, size=1, progress=False)
+
+
+def test_weights_with_nan_or_inf_are_refused_on_load(tmp_path):
+    from tiny_models import write_hf_safetensors
+
+    cfg = tiny_config()
+    state = tiny_state(cfg, TINY_SEED)
+    state["h.1.mlp.c_fc.weight"][3, 4] = float("inf")
+    write_hf_safetensors(tmp_path, cfg, state)
+    with pytest.raises(InputError, match=r"h\.1\.mlp\.c_fc\.weight holds NaN or infinite values"):
+        gpt2fast.consensus("a b", weights=tmp_path, size=1, progress=False)
+
+
+def test_a_config_beyond_memory_is_refused_before_allocating(tmp_path):
+    from tiny_models import write_hf_safetensors
+
+    cfg = tiny_config()
+    write_hf_safetensors(tmp_path, cfg, tiny_state(cfg, TINY_SEED))
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"n_layer": 10**9}))
+    with pytest.raises(InputError, match="n_layer=1000000000, n_embd=128 needs .* of memory"):
+        gpt2fast.consensus("a b", weights=tmp_path, size=1, progress=False)
+
+
+def test_a_temperature_that_overflows_the_logits_samples_the_most_likely_token():
+    import torch
+
+    from gpt2fast.generate import sample_top_k
+
+    logits = torch.tensor([0.5, 3.0, -2.0, 2.9])
+    for temperature in (1e-300, 1e-45):
+        assert sample_top_k(logits, 3, temperature, torch.Generator().manual_seed(0)) == 1

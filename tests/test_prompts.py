@@ -182,3 +182,15 @@ def test_prompts_file_without_prompts(tmp_path, content):
     with pytest.raises(InputError, match="holds no prompt") as info:
         read_prompts_file(path)
     assert str(path) in str(info.value)
+
+
+def test_a_prompts_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    from gpt2fast import prompts
+
+    monkeypatch.setattr(prompts, "MAX_PROMPTS_FILE_BYTES", 64)
+    path = tmp_path / "p.txt"
+    path.write_text("a prompt\n" * 8)
+    with pytest.raises(InputError, match="p.txt is larger than"):
+        prompts.read_prompts_file(path)
+    path.write_text("a prompt\n" * 7)
+    assert prompts.read_prompts_file(path) == ["a prompt"] * 7
