@@ -129,7 +129,12 @@ def read_prompt_texts(args: argparse.Namespace, encoding, generating: bool) -> l
     piped), or the default prompt when none is given."""
     if args.random_prompt is not None:
         rng = random.Random(args.seed)
-        return [random_prompt(encoding, args.random_prompt, rng) for _ in range(args.random_prompts or 1)]
+        texts = [random_prompt(encoding, args.random_prompt, rng) for _ in range(args.random_prompts or 1)]
+        longest = max(len(encoding.encode(text, disallowed_special=())) for text in texts)
+        if longest > CONTEXT:  # the drawn tokens, decoded one by one and joined, re-encode longer
+            raise InputError(f"--random-prompt {args.random_prompt}: the random text re-encodes to {longest} "
+                             f"tokens, more than the context of {CONTEXT}; ask for fewer tokens")
+        return texts
     if args.prompt is not None:
         return list(args.prompt)
     if args.prompts_file is not None:

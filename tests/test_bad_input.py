@@ -39,6 +39,7 @@ BAD_INVOCATIONS = [
     ("prompt-empty", ["--prompt", "  "], "empty"),
     ("random-prompt-zero", ["--random-prompt", "0"], "--random-prompt"),
     ("random-prompt-over-context", ["--random-prompt", "5000"], "--random-prompt"),
+    ("random-prompt-re-encodes-over-context", ["--random-prompt", "1024"], "--random-prompt 1024: the random text"),
     ("random-prompts-without-length", ["--random-prompts", "3"], "--random-prompt"),
     ("two-prompt-sources", ["--prompt", "a", "--random-prompt", "3"], "prompt source"),
     ("prompts-file-missing", ["--weights", "TINY", "--prompts-file", "nope.txt"], "nope.txt"),
