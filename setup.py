@@ -68,6 +68,6 @@ setup(
     ],
     extras_require={
         # cmake and pybind11 build the panel module in other configurations (tests/test_panel_build.py)
-        "test": ["pytest>=8", "pytest-benchmark>=4", "cmake>=3.18", "pybind11>=2.12"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "cmake>=3.18", "pybind11>=2.12"],
     },
 )
