@@ -210,3 +210,23 @@ def test_float32_products_are_tf32x3_only_on_confirmed_gpus(monkeypatch):
     assert [backends.products("triton", cuda, dtype) for dtype in ("tf32", "bf16")] == ["tf32", "bf16"]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
     assert backends.triton_precision(cuda, "fp32") == "ieee"
+
+
+def test_more_rows_than_one_gemm_tile(tmp_path, device):
+    """70 rows (ten ragged prompts): the skinny GEMMs run several 64-row tiles, each with its
+    own split-K tickets and LayerNorm statistics rows."""
+    prompts = [[(7 * p + t) % 500 + 1 for t in range(1 + p % 7)] for p in range(10)] + [[3] * 7]
+    flags = ConsensusFlags(iterations=1, noff=False, random_init=False, const_reset=False, seed=0,
+                           decode_iterations=())
+    stream = WeightStream(CFG, STATE, seed=0, random_init=False, const_reset=False, device=device,
+                          dtype=torch.float32)
+    engines = [TritonEngine(stream, prompts, False), TorchEngine(stream, prompts, False)]
+    assert engines[0].tokens.numel() > 64
+    results = []
+    for engine in engines:
+        drive(engine, flags.iterations, tmp_path / f"{engine.backend}-e.npy", tmp_path / f"{engine.backend}-g.npy")
+        results.append((np.load(tmp_path / f"{engine.backend}-e.npy"), np.load(tmp_path / f"{engine.backend}-g.npy")))
+    (err, gram), (want_err, want_gram) = results
+    np.testing.assert_allclose(err, want_err, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gram, want_gram, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(np.isnan(gram), np.isnan(want_gram))
