@@ -17,20 +17,13 @@ constexpr uint64_t kXxPrime5 = 0x27D4EB2F165667C5ull;
 
 inline uint64_t xx_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
-inline uint64_t xx_read64(const unsigned char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
+// A little-endian uint32_t or uint64_t at p, whatever the host's byte order.
+template <typename Word>
+inline Word xx_read(const unsigned char* p) {
+  Word v;
+  std::memcpy(&v, p, sizeof v);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap64(v);
-#endif
-  return v;
-}
-
-inline uint32_t xx_read32(const unsigned char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  v = __builtin_bswap32(v);
+  if constexpr (sizeof v == 8) v = __builtin_bswap64(v); else v = __builtin_bswap32(v);
 #endif
   return v;
 }
@@ -46,10 +39,10 @@ inline uint64_t xxh64(const void* data, uint64_t length, uint64_t seed = 0) {
   if (length >= 32) {  // four lanes over 32-byte stripes
     uint64_t v1 = seed + kXxPrime1 + kXxPrime2, v2 = seed + kXxPrime2, v3 = seed, v4 = seed - kXxPrime1;
     for (; p + 32 <= end; p += 32) {
-      v1 = xx_round(v1, xx_read64(p));
-      v2 = xx_round(v2, xx_read64(p + 8));
-      v3 = xx_round(v3, xx_read64(p + 16));
-      v4 = xx_round(v4, xx_read64(p + 24));
+      v1 = xx_round(v1, xx_read<uint64_t>(p));
+      v2 = xx_round(v2, xx_read<uint64_t>(p + 8));
+      v3 = xx_round(v3, xx_read<uint64_t>(p + 16));
+      v4 = xx_round(v4, xx_read<uint64_t>(p + 24));
     }
     h = xx_rotl(v1, 1) + xx_rotl(v2, 7) + xx_rotl(v3, 12) + xx_rotl(v4, 18);
     h = xx_merge(xx_merge(xx_merge(xx_merge(h, v1), v2), v3), v4);
@@ -57,9 +50,9 @@ inline uint64_t xxh64(const void* data, uint64_t length, uint64_t seed = 0) {
     h = seed + kXxPrime5;
   }
   h += length;
-  for (; p + 8 <= end; p += 8) h = xx_rotl(h ^ xx_round(0, xx_read64(p)), 27) * kXxPrime1 + kXxPrime4;
+  for (; p + 8 <= end; p += 8) h = xx_rotl(h ^ xx_round(0, xx_read<uint64_t>(p)), 27) * kXxPrime1 + kXxPrime4;
   if (p + 4 <= end) {
-    h = xx_rotl(h ^ (uint64_t{xx_read32(p)} * kXxPrime1), 23) * kXxPrime2 + kXxPrime3;
+    h = xx_rotl(h ^ (uint64_t{xx_read<uint32_t>(p)} * kXxPrime1), 23) * kXxPrime2 + kXxPrime3;
     p += 4;
   }
   for (; p < end; ++p) h = xx_rotl(h ^ (uint64_t{*p} * kXxPrime5), 11) * kXxPrime1;
