@@ -326,10 +326,12 @@ def consensus(
         if path is not None:
             check_writable(path, label)
     # before anything heavy: the prompts and the files' sizes with the sizes known so far
-    check_run_fits(prompts, expected_config(weights, model), size, matrix, err_path, gram_path)
+    expected = expected_config(weights, model)
+    texts, token_lists = check_run_fits(prompts, expected, size, matrix, err_path, gram_path)
     with exclusive_outputs([path for path in (err_path, gram_path) if path is not None]):
         loaded, model_name = load_weights(weights, model, seed)
-        texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path)
+        if loaded.config != expected:  # sizes the checkpoint told only on loading: check again
+            texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path)
         flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                                seed=seed, decode_iterations=decode)
         with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
@@ -413,10 +415,12 @@ def generate(
     check_values(size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
     device_ = resolve_device(device, dtype)
     backend = resolve_backend(backend, device_, dtype)
-    check_generation_fits(prompts, expected_config(weights, model), max_length)  # before anything heavy
+    expected = expected_config(weights, model)
+    token_lists = check_generation_fits(prompts, expected, max_length)  # before anything heavy
     loaded, _ = load_weights(weights, model, seed)
     cfg = loaded.config
-    token_lists = check_generation_fits(prompts, cfg, max_length)
+    if cfg != expected:  # sizes the checkpoint told only on loading: check again
+        token_lists = check_generation_fits(prompts, cfg, max_length)
     storage = storage_dtype(dtype)
     needed = cache_bytes(cfg.n_layer, cfg.n_embd, size, max_length, storage.itemsize)
     available = available_memory(device_)
