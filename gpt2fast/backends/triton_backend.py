@@ -125,8 +125,7 @@ def apply_block(
         if skinny:
             ln_w, ln_b, ln_stats = ln if ln is not None else (None, None, None)
             skinny_linear(x, weight, bias, out, gelu=gelu, residual=residual, precision=precision,
-                          counters=buffers.tickets, ln_w=ln_w, ln_b=ln_b, ln_stats=ln_stats,
-                          stats=stats if residual is not None else None)
+                          counters=buffers.tickets, ln_w=ln_w, ln_b=ln_b, ln_stats=ln_stats, stats=stats)
             return
         stored = (weight, bias) if drawn[name] is None else (None, None)
         if residual is not None:
