@@ -27,6 +27,7 @@ from gpt2fast.config import DEFAULT_PROMPT, PRESETS
 from gpt2fast.driver import drive
 from gpt2fast.generate import generate
 from gpt2fast.tokenizer import gpt2_encoding
+from gpt2fast.validation import parameter
 from gpt2fast.weight_stream import WeightStream
 from gpt2fast.weights import random_state
 from roofline import iteration_work, token_work
@@ -73,7 +74,7 @@ def model(state):
 
 
 def backend() -> str:
-    return resolve_backend("auto", DEVICE, "fp32")
+    return resolve_backend("auto", DEVICE, "fp32", parameter)
 
 
 def label(case: str, iterations: int, prompts: list[list[int]]) -> str:

@@ -1,25 +1,24 @@
-"""``python -m gpt2fast``: the original script's flags, checked, then wired to a run.
+"""``python -m gpt2fast``: the original script's flags, parsed into the API's arguments.
 
-Every bad value ends the process with one line ``gpt2fast: error: ...`` and status 2,
-before weights are loaded or any file is written.
+The API checks them (``validation``); every bad value ends the process with one line
+``gpt2fast: error: ...`` naming the flag, and status 2, before weights are loaded or any
+file is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
-from .api import check_decode, check_values, check_writable, consensus, expected_config, generate, resolve_device, warn
-from .backends import BACKENDS, resolve_backend
-from .config import CONTEXT, DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
+from .api import consensus, generate, warn
+from .backends import BACKENDS
+from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
 from .errors import InputError
-from .outputs import npy_path
 from .precision import DTYPES
-from .prompts import random_prompt, read_prompts, read_prompts_file
+from .prompts import read_prompts
+from .validation import check_values
 from .tokenizer import gpt2_encoding
 
 EXIT_USAGE = 2
@@ -80,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_decode(text: str, iterations: int) -> tuple[int, ...]:
-    """``"3,0,3"`` -> (0, 3): integers in [0, N), duplicates dropped, sorted."""
+def parse_decode(text: str) -> list[int]:
+    """``"3,0,3"`` -> [3, 0, 3]; the API checks the iterations."""
     chosen = []
     for part in text.split(","):
         part = part.strip()
@@ -89,58 +88,21 @@ def parse_decode(text: str, iterations: int) -> tuple[int, ...]:
             chosen.append(int(part))
         except ValueError:
             raise InputError(f"--decode: {part!r} is not an integer iteration") from None
-    return check_decode(chosen, iterations, label=flag)
+    return chosen
 
 
 def flag(name: str) -> str:
     """How CLI errors name an argument (an API parameter name): as its flag."""
-    return "--" + {"max_length": "use_model"}.get(name, name).replace("_", "-")
+    return "--" + {"max_length": "use_model", "prompts": "prompt"}.get(name, name).replace("_", "-")
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Value checks that need nothing but the flags."""
-    generating = args.use_model is not None
-    check_values(size=args.size if args.size is not None else 1, seed=args.seed, top_k=args.top_k,
-                 temperature=args.temperature, max_length=args.use_model, label=flag)
-    if args.random_prompt is not None and not 1 <= args.random_prompt <= CONTEXT:
-        raise InputError(f"--random-prompt must be in [1, {CONTEXT}], got {args.random_prompt}")
-    if args.random_prompts is not None:
-        if args.random_prompt is None:
-            raise InputError("--random-prompts needs --random-prompt K")
-        if args.random_prompts < 1:
-            raise InputError(f"--random-prompts must be at least 1, got {args.random_prompts}")
-    sources = [flag for flag, value in (("--prompt", args.prompt), ("--prompts-file", args.prompts_file),
-                                        ("--random-prompt", args.random_prompt)) if value is not None]
-    if len(sources) > 1:
-        raise InputError(f"choose one prompt source: {' and '.join(sources)} were both given")
-    if args.prompt is not None and any(not text.strip() for text in args.prompt):
-        raise InputError("--prompt: an empty prompt has no tokens to run")
-    for name in ("savefile", "matrixerror"):
-        if getattr(args, name) is not None and not getattr(args, name).strip():
-            raise InputError(f"--{name} must not be empty")
-    if not generating:
-        savefile = npy_path(args.savefile or "Eplot")
-        if args.matrixerror is not None and npy_path(args.matrixerror).resolve() == savefile.resolve():
-            raise InputError(f"--matrixerror and --savefile both name {savefile}")
-
-
-def read_prompt_texts(args: argparse.Namespace, encoding, generating: bool) -> list[str]:
-    """The prompts from the flags, or from stdin (asked on a terminal, read line by line when
-    piped), or the default prompt when none is given."""
-    if args.random_prompt is not None:
-        rng = random.Random(args.seed)
-        texts = [random_prompt(encoding, args.random_prompt, rng) for _ in range(args.random_prompts or 1)]
-        longest = max(len(encoding.encode(text, disallowed_special=())) for text in texts)
-        if longest > CONTEXT:  # the drawn tokens, decoded one by one and joined, re-encode longer
-            raise InputError(f"--random-prompt {args.random_prompt}: the random text re-encodes to {longest} "
-                             f"tokens, more than the context of {CONTEXT}; ask for fewer tokens")
-        return texts
-    if args.prompt is not None:
-        return list(args.prompt)
-    if args.prompts_file is not None:
-        return read_prompts_file(Path(args.prompts_file))
+def terminal_prompts(generating: bool) -> list[str]:
+    """The prompts typed on the terminal (asked) or piped on stdin, else the default prompt."""
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    texts = read_prompts(sys.stdin, sys.stdout if interactive else None, single=generating) if sys.stdin else []
+    try:
+        texts = read_prompts(sys.stdin, sys.stdout if interactive else None, single=generating) if sys.stdin else []
+    except UnicodeDecodeError as error:
+        raise InputError(f"standard input is not UTF-8 text (byte {error.start} of a line)") from None
     return texts or [DEFAULT_PROMPT]
 
 
@@ -168,55 +130,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    validate(args)
+    """The flags as the API's arguments; the API checks them all before any work."""
     generating = args.use_model is not None
-    device = resolve_device(args.device, args.dtype, label=flag)
-    resolve_backend(args.backend, device, args.dtype)
+    sourced = args.prompts_file is not None or args.random_prompt is not None
+    prompts = args.prompt if args.prompt is not None or sourced else (lambda: terminal_prompts(generating))
+    common = dict(prompts=prompts, prompts_file=args.prompts_file, random_prompt=args.random_prompt,
+                  random_prompts=args.random_prompts, model=args.model, weights=args.weights, noff=args.noff,
+                  random_init=args.random_init, const_reset=args.const_reset, seed=args.seed, device=args.device,
+                  backend=args.backend, dtype=args.dtype, second_signal_exits=True, label=flag)
+    if args.size is not None:
+        common["size"] = args.size
     if generating:
-        for name in ("decode", "matrixerror", "savefile"):
-            if getattr(args, name) is not None:
-                warn(f"note: --{name} has no effect with --use-model")
-        err_path = gram_path = None
-    else:
-        err_path = npy_path(args.savefile or "Eplot")
-        gram_path = npy_path(args.matrixerror) if args.matrixerror is not None else None
-        check_writable(err_path, "--savefile")
-        if gram_path is not None:
-            check_writable(gram_path, "--matrixerror")
-    iterations = args.size if args.size is not None else (1 if generating else DEFAULT_ITERATIONS)
-    decode = parse_decode(args.decode, iterations) if args.decode is not None and not generating else ()
-    expected_config(args.weights, args.model)  # a missing or damaged checkpoint before the prompt questions
-    texts = read_prompt_texts(args, gpt2_encoding(), generating)
-    common = dict(model=args.model, weights=args.weights, size=iterations, noff=args.noff,
-                  random_init=args.random_init, const_reset=args.const_reset, seed=args.seed,
-                  device=args.device, backend=args.backend, dtype=args.dtype, second_signal_exits=True)
-    if generating:
-        return run_generation(texts, args, common)
-    return run_consensus_job(texts, decode, err_path, gram_path, common)
+        return run_generation(args, common)
+    check_values(flag, top_k=args.top_k, temperature=args.temperature)  # generation's, but wrong in any mode
+    return run_consensus_job(args, common)
 
 
-def run_consensus_job(texts: list[str], decode: tuple[int, ...], err_path: Path, gram_path: Path | None,
-                      common: dict) -> int:
+def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
     """Run, print decodings as they come, and report where the files went."""
     encoding = gpt2_encoding()
     try:
-        result = consensus(texts, decode=decode, savefile=err_path, matrixerror=gram_path,
+        result = consensus(decode=parse_decode(args.decode) if args.decode is not None else (),
+                           savefile=args.savefile if args.savefile is not None else "Eplot",
+                           matrixerror=args.matrixerror,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
     except OSError as error:
         print(f"gpt2fast: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILURE
     meta = result.metadata
     written = ", ".join(f"{info['path']} {tuple(info['shape'])}" for info in meta["files"].values())
-    done = meta["iterations_completed"]
-    outcome = "done" if meta["complete"] else \
-        f"INTERRUPTED after {done} of {common['size']} iterations (rest is NaN)"
+    done, size = meta["iterations_completed"], meta["flags"]["size"]
+    outcome = "done" if meta["complete"] else f"INTERRUPTED after {done} of {size} iterations (rest is NaN)"
     warn(f"gpt2fast: {outcome}: wrote {written} + metadata; "
          f"{done} iterations in {meta['timings']['run_s']:.1f} s ({meta['timings']['steps_per_s']} steps/s)")
     return result.exit_status
 
 
-def run_generation(texts: list[str], args: argparse.Namespace, common: dict) -> int:
-    """``--use-model``: grow each prompt to M tokens and print it as the original did."""
-    result = generate(texts, max_length=args.use_model, top_k=args.top_k, temperature=args.temperature,
+def run_generation(args: argparse.Namespace, common: dict) -> int:
+    """``--use-model``: grow each prompt to M tokens and print it as the original did; then
+    note the consensus-only flags that were given (they have no effect here)."""
+    result = generate(max_length=args.use_model, top_k=args.top_k, temperature=args.temperature,
                       on_text=lambda text: tqdm.write(f"> {text}", file=sys.stdout), **common)
+    for name in ("decode", "matrixerror", "savefile"):
+        if getattr(args, name) is not None:
+            warn(f"note: --{name} has no effect with --use-model")
     return result.exit_status

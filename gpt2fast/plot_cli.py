@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .api import check_writable
+from .validation import check_writable
 from .cli import OneLineParser
 from .errors import InputError
 from .outputs import npy_path

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 import gpt2fast
 from conftest import TINY_SEED
-from gpt2fast import api
+from gpt2fast import validation
 from gpt2fast import reference
 from gpt2fast.cli import main
 from gpt2fast.errors import InputError
@@ -93,6 +94,16 @@ def test_err_only_run_has_no_matrices(tiny_checkpoint):
     ({"savefile": ""}, "savefile must not be empty"),
     ({"matrixerror": 7}, "matrixerror must be a path"),
     ({"on_decode": "print"}, "on_decode must be callable"),
+    # prompt sources: one at most, each checked
+    ({"prompts": "a", "prompts_file": "p.txt"}, "choose one prompt source: prompts and prompts_file"),
+    ({"prompts_file": "p.txt", "random_prompt": 3}, "prompts_file and random_prompt"),
+    ({"random_prompts": 2}, "random_prompts needs random_prompt"),
+    ({"random_prompt": 0}, r"random_prompt must be in \[1, 1024\]"),
+    ({"random_prompt": True}, "random_prompt must be an integer"),
+    ({"random_prompt": 2, "random_prompts": 0}, "random_prompts must be at least 1"),
+    ({"prompts_file": "missing.txt"}, "cannot read prompts file missing.txt"),
+    ({"prompts_file": 5}, "prompts_file must be a path"),
+    ({"prompts": ["a", "  "]}, "prompt 2 is empty"),
 ])
 def test_bad_arguments_raise_before_any_work(tiny_checkpoint, tmp_path, arguments, word):
     """Nothing is written, and the files of an earlier run are left as they were."""
@@ -119,7 +130,7 @@ def test_in_memory_arrays_leave_no_paths_to_deleted_files(tiny_checkpoint, tmp_p
 
 
 def test_matrix_in_memory_that_does_not_fit_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "available_memory", lambda device: 40 << 20)  # the tiny model's 28 MB fit
+    monkeypatch.setattr(validation, "available_memory", lambda device: 40 << 20)  # the tiny model's 28 MB fit
     with pytest.raises(InputError, match="matrixerror=PATH"):  # err2: 72 MB
         gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=10**6, matrix=True, progress=False)
     assert not list(tmp_path.iterdir())
@@ -144,12 +155,12 @@ def test_load_result_reads_the_original_files_without_metadata(tmp_path):
 
 def test_no_gpt2_token_is_longer_than_the_prompt_byte_bound():
     encoding = gpt2_encoding()
-    assert max(len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)) <= api.MAX_TOKEN_BYTES
+    assert max(len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)) <= validation.MAX_TOKEN_BYTES
 
 
 @pytest.mark.parametrize("prompt, message", [
     ("a \udcff b", "prompt 1 is not valid UTF-8"),  # a byte that was not UTF-8, as argv and stdin decode it
-    ("x" * (1024 * api.MAX_TOKEN_BYTES + 1), "bytes, more than 1024 tokens can hold"),
+    ("x" * (1024 * validation.MAX_TOKEN_BYTES + 1), "bytes, more than 1024 tokens can hold"),
 ])
 def test_prompts_that_cannot_be_text_or_cannot_fit_are_refused(tiny_checkpoint, prompt, message):
     with pytest.raises(InputError, match=message):
@@ -186,3 +197,49 @@ def test_a_temperature_that_overflows_the_logits_samples_the_most_likely_token()
     logits = torch.tensor([0.5, 3.0, -2.0, 2.9])
     for temperature in (1e-300, 1e-45):
         assert sample_top_k(logits, 3, temperature, torch.Generator().manual_seed(0)) == 1
+
+
+def test_prompts_from_a_file_or_drawn_at_random_equal_the_cli_runs(tiny_checkpoint, tmp_path):
+    (tmp_path / "p.txt").write_text("one two\nthree four five\n")
+    for source in ({"prompts_file": "p.txt"}, {"random_prompt": 5, "random_prompts": 2}):
+        flags = ["--prompts-file", "p.txt"] if "prompts_file" in source else ["--random-prompt", "5",
+                                                                               "--random-prompts", "2"]
+        assert main(["--weights", str(tiny_checkpoint), "--size", "2", "--seed", "4", *flags]) == 0
+        result = gpt2fast.consensus(weights=tiny_checkpoint, size=2, seed=4, progress=False, **source)
+        assert np.array_equal(result.err, np.load(tmp_path / "Eplot.npy"))
+        assert result.metadata["prompts"] == json.loads((tmp_path / "Eplot.json").read_text())["prompts"]
+        assert len(result.metadata["prompts"]) == 2
+
+
+def test_a_prompt_function_is_called_only_once_everything_else_is_checked(tiny_checkpoint, tmp_path):
+    asked = []
+
+    def ask():
+        asked.append(True)
+        return ["a b"]
+
+    for bad in ({"savefile": "no/such/dir/E"}, {"weights": tmp_path / "missing.safetensors"}, {"size": 0}):
+        with pytest.raises(InputError):
+            gpt2fast.consensus(ask, **{"weights": tiny_checkpoint, "size": 1, "progress": False, **bad})
+    assert asked == []
+    assert gpt2fast.consensus(ask, weights=tiny_checkpoint, size=1, progress=False).err.shape[0] == 1
+    assert asked == [True]
+
+
+@pytest.mark.parametrize("arguments, flags, name", [
+    ({"size": 0}, ["--size", "0"], "size"),
+    ({"random_prompts": 2}, ["--random-prompts", "2"], "random_prompts"),
+    ({"savefile": "no/such/dir/E"}, ["--savefile", "no/such/dir/E"], "savefile"),
+    ({"max_length": 5000}, ["--use-model", "5000"], "max_length"),
+])
+def test_the_api_names_parameters_and_the_cli_names_flags(tiny_checkpoint, capsys, arguments, flags, name):
+    """One check for both: the same refusal, named the caller's way."""
+    run = gpt2fast.generate if "max_length" in arguments else gpt2fast.consensus
+    with pytest.raises(InputError) as refused:
+        run("a", weights=tiny_checkpoint, progress=False, **arguments)
+    assert str(refused.value).startswith(name)
+    assert main(["--weights", str(tiny_checkpoint), *flags]) == 2
+    as_flags = re.sub(r"\b(size|random_prompts?|savefile|max_length)\b",
+                      lambda word: {"max_length": "--use-model"}.get(word[0], "--" + word[0].replace("_", "-")),
+                      str(refused.value))
+    assert capsys.readouterr().err == f"gpt2fast: error: {as_flags}\n"

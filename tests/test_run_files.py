@@ -113,7 +113,7 @@ def test_earlier_results_mapped_in_a_notebook_stay_valid(tiny_checkpoint, tmp_pa
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda folder: os.link(folder / "E.npy", folder / "M.npy"), "matrixerror and savefile both name"),
+    (lambda folder: os.link(folder / "E.npy", folder / "M.npy"), "--matrixerror and --savefile both name"),
     (lambda folder: os.mkfifo(folder / "M.npy"), "M.npy exists and is not a regular file"),
     (lambda folder: (folder / "M.npy").symlink_to("/dev/null"), "M.npy exists and is not a regular file"),
     (lambda folder: (folder / "M.json").mkdir(), "M.json is a directory"),

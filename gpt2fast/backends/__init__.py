@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -25,17 +26,17 @@ TF32X3_CONFIRMED: frozenset[tuple[int, int]] = frozenset()
 AUTO_TRITON_DTYPES = ("fp32", "tf32")
 
 
-def resolve_backend(name: str, device: torch.device, dtype: str) -> str:
+def resolve_backend(name: str, device: torch.device, dtype: str, label: Callable[[str], str]) -> str:
     """``auto`` -> triton on CUDA for AUTO_TRITON_DTYPES, else torch; refuse triton where it
     cannot run, and a forced CPU panel-kernel variant this machine lacks
-    (``cpu_panels.kernel_variant``)."""
+    (``cpu_panels.kernel_variant``). ``label`` names the argument in refusals."""
     if device.type == "cpu":
         kernel_variant()
     if name == "auto":
         return "triton" if device.type == "cuda" and dtype in AUTO_TRITON_DTYPES else "torch"
     if name == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise InputError("--backend triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's "
+            raise InputError(f"{label('backend')} triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's "
                              "slow CPU interpreter, for testing)")
     return name
 

@@ -1,0 +1,296 @@
+"""The one validation boundary: every argument of a run checked and resolved before work.
+
+``api.consensus`` and ``api.generate`` call these before anything heavy (no weights read, no
+output touched); the CLI only parses flags into their arguments. Each check raises
+``InputError`` with a one-line message; ``label`` turns a parameter name into how the
+caller's user knows it (``parameter`` for the API, the CLI passes its flags).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from .config import CONTEXT, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS, VOCAB_SIZE, ModelConfig
+from .checkpoints import inspect_checkpoint
+from .errors import InputError
+from .generate import available_memory, cache_bytes
+from .outputs import check_disk_space, format_bytes, metadata_path, npy_bytes, npy_path, partial_path
+from .precision import DTYPES
+from .prompts import random_prompt, read_prompts_file
+from .tokenizer import gpt2_encoding
+from .weights import Weights, parameter_count
+
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | None
+Label = Callable[[str], str]
+MAX_TOKEN_BYTES = 128  # no GPT-2 token is longer (tests/test_api.py checks the vocabulary)
+
+
+def parameter(name: str) -> str:
+    """How API errors name an argument: as the Python parameter."""
+    return name
+
+
+def whole(value, name: str, label: Label) -> int:
+    """``value`` as an int (any integer type, not a bool, a float or a string), else InputError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{label(name)} must be an integer, got {value!r}") from None
+
+
+def is_integer(value) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_options(label: Label, flags: dict[str, object], choices: dict[str, tuple[object, tuple]],
+                  paths: dict[str, object] | None = None, callbacks: dict[str, object] | None = None) -> None:
+    """Raise InputError unless every flag is a bool, every choice one of its options, every
+    path a non-empty str or an os.PathLike (or None) and every callback callable (or None)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{label(name)} must be True or False, got {value!r}")
+    for name, (value, options) in choices.items():
+        if not isinstance(value, (str, type(None))) or value not in options:
+            raise InputError(f"{label(name)} must be one of {', '.join(map(str, options))}, got {value!r}")
+    for name, value in (paths or {}).items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise InputError(f"{label(name)} must be a path, got {value!r}")
+        if value is not None and not os.fspath(value).strip():
+            raise InputError(f"{label(name)} must not be empty")
+    for name, value in (callbacks or {}).items():
+        if value is not None and not callable(value):
+            raise InputError(f"{label(name)} must be callable, got {value!r}")
+
+
+def check_values(label: Label, *, size=None, seed=None, top_k=None, temperature=None, max_length=None) -> None:
+    """Raise InputError for a value no run can use (None: not given)."""
+    if size is not None and whole(size, "size", label) < 1:
+        raise InputError(f"{label('size')} must be at least 1, got {size}")
+    if seed is not None and not 0 <= whole(seed, "seed", label) < 2**64:
+        raise InputError(f"{label('seed')} must be in [0, 2**64), got {seed}")
+    if top_k is not None and not 1 <= whole(top_k, "top_k", label) <= VOCAB_SIZE:
+        raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
+    if temperature is not None and (isinstance(temperature, bool) or not (
+            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0)):
+        raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
+    if max_length is not None and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
+        raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
+
+
+def check_decode(iterations, size: int, label: Label) -> tuple[int, ...]:
+    """Decode iterations (integers in [0, size)), duplicates dropped, sorted."""
+    if isinstance(iterations, (str, bytes)) or not isinstance(iterations, Iterable):
+        raise InputError(f"{label('decode')} must be a list of iterations, got {iterations!r}")
+    chosen = [whole(value, "decode", label) for value in iterations]
+    for value in chosen:
+        if not 0 <= value < size:
+            raise InputError(f"{label('decode')}: iteration {value} is outside [0, {size}) for size {size}")
+    return tuple(sorted(set(chosen)))
+
+
+def resolve_device(name: str, dtype: str, label: Label) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; refuse cuda or tf32 without a GPU."""
+    if dtype not in DTYPES:
+        raise InputError(f"{label('dtype')} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    has_cuda = torch.cuda.is_available()
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"{label('device')} must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not has_cuda:
+        raise InputError(f"{label('device')} cuda: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    device = torch.device("cuda" if name == "cuda" or (name == "auto" and has_cuda) else "cpu")
+    if dtype == "tf32" and device.type != "cuda":
+        raise InputError(f"{label('dtype')} tf32 needs a CUDA GPU (TF32 is a tensor-core mode)")
+    return device
+
+
+def check_writable(path: Path, label: str) -> None:
+    """Refuse an output path whose directory is missing or does not take new files (tried
+    with a temporary file that is removed at once), or where the array, its metadata or the
+    metadata's temporary file would replace something that is not a regular file (a
+    directory, a FIFO, a device)."""
+    directory = path.parent
+    partial_json = metadata_path(partial_path(path))
+    partial_tmp = partial_json.with_name(partial_json.name + ".tmp")
+    for taken in (path, metadata_path(path), partial_path(path), partial_json, partial_tmp):
+        if taken.is_dir():
+            raise InputError(f"{label}: {taken} is a directory")
+        if taken.exists() and not taken.is_file() and taken != partial_path(path):  # a partial one is replaced
+            raise InputError(f"{label}: {taken} exists and is not a regular file")
+    if not directory.is_dir():
+        raise InputError(f"{label}: directory {directory} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise InputError(f"{label}: cannot write in {directory}: {error.strerror}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{label}: cannot overwrite {path} (permission denied)")
+
+
+def check_outputs(savefile, matrixerror, label: Label) -> tuple[Path | None, Path | None]:
+    """The err and err2 ``.npy`` paths (None where not written to a file), once both are
+    writable (``check_writable``) and are not one file."""
+    err_path = None if savefile is None else npy_path(os.fspath(savefile))
+    gram_path = None if matrixerror is None else npy_path(os.fspath(matrixerror))
+    if err_path is not None and gram_path is not None and (
+            err_path.resolve() == gram_path.resolve()
+            or (err_path.exists() and gram_path.exists() and os.path.samefile(err_path, gram_path))):
+        raise InputError(f"{label('matrixerror')} and {label('savefile')} both name {err_path} (one file)")
+    for path, name in ((err_path, "savefile"), (gram_path, "matrixerror")):
+        if path is not None:
+            check_writable(path, label(name))
+    return err_path, gram_path
+
+
+def prompt_source(prompts: Prompts | Callable[[], Prompts], prompts_file, random_prompt, random_prompts, seed: int,
+                  label: Label) -> Callable[[], Prompts]:
+    """Check the prompt arguments (one source at most: ``prompts``, ``prompts_file`` or
+    ``random_prompt``; ``random_prompts`` only with ``random_prompt``) and return the function
+    that produces the prompts: reads the file, draws ``random_prompts`` texts of
+    ``random_prompt`` random tokens (seeded by ``seed``), or returns ``prompts`` (calls it
+    when callable: the CLI asks on the terminal only once everything else is checked)."""
+    check_options(label, {}, {}, paths=dict(prompts_file=prompts_file))
+    given = [name for name, value in (("prompts", prompts), ("prompts_file", prompts_file),
+                                      ("random_prompt", random_prompt)) if value is not None]
+    if len(given) > 1:
+        raise InputError(f"choose one prompt source: {' and '.join(map(label, given))} were both given")
+    if random_prompts is not None:
+        if random_prompt is None:
+            raise InputError(f"{label('random_prompts')} needs {label('random_prompt')}")
+        if whole(random_prompts, "random_prompts", label) < 1:
+            raise InputError(f"{label('random_prompts')} must be at least 1, got {random_prompts}")
+    if random_prompt is not None:
+        if not 1 <= whole(random_prompt, "random_prompt", label) <= CONTEXT:
+            raise InputError(f"{label('random_prompt')} must be in [1, {CONTEXT}], got {random_prompt}")
+        return lambda: draw_random_prompts(random_prompt, random_prompts or 1, seed, label)
+    if prompts_file is not None:
+        return lambda: read_prompts_file(Path(prompts_file))
+    return prompts if callable(prompts) else lambda: prompts
+
+
+def draw_random_prompts(n_tokens: int, count: int, seed: int, label: Label) -> list[str]:
+    """``count`` texts of ``n_tokens`` random tokens (``prompts.random_prompt``), refused when
+    one re-encodes beyond the context."""
+    encoding, rng = gpt2_encoding(), random.Random(seed)
+    texts = [random_prompt(encoding, n_tokens, rng) for _ in range(count)]
+    longest = max(len(encoding.encode(text, disallowed_special=())) for text in texts)
+    if longest > CONTEXT:  # the drawn tokens, decoded one by one and joined, re-encode longer
+        raise InputError(f"{label('random_prompt')} {n_tokens}: the random text re-encodes to {longest} "
+                         f"tokens, more than the context of {CONTEXT}; ask for fewer tokens")
+    return texts
+
+
+def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[int]]]:
+    """Texts and token ids of ``prompts`` (a string, strings, token-id lists, or one list of
+    token ids; None: the default prompt); refuse empty prompts (no tokens, or only
+    whitespace) and prompts longer than ``limit`` tokens."""
+    encoding = gpt2_encoding()
+    if prompts is None:
+        prompts = [DEFAULT_PROMPT]
+    elif isinstance(prompts, str) or (isinstance(prompts, Sequence) and len(prompts) > 0
+                                      and all(is_integer(item) for item in prompts)):
+        prompts = [prompts]
+    if isinstance(prompts, (bytes, bytearray)) or (
+            isinstance(prompts, Sequence) and any(isinstance(prompt, (bytes, bytearray)) for prompt in prompts)):
+        raise InputError("prompts must be text (str) or token ids, not bytes: decode them first")
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise InputError("no prompts were given")
+    texts, token_lists = [], []
+    for number, prompt in enumerate(prompts, start=1):
+        if isinstance(prompt, str):
+            try:
+                size = len(prompt.encode("utf-8"))
+            except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (argv, stdin)
+                raise InputError(f"prompt {number} is not valid UTF-8 text") from None
+            if size > limit * MAX_TOKEN_BYTES:  # over the context whatever its tokens: not tokenised
+                raise InputError(f"prompt {number} has {size} bytes, more than {limit} tokens can hold")
+            if not prompt.strip():
+                raise InputError(f"prompt {number} is empty (only whitespace)")
+            tokens = encoding.encode(prompt, disallowed_special=())
+        else:
+            if not isinstance(prompt, Sequence) or not all(is_integer(token) for token in prompt):
+                raise InputError(f"prompt {number} must be a string or a list of token ids, got {prompt!r}")
+            tokens = [operator.index(token) for token in prompt]
+            if any(not 0 <= token < VOCAB_SIZE for token in tokens):
+                raise InputError(f"prompt {number} has token ids outside [0, {VOCAB_SIZE})")
+            prompt = encoding.decode(tokens)
+        if not tokens:
+            raise InputError(f"prompt {number} is empty")
+        if len(tokens) > limit:
+            raise InputError(f"prompt {number} has {len(tokens)} tokens, more than the context of {limit}")
+        texts.append(prompt)
+        token_lists.append(tokens)
+    return texts, token_lists
+
+
+def expected_config(weights, model: str | None, label: Label) -> ModelConfig:
+    """The model's sizes as far as they are known before anything heavy is read: a Weights'
+    own, a checkpoint's ``config.json`` (``checkpoints.inspect_checkpoint``, which also refuses
+    a missing, damaged or mismatched checkpoint), else the preset of ``model``; refused when
+    its float32 weights would not fit in the free memory. The checks made with them are made
+    again with the loaded model's."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike, Weights)):
+        raise InputError(f"{label('weights')} must be a checkpoint path, \"random\" or a Weights, got {weights!r}")
+    if isinstance(weights, Weights):
+        return weights.config
+    preset = PRESETS[model or DEFAULT_MODEL]
+    cfg = preset
+    if weights is not None and os.fspath(weights) != "random":
+        cfg = inspect_checkpoint(Path(weights), preset, model is not None) or preset
+    needed, free = 4 * parameter_count(cfg), available_memory(torch.device("cpu"))
+    if needed > free:
+        raise InputError(f"a model of n_layer={cfg.n_layer}, n_embd={cfg.n_embd} needs {format_bytes(needed)} "
+                         f"of memory for its float32 weights; {format_bytes(free)} is free")
+    return cfg
+
+
+def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, size: int, storage: torch.dtype,
+                          device: torch.device, label: Label) -> list[list[int]]:
+    """The prompts' token ids, once they and ``max_length`` fit ``cfg``'s context and the
+    key/value cache of ``size`` iterations of ``max_length`` positions fits ``device``."""
+    if max_length > cfg.n_positions:
+        raise InputError(f"{label('max_length')} {max_length} exceeds the model's context of {cfg.n_positions}")
+    token_lists = prompt_tokens(prompts, cfg.n_positions)[1]
+    needed = cache_bytes(cfg.n_layer, cfg.n_embd, size, max_length, storage.itemsize)
+    available = available_memory(device)
+    if needed > available:
+        raise InputError(f"the key/value cache for {label('size')} {size} and {label('max_length')} {max_length} "
+                         f"needs {format_bytes(needed)}, {device} has {format_bytes(available)} free")
+    return token_lists
+
+
+def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
+                   gram_path: Path | None) -> tuple[list[str], list[list[int]]]:
+    """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run's arrays
+    are known to fit: err2 kept in memory within half the free memory, the files on their
+    disks (in-memory results pass through the temporary folder). InputError otherwise."""
+    texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
+    n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), cfg.n_layer * size
+    gram_bytes = npy_bytes((n_prompts, length, length, steps))
+    if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
+        raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
+                         f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
+    scratch = Path(tempfile.gettempdir())
+    planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
+    if gram_path is not None or matrix:
+        planned[gram_path or scratch / "m.npy"] = gram_bytes
+    try:
+        check_disk_space(planned)
+    except OSError as error:
+        note = "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)"
+        raise InputError(f"refusing to start: {error}{note}") from None
+    return texts, token_lists
