@@ -145,11 +145,14 @@ def consensus(
     # before anything heavy: the prompts and the files' sizes with the sizes known so far
     expected = expected_config(weights, model, label)
     prompts = read_prompts()
-    texts, token_lists = check_run_fits(prompts, expected, size, matrix, err_path, gram_path)
+    place = (backend, device_, storage_dtype(dtype))
+    texts, token_lists = check_run_fits(prompts, expected, size, matrix, err_path, gram_path, *place,
+                                        weights_to_load=not isinstance(weights, Weights))
     with exclusive_outputs([path for path in (err_path, gram_path) if path is not None]):
         loaded, model_name = load_weights(weights, model, seed)
         if loaded.config != expected:  # sizes the checkpoint told only on loading: check again
-            texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path)
+            texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path, *place,
+                                                weights_to_load=False)
         flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                                seed=seed, decode_iterations=decode)
         with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:

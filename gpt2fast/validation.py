@@ -25,6 +25,7 @@ from .generate import available_memory, cache_bytes
 from .outputs import check_disk_space, format_bytes, metadata_path, npy_bytes, npy_path, partial_path
 from .precision import DTYPES
 from .prompts import random_prompt, read_prompts_file
+from .run_memory import consensus_memory
 from .tokenizer import gpt2_encoding
 from .weights import Weights, parameter_count
 
@@ -274,19 +275,35 @@ def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, s
 
 
 def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
-                   gram_path: Path | None) -> tuple[list[str], list[list[int]]]:
-    """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run's arrays
-    are known to fit: err2 kept in memory within half the free memory, the files on their
-    disks (in-memory results pass through the temporary folder). InputError otherwise."""
+                   gram_path: Path | None, backend: str, device: torch.device, storage: torch.dtype,
+                   weights_to_load: bool) -> tuple[list[str], list[list[int]]]:
+    """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run is known
+    to fit: its memory floor (``run_memory``, plus the weights: in host memory while
+    ``weights_to_load``, on a GPU always) within the free memory, err2 kept in memory within
+    half of it, the files on their disks (in-memory results pass through the temporary
+    folder). InputError otherwise."""
     texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
-    n_prompts, length, steps = len(token_lists), max(map(len, token_lists)), cfg.n_layer * size
+    lengths = [len(tokens) for tokens in token_lists]
+    n_prompts, length, steps = len(lengths), max(lengths), cfg.n_layer * size
+    wants_gram = matrix or gram_path is not None
+    needed = consensus_memory(cfg, lengths, size, wants_gram, backend, device, storage.itemsize)
+    needed["host"] += 4 * parameter_count(cfg) if weights_to_load else 0
+    if "device" in needed:
+        needed["device"] += storage.itemsize * parameter_count(cfg)
+    for place, count in needed.items():
+        free = available_memory(device if place == "device" else torch.device("cpu"))
+        if count > free:
+            where = f"{device} memory" if place == "device" else "memory"
+            raise InputError(f"refusing to start: {n_prompts} prompts of up to {length} tokens on this model need at "
+                             f"least {format_bytes(count)} of {where}, {format_bytes(free)} is free; run fewer "
+                             f"prompts{' or without err2' if wants_gram else ''}")
     gram_bytes = npy_bytes((n_prompts, length, length, steps))
     if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
         raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
                          f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
     scratch = Path(tempfile.gettempdir())
     planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
-    if gram_path is not None or matrix:
+    if wants_gram:
         planned[gram_path or scratch / "m.npy"] = gram_bytes
     try:
         check_disk_space(planned)

@@ -1,0 +1,38 @@
+"""The memory a consensus run holds, estimated from its sizes before anything is allocated.
+
+The estimate is a floor: the tensors that certainly exist at once, so a run refused for it
+could not have run (a run that passes may still need more, e.g. the allocator's slack).
+Per element, with rows = Σ_p T_p, P prompts padded to T, L layers, width C, in the
+engine's dtype (4 bytes fp32, 2 bf16):
+    activations   rows · 6C        the residual stream, its LayerNorm and the MLP's 4C
+    Triton states L · P · T · C    every block's output (``TritonEngine.states``)
+    Gram          P · T²  (float32) formed by the metric when err2 is recorded
+    graph buffer  P · L · T² (float32) the CUDA graph's err2 output, on the GPU
+    staging       2 slots of ``driver.chunk_iterations`` iterations (float32, host; one
+                  slot when the run is no longer than one)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+from .driver import chunk_iterations
+
+
+def consensus_memory(cfg: ModelConfig, lengths: list[int], iterations: int, wants_gram: bool, backend: str,
+                     device: torch.device, element_size: int) -> dict[str, int]:
+    """Bytes the run holds at least besides its weights: ``{"host": ..., "device": ...}``
+    (one entry, "host", when the run's device is the CPU)."""
+    n_prompts, length, rows, width = len(lengths), max(lengths), sum(lengths), cfg.n_embd
+    gram = n_prompts * length * length if wants_gram else 0
+    engine = element_size * rows * 6 * width + 4 * gram
+    if backend == "triton":
+        engine += element_size * cfg.n_layer * n_prompts * length * width
+    if device.type == "cuda" and wants_gram:
+        engine += 4 * cfg.n_layer * gram
+    chunk = min(iterations, chunk_iterations(n_prompts, cfg.n_layer, length, wants_gram))
+    staging = (2 if iterations > chunk else 1) * chunk * 4 * n_prompts * cfg.n_layer * (2 + (length * length if wants_gram else 0))
+    if device.type == "cpu":
+        return {"host": engine + staging}
+    return {"host": staging, "device": engine}

@@ -1,0 +1,69 @@
+"""The memory floor of a consensus run (``run_memory``) and the refusal it drives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import gpt2fast
+from gpt2fast import validation
+from gpt2fast.errors import InputError
+from gpt2fast.run_memory import consensus_memory
+from tiny_models import tiny_config
+
+CFG = tiny_config()  # L = 2, C = 128
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_the_floor_counts_each_part_where_it_lives():
+    lengths = [3, 5]  # rows 8, P 2, T 5
+    activations = 4 * 8 * 6 * 128
+    staging = 2 * 256 * 4 * 2 * 2 * 2  # two slots of 256 iterations, err only
+    assert consensus_memory(CFG, lengths, 1000, False, "torch", CPU, 4) == {"host": activations + staging}
+    assert consensus_memory(CFG, lengths, 10, False, "torch", CPU, 4) == {"host": activations + 10 * 4 * 2 * 2 * 2}
+    gram = 2 * 25
+    staging_gram = 2 * 256 * 4 * 2 * 2 * (2 + 25)
+    assert consensus_memory(CFG, lengths, 1000, True, "torch", CPU, 4) == {
+        "host": activations + 4 * gram + staging_gram}
+    states = 2 * 2 * 5 * 128
+    assert consensus_memory(CFG, lengths, 1000, True, "triton", CUDA, 2) == {
+        "host": staging_gram, "device": 2 * 8 * 6 * 128 + 4 * gram + 2 * states + 4 * 2 * gram}
+
+
+MEASURE = textwrap.dedent("""
+    import resource, sys
+    import gpt2fast
+    from gpt2fast.api import load_weights
+    weights, _ = load_weights(sys.argv[1], None, 0)
+    gpt2fast.consensus([[1, 2]], weights=load_weights(sys.argv[1], None, 0)[0], size=1, progress=False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpt2fast.consensus([[5] * 128] * 4, weights=weights, size=600, matrixerror="M", progress=False)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+""")
+
+
+def test_the_floor_is_below_what_a_run_takes_and_near_it(tiny_checkpoint, tmp_path):
+    """4 prompts of 128 tokens with err2 for 600 iterations on the CPU (two full staging
+    slots of 128 MiB): the peak resident memory the run adds is at least the floor (a
+    refused run could not have run) and within 1.5x of it."""
+    grown = int(subprocess.run([sys.executable, "-c", MEASURE, str(tiny_checkpoint)], check=True, cwd=tmp_path,
+                               capture_output=True, text=True).stdout)
+    floor = consensus_memory(CFG, [128] * 4, 600, True, "torch", CPU, 4)["host"]
+    assert floor <= grown <= 1.5 * floor, (floor, grown)
+
+
+def test_a_run_beyond_the_free_memory_is_refused_before_loading(tiny_checkpoint, tmp_path, monkeypatch):
+    floor = consensus_memory(CFG, [1024] * 16, 1, False, "torch", CPU, 4)["host"]
+    monkeypatch.setattr(validation, "available_memory", lambda device: floor + 4 * (1 << 20))
+    prompts = [[5] * 1024] * 16
+    with pytest.raises(InputError, match=r"16 prompts of up to 1024 tokens on this model need at least .* of memory"):
+        gpt2fast.consensus(prompts, weights=tiny_checkpoint, size=1, progress=False)  # + the weights: 28 MB
+    with pytest.raises(InputError, match="run fewer prompts or without err2"):
+        gpt2fast.consensus(prompts[:8], weights=tiny_checkpoint, size=1, matrixerror="M", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(validation, "available_memory", lambda device: floor + (64 << 20))
+    assert gpt2fast.consensus(prompts, weights=tiny_checkpoint, size=1, progress=False).err.shape == (16, 2, 2)
