@@ -31,10 +31,9 @@ from .backends import BACKENDS, make_generation, resolve_backend
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, PRESETS, ConsensusFlags
 from .consensus import run_consensus
 from .errors import InputError
-from .generate import available_memory, cache_bytes
 from .generate import generate as grow
 from .interrupts import graceful_stop
-from .outputs import exclusive_outputs, format_bytes
+from .outputs import exclusive_outputs
 from .precision import matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding

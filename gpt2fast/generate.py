@@ -12,25 +12,12 @@ the original's sampling rule.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .interrupts import StopRequest
-
-
-def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, element_size: int) -> int:
-    """Bytes of the key/value cache for N·L steps of ``max_length`` positions."""
-    return 2 * iterations * n_layer * max_length * n_embd * element_size
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on ``device``: GPU free memory, or available host RAM."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def sample_top_k(

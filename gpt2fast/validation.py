@@ -21,11 +21,10 @@ import torch
 from .config import CONTEXT, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS, VOCAB_SIZE, ModelConfig
 from .checkpoints import inspect_checkpoint
 from .errors import InputError
-from .generate import available_memory, cache_bytes
 from .outputs import check_disk_space, format_bytes, metadata_path, npy_bytes, npy_path, partial_path
 from .precision import DTYPES
 from .prompts import random_prompt, read_prompts_file
-from .run_memory import consensus_memory
+from .memory import available_memory, cache_bytes, consensus_memory
 from .tokenizer import gpt2_encoding
 from .weights import Weights, parameter_count
 
@@ -278,7 +277,7 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
                    gram_path: Path | None, backend: str, device: torch.device, storage: torch.dtype,
                    weights_to_load: bool) -> tuple[list[str], list[list[int]]]:
     """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run is known
-    to fit: its memory floor (``run_memory``, plus the weights: in host memory while
+    to fit: its memory floor (``memory.consensus_memory``, plus the weights: in host memory while
     ``weights_to_load``, on a GPU always) within the free memory, err2 kept in memory within
     half of it, the files on their disks (in-memory results pass through the temporary
     folder). InputError otherwise."""

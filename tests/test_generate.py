@@ -7,7 +7,8 @@ import torch
 
 from gpt2fast import reference
 from gpt2fast.backends.torch_backend import TorchGeneration
-from gpt2fast.generate import cache_bytes, generate, sample_top_k
+from gpt2fast.generate import generate, sample_top_k
+from gpt2fast.memory import cache_bytes
 from gpt2fast.model import block, cached_block, embed
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state

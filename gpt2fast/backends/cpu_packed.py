@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..generate import available_memory
+from ..memory import available_memory
 from ..model import DENSE, BlockParams
 from ..weight_stream import WeightStream
 from . import cpu_panels

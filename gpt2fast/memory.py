@@ -1,6 +1,7 @@
-"""The memory a consensus run holds, estimated from its sizes before anything is allocated.
+"""What a run needs in memory, from its sizes before anything is allocated, and what the
+machine has free.
 
-The estimate is a floor: the tensors that certainly exist at once, so a run refused for it
+A consensus run's estimate (``consensus_memory``) is a floor: the tensors that certainly exist at once, so a run refused for it
 could not have run (a run that passes may still need more, e.g. the allocator's slack).
 Per element, with rows = Σ_p T_p, P prompts padded to T, L layers, width C, in the
 engine's dtype (4 bytes fp32, 2 bf16):
@@ -13,6 +14,8 @@ engine's dtype (4 bytes fp32, 2 bf16):
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -36,3 +39,15 @@ def consensus_memory(cfg: ModelConfig, lengths: list[int], iterations: int, want
     if device.type == "cpu":
         return {"host": engine + staging}
     return {"host": staging, "device": engine}
+
+
+def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, element_size: int) -> int:
+    """Bytes of the key/value cache for N·L steps of ``max_length`` positions."""
+    return 2 * iterations * n_layer * max_length * n_embd * element_size
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: GPU free memory, or available host RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

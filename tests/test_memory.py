@@ -1,4 +1,4 @@
-"""The memory floor of a consensus run (``run_memory``) and the refusal it drives."""
+"""The memory floor of a consensus run (``memory.consensus_memory``) and the refusal it drives."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import gpt2fast
 from gpt2fast import validation
 from gpt2fast.errors import InputError
-from gpt2fast.run_memory import consensus_memory
+from gpt2fast.memory import consensus_memory
 from tiny_models import tiny_config
 
 CFG = tiny_config()  # L = 2, C = 128
@@ -40,20 +40,20 @@ MEASURE = textwrap.dedent("""
     from gpt2fast.api import load_weights
     weights, _ = load_weights(sys.argv[1], None, 0)
     gpt2fast.consensus([[1, 2]], weights=load_weights(sys.argv[1], None, 0)[0], size=1, progress=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
     gpt2fast.consensus([[5] * 128] * 4, weights=weights, size=600, matrixerror="M", progress=False)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident)
 """)
 
 
 def test_the_floor_is_below_what_a_run_takes_and_near_it(tiny_checkpoint, tmp_path):
     """4 prompts of 128 tokens with err2 for 600 iterations on the CPU (two full staging
-    slots of 128 MiB): the peak resident memory the run adds is at least the floor (a
-    refused run could not have run) and within 1.5x of it."""
+    slots of 128 MiB): the peak resident memory above what the process held before the run
+    is at least the floor (a refused run could not have run) and within 2x of it."""
     grown = int(subprocess.run([sys.executable, "-c", MEASURE, str(tiny_checkpoint)], check=True, cwd=tmp_path,
                                capture_output=True, text=True).stdout)
     floor = consensus_memory(CFG, [128] * 4, 600, True, "torch", CPU, 4)["host"]
-    assert floor <= grown <= 1.5 * floor, (floor, grown)
+    assert floor <= grown <= 2 * floor, (floor, grown)
 
 
 def test_a_run_beyond_the_free_memory_is_refused_before_loading(tiny_checkpoint, tmp_path, monkeypatch):
