@@ -63,14 +63,16 @@ def read_prompts_file(path: Path) -> list[str]:
     ``InputError`` when the file cannot be read, is not UTF-8, or holds no prompt.
     """
     try:
-        if path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+        with open(path, "rb") as file:  # read to the bound: a pipe or a device has no size to check first
+            data = file.read(MAX_PROMPTS_FILE_BYTES + 1)
+        if len(data) > MAX_PROMPTS_FILE_BYTES:
             raise InputError(f"prompts file {path} is larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"prompts file {path} is not UTF-8 (byte {e.start})") from e
     except OSError as e:
         raise InputError(f"cannot read prompts file {path}: {e.strerror}") from e
-    prompts = [line.strip() for line in text.split("\n")]
+    prompts = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise InputError(f"prompts file {path} holds no prompt")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -184,7 +186,7 @@ def test_prompts_file_without_prompts(tmp_path, content):
     assert str(path) in str(info.value)
 
 
-def test_a_prompts_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+def test_a_prompts_file_past_the_size_bound_is_refused(tmp_path, monkeypatch):
     from gpt2fast import prompts
 
     monkeypatch.setattr(prompts, "MAX_PROMPTS_FILE_BYTES", 64)
@@ -194,3 +196,33 @@ def test_a_prompts_file_past_the_size_bound_is_refused_unread(tmp_path, monkeypa
         prompts.read_prompts_file(path)
     path.write_text("a prompt\n" * 7)
     assert prompts.read_prompts_file(path) == ["a prompt"] * 7
+
+
+def write_ignoring_a_closed_reader(path: Path, content: bytes) -> None:
+    try:
+        path.write_bytes(content)
+    except BrokenPipeError:  # the reader stopped at its bound
+        pass
+
+
+def test_a_stream_without_a_size_is_read_only_to_the_bound(tmp_path, monkeypatch):
+    """/dev/zero never ends and a pipe has no size: both are refused after the bound's bytes;
+    a pipe within the bound (a shell's <(...)) is read like a file."""
+    import threading
+
+    from gpt2fast import prompts
+
+    monkeypatch.setattr(prompts, "MAX_PROMPTS_FILE_BYTES", 1 << 16)
+    with pytest.raises(InputError, match="/dev/zero is larger than"):
+        prompts.read_prompts_file(Path("/dev/zero"))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for content, outcome in ((b"one\r\ntwo\rthree\n", ["one", "two", "three"]), (b"x" * (1 << 17), None)):
+        writer = threading.Thread(target=write_ignoring_a_closed_reader, args=(pipe, content))
+        writer.start()
+        if outcome is None:
+            with pytest.raises(InputError, match="pipe is larger than"):
+                prompts.read_prompts_file(pipe)
+        else:
+            assert prompts.read_prompts_file(pipe) == outcome
+        writer.join(timeout=10)
