@@ -16,6 +16,7 @@ and ``metadata["status"] == "interrupted"``.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import sys
 import tempfile
@@ -136,6 +137,7 @@ def consensus(
                   dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
                   dict(savefile=savefile, matrixerror=matrixerror), dict(on_decode=on_decode))
     check_values(label, size=size, seed=seed)
+    size, seed = operator.index(size), operator.index(seed)  # numpy integers become ints (JSON, seeding)
     decode = check_decode(decode, size, label)
     device_ = resolve_device(device, dtype, label)
     backend = resolve_backend(backend, device_, dtype, label)
@@ -207,6 +209,8 @@ def generate(
                               second_signal_exits=second_signal_exits),
                   dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)), callbacks=dict(on_text=on_text))
     check_values(label, size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
+    size, seed, top_k, max_length = map(operator.index, (size, seed, top_k, max_length))
+    temperature = float(temperature)
     device_ = resolve_device(device, dtype, label)
     backend = resolve_backend(backend, device_, dtype, label)
     read_prompts = prompt_source(prompts, prompts_file, random_prompt, random_prompts, seed, label)

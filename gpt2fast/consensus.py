@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from .config import ConsensusFlags
 from .driver import drive
 from .interrupts import graceful_stop
 from .metadata import consensus_metadata, now
-from .outputs import metadata_path, partial_path, promote, write_json_atomic
+from .outputs import clear_partial, metadata_path, partial_path, promote, write_json_atomic
 from .precision import matmul_precision, storage_dtype
 from .weight_stream import WeightStream
 from .weights import Weights
@@ -94,6 +95,8 @@ def run_consensus(
     meta["pid"] = os.getpid()
     targets = [path for path in (err_path, gram_path) if path is not None]
     meta_paths = [metadata_path(partial_path(path)) for path in targets if path not in scratch]
+    for path in targets:
+        clear_partial(path)
     for path in meta_paths:
         write_json_atomic(path, meta)
 
@@ -117,7 +120,8 @@ def run_consensus(
         except OSError as error:
             meta.update(status="failed", error=str(error))
             for path in meta_paths:
-                write_json_atomic(path, meta)
+                with contextlib.suppress(OSError):  # a full disk may refuse this too: report the run's error
+                    write_json_atomic(path, meta)
             raise
     elapsed = time.perf_counter() - started
     finished = completed == flags.iterations

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,22 +56,56 @@ def lock_path(target: Path) -> Path:
 def exclusive_outputs(targets: list[Path]) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock) on each target's lock file for the block: a
     second run on any of them raises InputError naming the run that holds it. The locks go
-    with the process (a killed run's lock is free); the lock files are removed on exit."""
+    with the process (a killed run's lock is free); the lock files are removed on exit. A
+    lock file that is a link, a FIFO or anything but a plain file is refused, never written."""
     with contextlib.ExitStack() as stack:
         for target in targets:
             path = lock_path(target)
-            handle = stack.enter_context(open(path, "a+"))
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                raise InputError(f"another gpt2fast run ({handle.read().strip() or 'pid unknown'}) is writing "
-                                 f"{target}; wait for it or choose another output name") from None
+            handle = stack.enter_context(os.fdopen(open_lock(target), "r+"))
             handle.truncate(0)
             handle.write(f"pid {os.getpid()}")
             handle.flush()
             stack.callback(path.unlink, missing_ok=True)
         yield
+
+
+def open_lock(target: Path) -> int:
+    """A descriptor of ``target``'s lock file (created if missing) holding its exclusive
+    flock. A run that ends unlinks its lock file, so a lock taken on a file since unlinked or
+    replaced is dropped and taken again on the file now at the lock's path."""
+    path = lock_path(target)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise InputError(f"cannot use the lock file {path}: {error.strerror} (remove it)") from None
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_nlink != 1:
+            os.close(fd)
+            raise InputError(f"the lock file {path} is not a plain file (a link, a FIFO, a device): remove it")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise InputError(f"another gpt2fast run ({holder or 'pid unknown'}) is writing {target}; "
+                             f"wait for it or choose another output name") from None
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd
+        os.close(fd)
+
+
+def clear_partial(target: Path) -> None:
+    """Remove what a killed run (or anyone) left at ``target``'s partial names, so the run
+    creates fresh files there: a link is removed, never written through."""
+    partial_json = metadata_path(partial_path(target))
+    for path in (partial_path(target), partial_json, partial_json.with_name(partial_json.name + ".tmp")):
+        if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
+            path.unlink()
 
 
 def is_locked(target: Path) -> bool:
@@ -135,5 +170,9 @@ def format_bytes(count: int) -> str:
 def write_json_atomic(path: Path, content: dict) -> None:
     """Write ``content`` as indented JSON, replacing ``path`` in one rename."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    try:
+        temporary.write_text(json.dumps(content, indent=2) + "\n")
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)

@@ -9,6 +9,7 @@ caller's user knows it (``parameter`` for the API, the CLI passes its flags).
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 import random
@@ -21,7 +22,7 @@ import torch
 from .config import CONTEXT, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS, VOCAB_SIZE, ModelConfig
 from .checkpoints import inspect_checkpoint
 from .errors import InputError
-from .outputs import check_disk_space, format_bytes, metadata_path, npy_bytes, npy_path, partial_path
+from .outputs import check_disk_space, format_bytes, lock_path, metadata_path, npy_bytes, npy_path, partial_path
 from .precision import DTYPES
 from .prompts import random_prompt, read_prompts_file
 from .memory import available_memory, cache_bytes, consensus_memory
@@ -49,17 +50,21 @@ def whole(value, name: str, label: Label) -> int:
 
 
 def is_integer(value) -> bool:
+    """An integer of any integer type, not a bool."""
     try:
         operator.index(value)
     except TypeError:
         return False
-    return True
+    return not isinstance(value, bool)
 
 
 def check_options(label: Label, flags: dict[str, object], choices: dict[str, tuple[object, tuple]],
                   paths: dict[str, object] | None = None, callbacks: dict[str, object] | None = None) -> None:
     """Raise InputError unless every flag is a bool, every choice one of its options, every
-    path a non-empty str or an os.PathLike (or None) and every callback callable (or None)."""
+    path a name (``check_path``; or None) and every callback callable (or None); ``label``
+    itself must be callable."""
+    if not callable(label):
+        raise InputError(f"label must be callable, got {label!r}")
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise InputError(f"{label(name)} must be True or False, got {value!r}")
@@ -67,27 +72,49 @@ def check_options(label: Label, flags: dict[str, object], choices: dict[str, tup
         if not isinstance(value, (str, type(None))) or value not in options:
             raise InputError(f"{label(name)} must be one of {', '.join(map(str, options))}, got {value!r}")
     for name, value in (paths or {}).items():
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise InputError(f"{label(name)} must be a path, got {value!r}")
-        if value is not None and not os.fspath(value).strip():
-            raise InputError(f"{label(name)} must not be empty")
+        if value is not None:
+            check_path(value, label(name))
     for name, value in (callbacks or {}).items():
         if value is not None and not callable(value):
             raise InputError(f"{label(name)} must be callable, got {value!r}")
 
 
-def check_values(label: Label, *, size=None, seed=None, top_k=None, temperature=None, max_length=None) -> None:
-    """Raise InputError for a value no run can use (None: not given)."""
-    if size is not None and whole(size, "size", label) < 1:
+NOT_GIVEN = object()  # check_values: an argument the caller does not have
+
+
+def check_path(value, label: str) -> str:
+    """``value`` (a str or an os.PathLike giving one) as a str, once it is a name the file
+    system can hold: not empty, no NUL byte, encodable."""
+    try:
+        text = os.fspath(value)
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise InputError(f"{label} must be a path, got {value!r}")
+    if not text.strip():
+        raise InputError(f"{label} must not be empty")
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeEncodeError:
+        raise InputError(f"{label}: {text!r} cannot be encoded as a file name") from None
+    if b"\0" in encoded:
+        raise InputError(f"{label}: a file name cannot hold a NUL character")
+    return text
+
+
+def check_values(label: Label, *, size=NOT_GIVEN, seed=NOT_GIVEN, top_k=NOT_GIVEN, temperature=NOT_GIVEN,
+                 max_length=NOT_GIVEN) -> None:
+    """Raise InputError for a value no run can use (None included)."""
+    if size is not NOT_GIVEN and whole(size, "size", label) < 1:
         raise InputError(f"{label('size')} must be at least 1, got {size}")
-    if seed is not None and not 0 <= whole(seed, "seed", label) < 2**64:
+    if seed is not NOT_GIVEN and not 0 <= whole(seed, "seed", label) < 2**64:
         raise InputError(f"{label('seed')} must be in [0, 2**64), got {seed}")
-    if top_k is not None and not 1 <= whole(top_k, "top_k", label) <= VOCAB_SIZE:
+    if top_k is not NOT_GIVEN and not 1 <= whole(top_k, "top_k", label) <= VOCAB_SIZE:
         raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
-    if temperature is not None and (isinstance(temperature, bool) or not (
+    if temperature is not NOT_GIVEN and (isinstance(temperature, bool) or not (
             isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0)):
         raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
-    if max_length is not None and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
+    if max_length is not NOT_GIVEN and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
         raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
 
 
@@ -117,19 +144,21 @@ def resolve_device(name: str, dtype: str, label: Label) -> torch.device:
     return device
 
 
-def check_writable(path: Path, label: str) -> None:
+def check_writable(path: Path, label: str, taken: tuple[Path, ...] = ()) -> None:
     """Refuse an output path whose directory is missing or does not take new files (tried
-    with a temporary file that is removed at once), or where the array, its metadata or the
-    metadata's temporary file would replace something that is not a regular file (a
-    directory, a FIFO, a device)."""
+    with a temporary file that is removed at once), or where the file, or any of the names
+    ``taken`` beside it, would replace something that is not a regular file (a directory, a
+    FIFO, a device) or is too long a name for the file system."""
     directory = path.parent
-    partial_json = metadata_path(partial_path(path))
-    partial_tmp = partial_json.with_name(partial_json.name + ".tmp")
-    for taken in (path, metadata_path(path), partial_path(path), partial_json, partial_tmp):
-        if taken.is_dir():
-            raise InputError(f"{label}: {taken} is a directory")
-        if taken.exists() and not taken.is_file() and taken != partial_path(path):  # a partial one is replaced
-            raise InputError(f"{label}: {taken} exists and is not a regular file")
+    name_max = os.pathconf(directory, "PC_NAME_MAX") if directory.is_dir() else 255
+    for name in (path, *taken):
+        if len(os.fsencode(name.name)) > name_max:
+            raise InputError(f"{label}: the name {path.name!r} is too long for the files written with it "
+                             f"({name.name}: more than {name_max} bytes)")
+        if name.is_dir():
+            raise InputError(f"{label}: {name} is a directory")
+        if name.exists() and not name.is_file() and name != partial_path(path):  # a partial one is replaced
+            raise InputError(f"{label}: {name} exists and is not a regular file")
     if not directory.is_dir():
         raise InputError(f"{label}: directory {directory} does not exist")
     try:
@@ -141,9 +170,29 @@ def check_writable(path: Path, label: str) -> None:
         raise InputError(f"{label}: cannot overwrite {path} (permission denied)")
 
 
+def run_files(path: Path) -> tuple[Path, ...]:
+    """The names a run writes beside its output ``path``: metadata, partial files, lock."""
+    partial_json = metadata_path(partial_path(path))
+    return (metadata_path(path), partial_path(path), partial_json, partial_json.with_name(partial_json.name + ".tmp"),
+            lock_path(path))
+
+
+def check_output_name(name: str, label: str) -> None:
+    """Refuse an output name that names a directory (``/``, ``.``, ``out/``) or ends in
+    ``.partial``, the names of running runs' partial files (``outputs.partial_path``)."""
+    final = name.rstrip("/").rsplit("/", 1)[-1]
+    if name.endswith("/") or final in ("", ".", ".."):
+        raise InputError(f"{label}: {name!r} names a directory, not a file")
+    if npy_path(final).stem.endswith(".partial"):
+        raise InputError(f"{label}: names ending in .partial are kept for the partial files of running runs")
+
+
 def check_outputs(savefile, matrixerror, label: Label) -> tuple[Path | None, Path | None]:
     """The err and err2 ``.npy`` paths (None where not written to a file), once both are
     writable (``check_writable``) and are not one file."""
+    for name, value in (("savefile", savefile), ("matrixerror", matrixerror)):
+        if value is not None:
+            check_output_name(os.fspath(value), label(name))
     err_path = None if savefile is None else npy_path(os.fspath(savefile))
     gram_path = None if matrixerror is None else npy_path(os.fspath(matrixerror))
     if err_path is not None and gram_path is not None and (
@@ -152,7 +201,7 @@ def check_outputs(savefile, matrixerror, label: Label) -> tuple[Path | None, Pat
         raise InputError(f"{label('matrixerror')} and {label('savefile')} both name {err_path} (one file)")
     for path, name in ((err_path, "savefile"), (gram_path, "matrixerror")):
         if path is not None:
-            check_writable(path, label(name))
+            check_writable(path, label(name), run_files(path))
     return err_path, gram_path
 
 
@@ -249,7 +298,7 @@ def expected_config(weights, model: str | None, label: Label) -> ModelConfig:
         return weights.config
     preset = PRESETS[model or DEFAULT_MODEL]
     cfg = preset
-    if weights is not None and os.fspath(weights) != "random":
+    if weights is not None and check_path(weights, label("weights")) != "random":
         cfg = inspect_checkpoint(Path(weights), preset, model is not None) or preset
     needed, free = 4 * parameter_count(cfg), available_memory(torch.device("cpu"))
     if needed > free:

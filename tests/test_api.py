@@ -63,6 +63,11 @@ def test_err_only_run_has_no_matrices(tiny_checkpoint):
     assert result.err2 is None and result.err.shape == (1, CFG.n_layer, 2)
 
 
+class BadPath:
+    def __fspath__(self):
+        return 3
+
+
 @pytest.mark.parametrize("arguments, word", [
     ({"size": 0}, "size"),
     ({"size": 2.0}, "size must be an integer"),
@@ -104,6 +109,16 @@ def test_err_only_run_has_no_matrices(tiny_checkpoint):
     ({"prompts_file": "missing.txt"}, "cannot read prompts file missing.txt"),
     ({"prompts_file": 5}, "prompts_file must be a path"),
     ({"prompts": ["a", "  "]}, "prompt 2 is empty"),
+    # None is no value, a bool is no token id, a file name holds no NUL, label names arguments
+    ({"size": None}, "size must be an integer, got None"),
+    ({"seed": None}, "seed must be an integer, got None"),
+    ({"prompts": [True]}, "prompt 1 must be a string or a list of token ids"),
+    ({"prompts": [[5, False]]}, "prompt 1 must be a string or a list of token ids"),
+    ({"savefile": "E\x00"}, "savefile: a file name cannot hold a NUL character"),
+    ({"matrixerror": "\ud800"}, "matrixerror: .* cannot be encoded as a file name"),
+    ({"weights": ""}, "weights must not be empty"),
+    ({"weights": BadPath()}, "weights must be a path"),
+    ({"label": None}, "label must be callable"),
 ])
 def test_bad_arguments_raise_before_any_work(tiny_checkpoint, tmp_path, arguments, word):
     """Nothing is written, and the files of an earlier run are left as they were."""
@@ -243,3 +258,11 @@ def test_the_api_names_parameters_and_the_cli_names_flags(tiny_checkpoint, capsy
                       lambda word: {"max_length": "--use-model"}.get(word[0], "--" + word[0].replace("_", "-")),
                       str(refused.value))
     assert capsys.readouterr().err == f"gpt2fast: error: {as_flags}\n"
+
+
+def test_numpy_integers_are_integers(tiny_checkpoint):
+    result = gpt2fast.consensus("a b", weights=tiny_checkpoint, size=np.int64(2), seed=np.uint32(3), progress=False)
+    assert result.metadata["flags"]["size"] == 2 and result.metadata["flags"]["seed"] == 3
+    grown = gpt2fast.generate("a b", weights=tiny_checkpoint, max_length=np.int16(4), top_k=np.int64(2),
+                              temperature=np.float32(0.5), progress=False)
+    assert len(grown.tokens[0]) == 4

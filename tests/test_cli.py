@@ -229,20 +229,30 @@ def test_bf16_is_opt_in_and_recorded(tiny_checkpoint):
     np.testing.assert_allclose(rough, exact, atol=2e-2)
 
 
-def test_disk_full_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_path, capsys):
-    """The run's err2 goes to a full disk (its partial file is /dev/full): one line, status
-    1, the earlier results untouched, the partial metadata saying why."""
+def test_a_write_failure_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_path):
+    """The run's err2 outgrows the file-size limit (RLIMIT_FSIZE: writes past it fail as on
+    a full disk): one line, status 1, the earlier results untouched, the partial metadata
+    saying why."""
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
     (tmp_path / "m.npy").write_bytes(b"earlier results")
-    (tmp_path / "m.partial.npy").symlink_to("/dev/full")
-    status = main(["--weights", str(tiny_checkpoint), "--size", "2", "--prompt", "a b",
-                   "--matrixerror", "m"])
-    err = capsys.readouterr().err.strip().split("\n")[-1]
-    assert status == 1
-    assert err.startswith("gpt2fast: error: cannot write") and "No space left on device" in err
+    (tmp_path / "m.partial.npy").symlink_to(tmp_path / "m.npy")  # a link left there is removed, not followed
+    process = subprocess.run(
+        [sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--size", "20", "--prompt",
+         " ".join(["word"] * 32), "--matrixerror", "m"],
+        capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, preexec_fn=limit_file_size)
+    err = process.stderr.strip().split("\n")[-1]
+    assert process.returncode == 1, process.stderr
+    assert err.startswith("gpt2fast: error:") and "m.partial.npy" in err and "File too large" in err
     assert (tmp_path / "m.npy").read_bytes() == b"earlier results" and not (tmp_path / "Eplot.npy").exists()
     meta = json.loads((tmp_path / "Eplot.partial.json").read_text())
-    assert meta["status"] == "failed" and meta["complete"] is False and "No space" in meta["error"]
-    assert meta["pid"] == os.getpid()
+    assert meta["status"] == "failed" and meta["complete"] is False and "File too large" in meta["error"]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_triton_backend_from_the_command_line(tiny_checkpoint):

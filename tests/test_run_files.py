@@ -118,7 +118,12 @@ def test_earlier_results_mapped_in_a_notebook_stay_valid(tiny_checkpoint, tmp_pa
     (lambda folder: (folder / "M.npy").symlink_to("/dev/null"), "M.npy exists and is not a regular file"),
     (lambda folder: (folder / "M.json").mkdir(), "M.json is a directory"),
     (lambda folder: (folder / "E.partial.json.tmp").mkdir(), "E.partial.json.tmp is a directory"),
-], ids=["hard-linked outputs", "fifo", "device", "metadata directory", "temporary metadata directory"])
+    (lambda folder: (folder / ".E.npy.lock").mkdir(), ".E.npy.lock is a directory"),
+    (lambda folder: os.mkfifo(folder / ".M.npy.lock"), ".M.npy.lock exists and is not a regular file"),
+    (lambda folder: (folder / ".E.npy.lock").symlink_to(folder / "E.npy"), "lock file"),
+    (lambda folder: os.link(folder / "E.npy", folder / ".M.npy.lock"), "lock file"),
+], ids=["hard-linked outputs", "fifo", "device", "metadata directory", "temporary metadata directory",
+        "lock directory", "lock fifo", "lock symlink", "lock hard link"])
 def test_outputs_that_are_not_plain_files_are_refused_before_work(tiny_checkpoint, tmp_path, capsys, make, message):
     """One line, exit 2, at once, nothing touched (the CLI, in process)."""
     (tmp_path / "E.npy").write_bytes(b"earlier")
@@ -129,3 +134,63 @@ def test_outputs_that_are_not_plain_files_are_refused_before_work(tiny_checkpoin
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith("gpt2fast: error:") and message in lines[0]
     assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "E.npy").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("planted", ["Eplot.partial.npy", "Eplot.partial.json", "Eplot.partial.json.tmp",
+                                     "m.partial.npy"])
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_links_at_the_partial_names_are_replaced_not_written_through(tiny_checkpoint, tmp_path, planted, link):
+    """A link a killed run (or anyone) left at a partial name is removed: the file it points
+    to keeps its bytes, and the run's results land at their own names."""
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"keep me")
+    (os.symlink if link == "symlink" else os.link)(precious, tmp_path / planted)
+    assert main(["--weights", str(tiny_checkpoint), "--size", "2", "--prompt", "a b", "--matrixerror", "m"]) == 0
+    assert precious.read_bytes() == b"keep me"
+    assert np.load(tmp_path / "Eplot.npy").shape == (1, 4, 2) and np.load(tmp_path / "m.npy").shape == (1, 2, 2, 4)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["Eplot.json", "Eplot.npy", "m.json", "m.npy",
+                                                               "precious.txt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--savefile", "E.partial"], "--savefile: names ending in .partial are kept"),
+    (["--matrixerror", "dir/M.partial.npy"], "--matrixerror: names ending in .partial are kept"),
+    (["--savefile", "/"], "'/' names a directory"),
+    (["--savefile", "."], "'.' names a directory"),
+    (["--savefile", "out/"], "'out/' names a directory"),
+    (["--savefile", "x" * 248], "is too long for the files written with it"),
+    (["--matrixerror", "m" * 250 + ".npy"], "is too long"),
+])
+def test_output_names_that_collide_or_cannot_be_written_are_refused(tiny_checkpoint, tmp_path, capsys, flags,
+                                                                   message):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "dir").mkdir()
+    status = main(["--weights", str(tiny_checkpoint), "--size", "1", "--prompt", "a b", *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and message in lines[0], lines
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dir", "out"]
+
+
+def test_a_lock_file_replaced_while_being_locked_is_locked_again(tmp_path, monkeypatch):
+    """A finishing run unlinks its lock file: a lock taken on the unlinked file would let two
+    runs in at once, so open_lock locks the file now at the path."""
+    import fcntl
+
+    from gpt2fast import outputs
+
+    target = tmp_path / "E.npy"
+    real_flock, replaced = fcntl.flock, []
+
+    def flock_after_the_holder_left(fd, operation):
+        if not replaced:  # between our open and our flock, the holder unlinks the file and another run creates it
+            outputs.lock_path(target).unlink()
+            outputs.lock_path(target).write_text("pid 1")
+            replaced.append(True)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(outputs.fcntl, "flock", flock_after_the_holder_left)
+    fd = outputs.open_lock(target)
+    try:
+        assert os.fstat(fd).st_ino == os.stat(outputs.lock_path(target)).st_ino and replaced
+    finally:
+        os.close(fd)
