@@ -112,7 +112,7 @@ def check_values(label: Label, *, size=NOT_GIVEN, seed=NOT_GIVEN, top_k=NOT_GIVE
     if top_k is not NOT_GIVEN and not 1 <= whole(top_k, "top_k", label) <= VOCAB_SIZE:
         raise InputError(f"{label('top_k')} must be in [1, {VOCAB_SIZE}], got {top_k}")
     if temperature is not NOT_GIVEN and (isinstance(temperature, bool) or not (
-            isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0)):
+            isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0)):
         raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
     if max_length is not NOT_GIVEN and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
         raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
