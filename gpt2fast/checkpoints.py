@@ -28,7 +28,7 @@ import torch
 
 from .config import VOCAB_SIZE, ModelConfig
 from .errors import InputError
-from .weights import LINEAR_NAMES, Weights, check_state, expected_shapes
+from .weights import LINEAR_NAMES, Weights, check_shapes, check_state, expected_shapes
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 NANOGPT_FILE = "ckpt.pt"
@@ -89,17 +89,42 @@ def inspect_checkpoint(path: Path, preset: ModelConfig, preset_explicit: bool) -
     without one) agree with an explicitly chosen preset up to the vocabulary, which loading
     may trim. InputError otherwise; ``load_checkpoint`` checks everything again."""
     file = find_checkpoint_file(Path(path))
-    if file.suffix == ".safetensors":
-        try:
-            with safetensors.safe_open(file, "pt") as handle:
-                handle.keys()
-        except Exception as exc:  # the library raises its own error types for a damaged header
-            raise InputError(f"{file}: cannot read as safetensors ({reason(exc)})") from None
     cfg = None if file.suffix in (".pt", ".pth") else read_config_json(file.parent / CONFIG_FILE)
     if cfg is not None and preset_explicit and dataclasses.replace(cfg, vocab_size=preset.vocab_size) != preset:
         raise InputError(f"{file}: checkpoint sizes ({describe(cfg)}) differ from the chosen model's "
                          f"({describe(preset)})")
+    if file.suffix == ".safetensors":
+        check_header(file, cfg, preset)
     return cfg
+
+
+def check_header(file: Path, cfg: ModelConfig | None, preset: ModelConfig) -> None:
+    """A safetensors header's tensor names, dtypes and shapes checked as loading checks the
+    tensors (Conv1D weights read as ``[out, in]``), against ``cfg`` (its ``config.json``) or,
+    without one, ``preset`` with the vocabulary ``wte`` has. No tensor is read."""
+    shapes = {}
+    try:
+        with safetensors.safe_open(file, "pt") as handle:
+            for key in handle.keys():
+                name, view = canonical_name(key), handle.get_slice(key)
+                if name is None or name == TIED_KEY:
+                    continue
+                if not view.get_dtype().startswith(("F", "BF")):
+                    raise InputError(f"{file}: {key} has dtype {view.get_dtype()}, expected floating point")
+                shape = tuple(view.get_shape())
+                shapes[name] = shape[::-1] if len(shape) == 2 and _is_conv1d_weight(name) else shape
+    except InputError:
+        raise
+    except Exception as exc:  # the library raises its own error types for a damaged header
+        raise InputError(f"{file}: cannot read as safetensors ({reason(exc)})") from None
+    wte = shapes.get("wte.weight", ())
+    cfg = cfg or (dataclasses.replace(preset, vocab_size=wte[0]) if len(wte) == 2 else preset)
+    if cfg.vocab_size < VOCAB_SIZE:
+        raise InputError(f"{file}: vocabulary of {cfg.vocab_size} tokens, the GPT-2 tokenizer needs {VOCAB_SIZE}")
+    layers = {int(name.split(".")[1]) for name in shapes if name.startswith("h.") and name.split(".")[1].isdigit()}
+    if len(layers) != cfg.n_layer:  # before listing the expected names: a config may claim 10**9 layers
+        raise InputError(f"{file}: holds {len(layers)} blocks, the model of {describe(cfg)} has {cfg.n_layer}")
+    check_shapes(shapes, cfg, str(file))
 
 
 def find_checkpoint_file(path: Path) -> Path:
@@ -194,15 +219,22 @@ def config_from(values: Mapping, keys: dict[str, tuple[str, ...]], origin: str) 
     return cfg
 
 
+def canonical_name(key: str) -> str | None:
+    """A checkpoint key under its canonical name (prefixes stripped); None for the
+    attention-mask buffers, which are not parameters."""
+    name = key
+    for prefix in KEY_PREFIXES:
+        name = name.removeprefix(prefix)
+    return None if name.endswith(BUFFER_SUFFIXES) else name
+
+
 def canonical_names(raw: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     """``raw`` under canonical names: prefixes stripped, attention-mask buffers and the tied
     ``lm_head`` dropped. Raises ``InputError`` for a non-float tensor or an untied ``lm_head``."""
     state = {}
     for key, tensor in raw.items():
-        name = key
-        for prefix in KEY_PREFIXES:
-            name = name.removeprefix(prefix)
-        if name.endswith(BUFFER_SUFFIXES):
+        name = canonical_name(key)
+        if name is None:
             continue
         if not tensor.is_floating_point():
             raise InputError(f"{origin}: {key} has dtype {tensor.dtype}, expected floating point")

@@ -63,21 +63,26 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state(state: dict[str, torch.Tensor], cfg: ModelConfig, origin: str) -> None:
-    """Raise ``InputError`` unless ``state`` holds exactly the parameters of ``cfg``."""
-    shapes = expected_shapes(cfg)
-    missing = sorted(set(shapes) - set(state))
+def check_shapes(shapes: dict[str, tuple[int, ...]], cfg: ModelConfig, origin: str) -> None:
+    """Raise ``InputError`` unless ``shapes`` (canonical name -> shape) are exactly the
+    parameters of ``cfg``."""
+    expected = expected_shapes(cfg)
+    missing = sorted(set(expected) - set(shapes))
     if missing:
         raise InputError(f"{origin}: missing {len(missing)} tensor(s), first {missing[0]!r}")
-    unexpected = sorted(set(state) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if unexpected:
         raise InputError(f"{origin}: unexpected tensor {unexpected[0]!r} for this model")
-    for name, shape in shapes.items():
-        if tuple(state[name].shape) != shape:
-            raise InputError(
-                f"{origin}: {name} has shape {tuple(state[name].shape)}, "
-                f"the model needs {shape} (n_layer={cfg.n_layer}, n_embd={cfg.n_embd})"
-            )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise InputError(f"{origin}: {name} has shape {shapes[name]}, the model needs {shape} "
+                             f"(n_layer={cfg.n_layer}, n_embd={cfg.n_embd})")
+
+
+def check_state(state: dict[str, torch.Tensor], cfg: ModelConfig, origin: str) -> None:
+    """Raise ``InputError`` unless ``state`` holds exactly the parameters of ``cfg``."""
+    check_shapes({name: tuple(tensor.shape) for name, tensor in state.items()}, cfg, origin)
+    for name in state:
         if not state[name].is_floating_point():
             raise InputError(f"{origin}: {name} is not a floating-point tensor")
         if not torch.isfinite(state[name]).all():

@@ -194,14 +194,19 @@ def test_weights_with_nan_or_inf_are_refused_on_load(tmp_path):
 
 
 def test_a_config_beyond_memory_is_refused_before_allocating(tmp_path):
-    from tiny_models import write_hf_safetensors
+    """A config.json claiming 10**9 layers: refused from the safetensors header (it holds 2
+    blocks), and beside a pickled checkpoint (no header to read) from the memory the weights
+    would need, before anything is loaded."""
+    from tiny_models import write_hf_bin, write_hf_safetensors
 
     cfg = tiny_config()
-    write_hf_safetensors(tmp_path, cfg, tiny_state(cfg, TINY_SEED))
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config | {"n_layer": 10**9}))
-    with pytest.raises(InputError, match="n_layer=1000000000, n_embd=128 needs .* of memory"):
-        gpt2fast.consensus("a b", weights=tmp_path, size=1, progress=False)
+    for folder, write, message in ((tmp_path / "st", write_hf_safetensors, "holds 2 blocks, the model of n_layer=1000000000"),
+                                   (tmp_path / "bin", write_hf_bin, "n_layer=1000000000, n_embd=128 needs .* of memory")):
+        write(folder, cfg, tiny_state(cfg, TINY_SEED))
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"n_layer": 10**9}))
+        with pytest.raises(InputError, match=message):
+            gpt2fast.consensus("a b", weights=folder, size=1, progress=False)
 
 
 def test_a_temperature_that_overflows_the_logits_samples_the_most_likely_token():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ BAD_INVOCATIONS = [
     ("missing-weights", ["--weights", "no/such/ckpt.safetensors"], "no/such/ckpt.safetensors"),
     ("corrupt-weights", ["--weights", "CORRUPT"], "corrupt.safetensors"),
     ("mismatched-weights", ["--weights", "MISMATCHED", "--model", "gpt2"], "n_layer"),
+    ("config-disagrees-with-header", ["--weights", "NARROWED"], "wte.weight has shape (50257, 128), the model needs (50257, 64)"),
     ("output-dir-missing", ["--weights", "TINY", "--savefile", "no/such/dir/E"], "does not exist"),
     ("output-is-directory", ["--weights", "TINY", "--savefile", "ADIR"], "directory"),
     ("output-unwritable", ["--weights", "TINY", "--matrixerror", "/proc/m"], "cannot write"),
@@ -67,10 +69,14 @@ def paths(tmp_path, tiny_checkpoint):
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     mismatched = tmp_path / "mismatched"
     write_hf_safetensors(mismatched, tiny_config(n_layer=1), tiny_state(tiny_config(n_layer=1), 0))
+    narrowed = tmp_path / "narrowed"
+    write_hf_safetensors(narrowed, tiny_config(), tiny_state(tiny_config(), 0))
+    config = json.loads((narrowed / "config.json").read_text())
+    (narrowed / "config.json").write_text(json.dumps(config | {"n_embd": 64}))
     (tmp_path / "adir.npy").mkdir()
     (tmp_path / "Eplot.npy").write_bytes(b"an existing result")
     return {"TINY": str(tiny_checkpoint), "CORRUPT": str(corrupt), "MISMATCHED": str(mismatched),
-            "ADIR": str(tmp_path / "adir.npy")}
+            "ADIR": str(tmp_path / "adir.npy"), "NARROWED": str(narrowed)}
 
 
 def snapshot(directory):
@@ -125,7 +131,8 @@ def test_a_panel_kernel_variant_this_machine_lacks(monkeypatch, tmp_path, capsys
 
 @pytest.mark.parametrize("case", ["prompt-too-long", "prompt-too-long-for-medium", "prompts-file-missing",
                                   "output-too-big-for-disk", "output-size-past-int64", "missing-weights",
-                                  "corrupt-weights", "mismatched-weights", "use-model-over-context"])
+                                  "corrupt-weights", "mismatched-weights", "config-disagrees-with-header",
+                                  "use-model-over-context"])
 def test_refused_before_any_weight_is_read(case, paths, tmp_path, capsys, monkeypatch):
     """The refusals that need no weights come before any are loaded or drawn (gpt2-medium's
     random weights would take 1.4 GB), and before the prompt questions."""
