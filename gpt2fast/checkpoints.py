@@ -192,7 +192,7 @@ def read_config_json(file: Path) -> ModelConfig | None:
         return None
     try:
         values = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
         raise InputError(f"{file}: cannot read as JSON ({reason(exc)})") from None
     if not isinstance(values, dict):
         raise InputError(f"{file}: holds {type(values).__name__}, expected a JSON object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import TextIO
@@ -54,6 +55,7 @@ def read_prompts(stream: TextIO, ask: TextIO | None, single: bool) -> list[str]:
 
 
 MAX_PROMPTS_FILE_BYTES = 256 << 20  # read whole into memory, then tokenised: a bound on both
+MAX_PROMPTS = 1 << 20  # prompts in one run, from any source (each is a Python string and token list)
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -63,10 +65,16 @@ def read_prompts_file(path: Path) -> list[str]:
     ``InputError`` when the file cannot be read, is not UTF-8, or holds no prompt.
     """
     try:
-        with open(path, "rb") as file:  # read to the bound: a pipe or a device has no size to check first
+        # opened without waiting for a FIFO's writer (none: it reads as empty), then read to the
+        # bound: a pipe or a device has no size to check first
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as file:
             data = file.read(MAX_PROMPTS_FILE_BYTES + 1)
         if len(data) > MAX_PROMPTS_FILE_BYTES:
             raise InputError(f"prompts file {path} is larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
+        if data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") > MAX_PROMPTS:
+            raise InputError(f"prompts file {path} has more than {MAX_PROMPTS} lines")
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"prompts file {path} is not UTF-8 (byte {e.start})") from e

@@ -24,7 +24,7 @@ from .checkpoints import inspect_checkpoint
 from .errors import InputError
 from .outputs import check_disk_space, format_bytes, lock_path, metadata_path, npy_bytes, npy_path, partial_path
 from .precision import DTYPES
-from .prompts import random_prompt, read_prompts_file
+from .prompts import MAX_PROMPTS, random_prompt, read_prompts_file
 from .memory import available_memory, cache_bytes, consensus_memory
 from .tokenizer import gpt2_encoding
 from .weights import Weights, parameter_count
@@ -220,8 +220,8 @@ def prompt_source(prompts: Prompts | Callable[[], Prompts], prompts_file, random
     if random_prompts is not None:
         if random_prompt is None:
             raise InputError(f"{label('random_prompts')} needs {label('random_prompt')}")
-        if whole(random_prompts, "random_prompts", label) < 1:
-            raise InputError(f"{label('random_prompts')} must be at least 1, got {random_prompts}")
+        if not 1 <= whole(random_prompts, "random_prompts", label) <= MAX_PROMPTS:
+            raise InputError(f"{label('random_prompts')} must be in [1, {MAX_PROMPTS}], got {random_prompts}")
     if random_prompt is not None:
         if not 1 <= whole(random_prompt, "random_prompt", label) <= CONTEXT:
             raise InputError(f"{label('random_prompt')} must be in [1, {CONTEXT}], got {random_prompt}")
@@ -256,8 +256,13 @@ def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[in
     if isinstance(prompts, (bytes, bytearray)) or (
             isinstance(prompts, Sequence) and any(isinstance(prompt, (bytes, bytearray)) for prompt in prompts)):
         raise InputError("prompts must be text (str) or token ids, not bytes: decode them first")
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise InputError(f"prompts must be a string, a list of strings or of token-id lists, or one token-id list; "
+                         f"got {type(prompts).__name__}")
+    if len(prompts) == 0:
         raise InputError("no prompts were given")
+    if len(prompts) > MAX_PROMPTS:
+        raise InputError(f"{len(prompts)} prompts are more than one run takes ({MAX_PROMPTS})")
     texts, token_lists = [], []
     for number, prompt in enumerate(prompts, start=1):
         if isinstance(prompt, str):

@@ -226,3 +226,17 @@ def test_a_stream_without_a_size_is_read_only_to_the_bound(tmp_path, monkeypatch
         else:
             assert prompts.read_prompts_file(pipe) == outcome
         writer.join(timeout=10)
+
+
+def test_a_fifo_without_a_writer_reads_as_empty_and_too_many_lines_are_refused(tmp_path, monkeypatch):
+    from gpt2fast import prompts
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InputError, match="fifo holds no prompt"):
+        prompts.read_prompts_file(tmp_path / "fifo")
+    monkeypatch.setattr(prompts, "MAX_PROMPTS", 4)
+    (tmp_path / "p.txt").write_text("a\nb\r\nc\rd\n")
+    assert prompts.read_prompts_file(tmp_path / "p.txt") == ["a", "b", "c", "d"]
+    (tmp_path / "p.txt").write_text("a\nb\nc\nd\ne")
+    with pytest.raises(InputError, match="p.txt has more than 4 lines"):
+        prompts.read_prompts_file(tmp_path / "p.txt")
