@@ -73,7 +73,8 @@ def read_prompts_file(path: Path) -> list[str]:
             data = file.read(MAX_PROMPTS_FILE_BYTES + 1)
         if len(data) > MAX_PROMPTS_FILE_BYTES:
             raise InputError(f"prompts file {path} is larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
-        if data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") > MAX_PROMPTS:
+        ends = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+        if ends + (not data.endswith((b"\n", b"\r"))) > MAX_PROMPTS:
             raise InputError(f"prompts file {path} has more than {MAX_PROMPTS} lines")
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
