@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import VOCAB_SIZE
 from .errors import InputError
 from .outputs import metadata_path, npy_path
 
@@ -41,39 +42,94 @@ class ConsensusResult:
 
 
 def read_metadata(array_path: Path) -> dict | None:
+    """The JSON beside ``array_path`` (None when there is none: the original's files);
+    InputError when it is not a regular file or not JSON."""
     path = metadata_path(array_path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not os.path.lexists(path):
+        return None
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # JSON syntax, UTF-8, nesting beyond the parser
+        raise InputError(f"{path}: cannot read as JSON ({type(error).__name__}: {error})") from None
 
 
 def load_result(savefile: str | os.PathLike, matrixerror: str | os.PathLike | None = None) -> ConsensusResult:
-    """The arrays a run wrote (memory-mapped, read-only) and the metadata beside them."""
+    """The arrays a run wrote (memory-mapped, read-only) and the metadata beside them, once
+    they are float arrays of the layouts in ``outputs`` and the metadata describes them
+    (``check_metadata``). InputError otherwise."""
     err_path = npy_path(os.fspath(savefile))
-    err = np.load(err_path, mmap_mode="r")
-    err2 = None if matrixerror is None else np.load(npy_path(os.fspath(matrixerror)), mmap_mode="r")
+    err = load_array(err_path)
+    err2 = None if matrixerror is None else load_array(npy_path(os.fspath(matrixerror)))
     if err.ndim != 3 or err.shape[-1] != 2:
-        raise ValueError(f"{err_path}: expected an err array of shape (P, steps, 2), got {err.shape}")
-    if err2 is not None and (err2.ndim != 4 or err2.shape[0] != err.shape[0] or err2.shape[3] != err.shape[1]):
-        raise ValueError(f"{matrixerror}: expected err2 of shape (P, T, T, {err.shape[1]}), got {err2.shape}")
+        raise InputError(f"{err_path}: expected an err array of shape (P, steps, 2), got {err.shape}")
+    if err2 is not None and (err2.ndim != 4 or err2.shape[0] != err.shape[0] or err2.shape[3] != err.shape[1]
+                             or err2.shape[1] != err2.shape[2]):
+        raise InputError(f"{matrixerror}: expected err2 of shape (P, T, T, {err.shape[1]}), got {err2.shape}")
     metadata = read_metadata(err_path)
-    check_metadata_describes(metadata, err_path, {"err": err, "err2": err2})
+    check_metadata(metadata, metadata_path(err_path), err, err2)
     return ConsensusResult(err=err, err2=err2, metadata=metadata)
 
 
-def check_metadata_describes(metadata: dict | None, err_path: Path, arrays: dict[str, np.ndarray | None]) -> None:
-    """Raise InputError unless the metadata beside ``err_path`` records the shapes of these
-    arrays (a file of one run beside the metadata of another is refused, not drawn)."""
-    if not isinstance(metadata, dict):
+def load_array(path: Path) -> np.ndarray:
+    """A ``.npy`` of real floats, memory-mapped read-only."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise InputError(f"cannot read {path}: {error}") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{path}: expected an array of floats, got {getattr(array, 'dtype', type(array).__name__)}")
+    return array
+
+
+def check_metadata(metadata, origin: Path, err: np.ndarray, err2: np.ndarray | None) -> None:
+    """Raise InputError unless ``metadata`` (None: the original's files, nothing to check) has
+    the fields readers use, with their types, and describes these arrays: P prompts of up to
+    T tokens, n_layer · size steps, the recorded shapes (an array of one run beside the
+    metadata of another is refused, not drawn)."""
+    if metadata is None:
         return
-    files = metadata.get("files") if isinstance(metadata.get("files"), dict) else {}
-    for role, array in arrays.items():
+
+    def entry(mapping: dict, key: str, kind: type, where: str):
+        value = mapping.get(key) if isinstance(mapping, dict) else None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InputError(f"{origin}: {where}{key} is missing or not {KINDS[kind]}")
+        return value
+
+    if not isinstance(metadata, dict):
+        raise InputError(f"{origin}: holds {type(metadata).__name__}, expected a JSON object")
+    model, flags = entry(metadata, "model", dict, ""), entry(metadata, "flags", dict, "")
+    entry(model, "name", str, "model.")
+    n_layer, size = entry(model, "n_layer", int, "model."), entry(flags, "size", int, "flags.")
+    entry(flags, "seed", int, "flags.")
+    for name in ("noff", "random_init", "const_reset"):
+        entry(flags, name, bool, "flags.")
+    entry(entry(metadata, "weights", dict, ""), "source", str, "weights.")
+    prompts = entry(metadata, "prompts", list, "")
+    for number, prompt in enumerate(prompts):
+        where = f"prompts[{number}]."
+        entry(prompt, "text", str, where)
+        tokens = entry(prompt, "tokens", list, where)
+        if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < VOCAB_SIZE
+                                 for t in tokens):
+            raise InputError(f"{origin}: {where}tokens is not a list of token ids")
+        if entry(prompt, "length", int, where) != len(tokens):
+            raise InputError(f"{origin}: {where}length is not the number of its tokens")
+    for number, decoded in enumerate(entry(metadata, "decoded", list, "") if "decoded" in metadata else []):
+        for key in ("iteration", "prompt"):
+            entry(decoded, key, int, f"decoded[{number}].")
+        entry(decoded, "tokens", list, f"decoded[{number}].")
+    length = max((len(p["tokens"]) for p in prompts), default=0)
+    described = {"err": (len(prompts), n_layer * size, 2), "err2": (len(prompts), length, length, n_layer * size)}
+    files = entry(metadata, "files", dict, "") if "files" in metadata else {}
+    for role, array in (("err", err), ("err2", err2)):
         recorded = files.get(role, {}).get("shape") if isinstance(files.get(role), dict) else None
-        if array is not None and recorded is not None and tuple(recorded) != array.shape:
-            raise InputError(f"{metadata_path(err_path)} describes {role} of shape {tuple(recorded)}, but the array "
-                             f"has shape {array.shape}: they are from different runs")
-    prompts = metadata.get("prompts")
-    if isinstance(prompts, list) and prompts and all(isinstance(p, dict) and "tokens" in p for p in prompts):
-        shape = (len(prompts), max(len(p["tokens"]) for p in prompts))
-        for role, array in arrays.items():
-            if array is not None and array.shape[: 1 if role == "err" else 2] != shape[: 1 if role == "err" else 2]:
-                raise InputError(f"{metadata_path(err_path)} describes {shape[0]} prompts of up to {shape[1]} "
-                                 f"tokens, but {role} has shape {array.shape}: they are from different runs")
+        if recorded is not None and not (isinstance(recorded, list) and all(type(n) is int for n in recorded)):
+            raise InputError(f"{origin}: files.{role}.shape is not a list of integers")
+        if array is not None and (array.shape != described[role] or recorded not in (None, list(array.shape))):
+            raise InputError(f"{origin} describes {role} of shape {described[role]}, but the array has shape "
+                             f"{array.shape}: they are from different runs")
+
+
+KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false"}

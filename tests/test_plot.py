@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 from matplotlib.image import AxesImage
@@ -140,7 +143,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argument
 @pytest.mark.parametrize("setup, arguments, word", [
     ("empty-npy", ["E.npy"], "cannot read"),
     ("bad-json", ["E.npy"], "cannot read"),
-    ("json-without-model", ["E.npy"], "cannot plot"),
+    ("json-without-model", ["E.npy"], "model is missing or not an object"),
     ("plain", ["E.npy", "--prompt-index", "0"], "--prompt-index must be in [1, 2]"),
     ("plain", ["E.npy", "--iterations", "0"], "--layers"),
     ("with-matrix", ["E.npy", "--matrix", "m.npy", "--steps", ",".join(["0"] * 9), "--layers", "4"], "1 to 8"),
@@ -179,3 +182,48 @@ def test_cli_refuses_arrays_beside_another_runs_metadata(tiny_checkpoint, tmp_pa
     message = capsys.readouterr().err
     assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and "different runs" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("damage, word", [
+    (lambda meta: meta["files"]["err"].update(shape=5), "files.err.shape is not a list of integers"),
+    (lambda meta: meta["prompts"][0].update(tokens=5), "prompts[0].tokens is missing or not a list"),
+    (lambda meta: meta["prompts"][0].update(text=5), "prompts[0].text is missing or not a string"),
+    (lambda meta: meta["prompts"][0]["tokens"].__setitem__(0, -5), "prompts[0].tokens is not a list of token ids"),
+    (lambda meta: meta["prompts"][0].update(length=10**6), "prompts[0].length is not the number of its tokens"),
+    (lambda meta: meta["model"].update(n_layer=1e300), "model.n_layer is missing or not an integer"),
+    (lambda meta: meta["model"].update(n_layer=3), "describes err of shape (2, 6, 2)"),
+    (lambda meta: meta["flags"].update(noff="yes"), "flags.noff is missing or not true or false"),
+    (lambda meta: meta.update(decoded=[{"iteration": "1"}]), "decoded[0].iteration is missing or not an integer"),
+    ("[1, 2]", "holds list, expected a JSON object"),
+    (nested(100000), "cannot read as JSON (RecursionError"),
+    ("fifo", "E.json is not a regular file"),
+], ids=["shape-int", "tokens-int", "text-int", "token-negative", "length-huge", "layers-float", "layers-other",
+        "flag-string", "decoded-string", "list", "nested", "fifo"])
+def test_cli_metadata_of_the_wrong_form_is_one_line(tiny_checkpoint, tmp_path, capsys, damage, word):
+    """Every field a plot reads is checked before drawing: one line, exit 2, nothing written."""
+    gpt2fast.consensus(["one two three", "four"], weights=tiny_checkpoint, size=2, savefile="E", matrixerror="m",
+                       progress=False)
+    if damage == "fifo":
+        (tmp_path / "E.json").unlink()
+        os.mkfifo(tmp_path / "E.json")
+    elif isinstance(damage, str):
+        (tmp_path / "E.json").write_text(damage)
+    else:
+        meta = json.loads((tmp_path / "E.json").read_text())
+        damage(meta)
+        (tmp_path / "E.json").write_text(json.dumps(meta))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["plot", "E.npy", "--matrix", "m.npy"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("gpt2fast: error:") and message.count("\n") == 1 and word in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_arrays_that_are_not_real_floats_are_refused(tmp_path, capsys):
+    np.save(tmp_path / "E.npy", synthetic(with_gram=False, metadata=False).err.astype(np.complex64))
+    assert main(["plot", "E.npy", "--layers", "4"]) == 2
+    assert "E.npy: expected an array of floats, got complex64" in capsys.readouterr().err
