@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -302,7 +303,9 @@ def reason(exc: BaseException) -> str:
 
 def _torch_load(file: Path) -> object:
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if UNSAFE_PICKLE_MARK in text:
