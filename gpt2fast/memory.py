@@ -47,7 +47,16 @@ def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, ele
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on ``device``: GPU free memory, or available host RAM."""
+    """Bytes free for new tensors on ``device``: GPU free memory, or host RAM available
+    (Linux's MemAvailable: free pages plus the page cache that can be dropped; free pages
+    alone where /proc/meminfo does not say)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -67,3 +67,15 @@ def test_a_run_beyond_the_free_memory_is_refused_before_loading(tiny_checkpoint,
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(validation, "available_memory", lambda device: floor + (64 << 20))
     assert gpt2fast.consensus(prompts, weights=tiny_checkpoint, size=1, progress=False).err.shape == (16, 2, 2)
+
+
+def test_host_memory_counts_the_page_cache_that_can_be_dropped():
+    """MemAvailable, not free pages only: a machine whose RAM holds file pages still has it."""
+    import os
+
+    from gpt2fast.memory import available_memory
+
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+    assert available_memory(CPU) >= free_pages - (64 << 20)
+    assert abs(available_memory(CPU) - int(meminfo["MemAvailable"].split()[0]) * 1024) < 256 << 20
