@@ -1,11 +1,7 @@
-"""``python -m gpt2fast``; a Ctrl-C while the modules import ends with one line and 130."""
+"""``python -m gpt2fast``."""
 
 import sys
 
-try:
-    from .cli import main
-except KeyboardInterrupt:
-    print("\ngpt2fast: interrupted", file=sys.stderr)
-    sys.exit(130)
+from .cli import main
 
 sys.exit(main())
