@@ -15,7 +15,9 @@ engine's dtype (4 bytes fp32, 2 bf16):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 
 import torch
 
@@ -49,14 +51,24 @@ def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, ele
 def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors on ``device``: GPU free memory, or host RAM available
     (Linux's MemAvailable: free pages plus the page cache that can be dropped; free pages
-    alone where /proc/meminfo does not say)."""
+    alone where /proc/meminfo does not say), within what an address-space limit
+    (``ulimit -v``) leaves this process."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        free = int(meminfo_field("/proc/meminfo", "MemAvailable")) * 1024
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        with contextlib.suppress(OSError, ValueError):
+            free = min(free, limit - int(meminfo_field("/proc/self/status", "VmSize")) * 1024)
+    return max(free, 0)
+
+
+def meminfo_field(path: str, name: str) -> str:
+    """The number of a ``Name:   123 kB`` line of a /proc file (ValueError when absent)."""
+    with open(path) as lines:
+        for line in lines:
+            if line.startswith(name + ":"):
+                return line.split()[1]
+    raise ValueError(f"{path} has no {name}")

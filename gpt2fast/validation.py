@@ -228,7 +228,17 @@ def prompt_source(prompts: Prompts | Callable[[], Prompts], prompts_file, random
         return lambda: draw_random_prompts(random_prompt, random_prompts or 1, seed, label)
     if prompts_file is not None:
         return lambda: read_prompts_file(Path(prompts_file))
-    return prompts if callable(prompts) else lambda: prompts
+    return lambda: refuse_blank(prompts() if callable(prompts) else prompts)
+
+
+def refuse_blank(prompts: Prompts) -> Prompts:
+    """``prompts`` as given, unless a string among them has no visible text (a mistake: the
+    terminal and prompts files skip such lines; drawn random prompts may be whitespace)."""
+    texts = [prompts] if isinstance(prompts, str) else prompts if isinstance(prompts, (list, tuple)) else []
+    for number, text in enumerate(texts, start=1):
+        if isinstance(text, str) and not text.strip():
+            raise InputError(f"prompt {number} is empty (only whitespace)")
+    return prompts
 
 
 def draw_random_prompts(n_tokens: int, count: int, seed: int, label: Label) -> list[str]:
@@ -245,8 +255,8 @@ def draw_random_prompts(n_tokens: int, count: int, seed: int, label: Label) -> l
 
 def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[int]]]:
     """Texts and token ids of ``prompts`` (a string, strings, token-id lists, or one list of
-    token ids; None: the default prompt); refuse empty prompts (no tokens, or only
-    whitespace) and prompts longer than ``limit`` tokens."""
+    token ids; None: the default prompt); refuse empty prompts and prompts longer than
+    ``limit`` tokens."""
     encoding = gpt2_encoding()
     if prompts is None:
         prompts = [DEFAULT_PROMPT]
@@ -272,8 +282,6 @@ def prompt_tokens(prompts: Prompts, limit: int) -> tuple[list[str], list[list[in
                 raise InputError(f"prompt {number} is not valid UTF-8 text") from None
             if size > limit * MAX_TOKEN_BYTES:  # over the context whatever its tokens: not tokenised
                 raise InputError(f"prompt {number} has {size} bytes, more than {limit} tokens can hold")
-            if not prompt.strip():
-                raise InputError(f"prompt {number} is empty (only whitespace)")
             tokens = encoding.encode(prompt, disallowed_special=())
         else:
             if not isinstance(prompt, Sequence) or not all(is_integer(token) for token in prompt):

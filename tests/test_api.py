@@ -274,3 +274,11 @@ def test_numpy_integers_are_integers(tiny_checkpoint):
     grown = gpt2fast.generate("a b", weights=tiny_checkpoint, max_length=np.int16(4), top_k=np.int64(2),
                               temperature=np.float32(0.5), progress=False)
     assert len(grown.tokens[0]) == 4
+
+
+def test_random_prompts_of_whitespace_are_drawn_not_refused(tiny_checkpoint):
+    """Seed 1054 draws a token that decodes to a newline: a prompt the tool made, so it runs
+    (a whitespace prompt the user gives is refused: the table above)."""
+    result = gpt2fast.consensus(weights=tiny_checkpoint, random_prompt=1, random_prompts=3, seed=1054, size=1,
+                                progress=False)
+    assert [prompt["text"] for prompt in result.metadata["prompts"]][2] == "\n"

@@ -35,9 +35,11 @@ def test_the_floor_counts_each_part_where_it_lives():
 
 
 MEASURE = textwrap.dedent("""
-    import resource, sys
+    import functools, resource, sys
     import gpt2fast
     from gpt2fast.api import load_weights
+    run = sys.modules["gpt2fast.consensus"]  # slots handed over when full only: the 5 s flush
+    run.drive = functools.partial(run.drive, flush_seconds=1e9)  # would leave a slow run's half-touched
     weights, _ = load_weights(sys.argv[1], None, 0)
     gpt2fast.consensus([[1, 2]], weights=load_weights(sys.argv[1], None, 0)[0], size=1, progress=False)
     resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
@@ -79,3 +81,15 @@ def test_host_memory_counts_the_page_cache_that_can_be_dropped():
     meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
     assert available_memory(CPU) >= free_pages - (64 << 20)
     assert abs(available_memory(CPU) - int(meminfo["MemAvailable"].split()[0]) * 1024) < 256 << 20
+
+
+def test_an_address_space_limit_bounds_the_free_memory():
+    """Under ``ulimit -v`` the memory a process may still map is what counts."""
+    import subprocess
+    import sys
+
+    probe = ("import resource, torch; from gpt2fast.memory import available_memory; "
+             "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY)); "
+             "print(available_memory(torch.device('cpu')))")
+    limited = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert 0 <= limited < 6 << 30
