@@ -44,7 +44,9 @@ MEASURE = textwrap.dedent("""
     gpt2fast.consensus([[1, 2]], weights=load_weights(sys.argv[1], None, 0)[0], size=1, progress=False)
     resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
     gpt2fast.consensus([[5] * 128] * 4, weights=weights, size=600, matrixerror="M", progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident)
+    # VmHWM: this process image's peak (ru_maxrss would carry the forking parent's over exec)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(peak * 1024 - resident)
 """)
 
 
