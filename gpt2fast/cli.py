@@ -16,6 +16,7 @@ from .api import consensus, generate, warn
 from .backends import BACKENDS
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
 from .errors import InputError
+from .memory import is_out_of_memory
 from .precision import DTYPES
 from .prompts import read_prompts
 from .validation import check_values
@@ -154,8 +155,11 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
                            savefile=args.savefile if args.savefile is not None else "Eplot",
                            matrixerror=args.matrixerror,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
-    except OSError as error:
-        print(f"gpt2fast: error: {' '.join(str(error).split())}", file=sys.stderr)
+    except Exception as error:  # a file that cannot be written, memory that cannot be had: one line, status 1
+        if not isinstance(error, OSError) and not is_out_of_memory(error):
+            raise
+        print(f"gpt2fast: error: {'out of memory: ' if is_out_of_memory(error) else ''}"
+              f"{' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_FAILURE
     meta = result.metadata
     written = ", ".join(f"{info['path']} {tuple(info['shape'])}" for info in meta["files"].values())

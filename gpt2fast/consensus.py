@@ -17,6 +17,7 @@ from .config import ConsensusFlags
 from .driver import drive
 from .interrupts import graceful_stop
 from .metadata import consensus_metadata, now
+from .memory import is_out_of_memory
 from .outputs import clear_partial, metadata_path, partial_path, promote, write_json_atomic
 from .precision import matmul_precision, storage_dtype
 from .weight_stream import WeightStream
@@ -117,7 +118,9 @@ def run_consensus(
                 decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
                 on_progress=lambda done: bar.update(done - bar.n), stop=stop,
             )
-        except OSError as error:
+        except Exception as error:
+            if not isinstance(error, OSError) and not is_out_of_memory(error):
+                raise
             meta.update(status="failed", error=str(error))
             for path in meta_paths:
                 with contextlib.suppress(OSError):  # a full disk may refuse this too: report the run's error

@@ -72,3 +72,10 @@ def meminfo_field(path: str, name: str) -> str:
             if line.startswith(name + ":"):
                 return line.split()[1]
     raise ValueError(f"{path} has no {name}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: MemoryError, torch's CUDA
+    OutOfMemoryError, or its CPU allocator's RuntimeError ("can't allocate memory")."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))

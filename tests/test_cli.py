@@ -272,3 +272,29 @@ def test_triton_backend_in_bf16_from_the_command_line(tiny_checkpoint):
     meta = json.loads(open("tri.json").read())
     assert (meta["backend"], meta["dtype"], meta["products"]) == ("triton", "bf16", "bf16")
     np.testing.assert_allclose(np.load("tri.npy"), np.load("tor.npy"), rtol=0, atol=2e-2)
+
+
+def test_memory_that_runs_out_during_the_run_is_one_line_and_status_1(tiny_checkpoint, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The CPU allocator failing at iteration 1 (as under ``ulimit -v``): one line, status 1,
+    the earlier results in place, the partial metadata saying why."""
+    from gpt2fast.backends.torch_backend import TorchEngine
+
+    iteration = TorchEngine.iteration
+
+    def allocation_fails_at_1(self, index, err_out, gram_out):
+        if index == 1:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 4831838208 bytes.")
+        iteration(self, index, err_out, gram_out)
+
+    monkeypatch.setattr(TorchEngine, "iteration", allocation_fails_at_1)
+    (tmp_path / "Eplot.npy").write_bytes(b"earlier results")
+    status = main(["--weights", str(tiny_checkpoint), "--size", "3", "--prompt", "a b", "--backend", "torch"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gpt2fast")]
+    assert status == 1 and lines == ["gpt2fast: error: out of memory: [enforce fail at alloc_cpu.cpp:117] "
+                                     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4831838208 "
+                                     "bytes."]
+    assert (tmp_path / "Eplot.npy").read_bytes() == b"earlier results"
+    meta = json.loads((tmp_path / "Eplot.partial.json").read_text())
+    assert meta["status"] == "failed" and "can't allocate memory" in meta["error"]
