@@ -120,8 +120,7 @@ def check_header(file: Path, cfg: ModelConfig | None, preset: ModelConfig) -> No
         raise InputError(f"{file}: cannot read as safetensors ({reason(exc)})") from None
     wte = shapes.get("wte.weight", ())
     cfg = cfg or (dataclasses.replace(preset, vocab_size=wte[0]) if len(wte) == 2 else preset)
-    if cfg.vocab_size < VOCAB_SIZE:
-        raise InputError(f"{file}: vocabulary of {cfg.vocab_size} tokens, the GPT-2 tokenizer needs {VOCAB_SIZE}")
+    check_vocabulary(cfg, str(file))
     layers = {int(name.split(".")[1]) for name in shapes if name.startswith("h.") and name.split(".")[1].isdigit()}
     if len(layers) != cfg.n_layer:  # before listing the expected names: a config may claim 10**9 layers
         raise InputError(f"{file}: holds {len(layers)} blocks, the model of {describe(cfg)} has {cfg.n_layer}")
@@ -247,15 +246,17 @@ def canonical_names(raw: Mapping[str, torch.Tensor], origin: str) -> dict[str, t
     return state
 
 
+def check_vocabulary(cfg: ModelConfig, origin: str) -> None:
+    """Refuse a vocabulary smaller than the GPT-2 tokenizer's."""
+    if cfg.vocab_size < VOCAB_SIZE:
+        raise InputError(f"{origin}: vocabulary of {cfg.vocab_size} tokens, the GPT-2 tokenizer needs {VOCAB_SIZE}")
+
+
 def fit_vocab(
     state: dict[str, torch.Tensor], cfg: ModelConfig, origin: str
 ) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Cut a padded ``wte`` ``[V > 50257, C]`` to its first 50257 rows; refuse ``V < 50257``."""
-    if cfg.vocab_size < VOCAB_SIZE:
-        raise InputError(
-            f"{origin}: vocabulary of {cfg.vocab_size} tokens, "
-            f"the GPT-2 tokenizer needs {VOCAB_SIZE}"
-        )
+    check_vocabulary(cfg, origin)
     wte = state.get("wte.weight")
     if cfg.vocab_size == VOCAB_SIZE or wte is None or wte.shape[0] != cfg.vocab_size:
         return state, cfg

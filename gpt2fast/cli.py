@@ -156,10 +156,11 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
                            matrixerror=args.matrixerror,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
     except Exception as error:  # a file that cannot be written, memory that cannot be had: one line, status 1
-        if not isinstance(error, OSError) and not is_out_of_memory(error):
+        memory = is_out_of_memory(error)
+        if not memory and not isinstance(error, OSError):
             raise
-        print(f"gpt2fast: error: {'out of memory: ' if is_out_of_memory(error) else ''}"
-              f"{' '.join(str(error).split())}", file=sys.stderr)
+        print(f"gpt2fast: error: {'out of memory: ' if memory else ''}{' '.join(str(error).split())}",
+              file=sys.stderr)
         return EXIT_FAILURE
     meta = result.metadata
     written = ", ".join(f"{info['path']} {tuple(info['shape'])}" for info in meta["files"].values())

@@ -1,8 +1,9 @@
 """What a run needs in memory, from its sizes before anything is allocated, and what the
 machine has free.
 
-A consensus run's estimate (``consensus_memory``) is a floor: the tensors that certainly exist at once, so a run refused for it
-could not have run (a run that passes may still need more, e.g. the allocator's slack).
+A consensus run's estimate (``consensus_memory``) is a floor: the tensors that certainly
+exist at once, so a run refused for it could not have run (a run that passes may still need
+more, e.g. the allocator's slack).
 Per element, with rows = Σ_p T_p, P prompts padded to T, L layers, width C, in the
 engine's dtype (4 bytes fp32, 2 bf16):
     activations   rows · 6C        the residual stream, its LayerNorm and the MLP's 4C
@@ -37,7 +38,8 @@ def consensus_memory(cfg: ModelConfig, lengths: list[int], iterations: int, want
     if device.type == "cuda" and wants_gram:
         engine += 4 * cfg.n_layer * gram
     chunk = min(iterations, chunk_iterations(n_prompts, cfg.n_layer, length, wants_gram))
-    staging = (2 if iterations > chunk else 1) * chunk * 4 * n_prompts * cfg.n_layer * (2 + (length * length if wants_gram else 0))
+    slot = chunk * 4 * n_prompts * cfg.n_layer * (2 + (length * length if wants_gram else 0))
+    staging = (2 if iterations > chunk else 1) * slot
     if device.type == "cpu":
         return {"host": engine + staging}
     return {"host": staging, "device": engine}

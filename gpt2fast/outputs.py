@@ -99,11 +99,22 @@ def open_lock(target: Path) -> int:
         os.close(fd)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``write_json_atomic`` writes before its rename: ``Eplot.json`` -> ``Eplot.json.tmp``."""
+    return path.with_name(path.name + ".tmp")
+
+
+def partial_files(target: Path) -> tuple[Path, Path, Path]:
+    """Every name a run writes ``target`` under until it ends: the partial array, its
+    metadata, and that metadata's temporary file."""
+    partial_json = metadata_path(partial_path(target))
+    return partial_path(target), partial_json, temporary_path(partial_json)
+
+
 def clear_partial(target: Path) -> None:
     """Remove what a killed run (or anyone) left at ``target``'s partial names, so the run
     creates fresh files there: a link is removed, never written through."""
-    partial_json = metadata_path(partial_path(target))
-    for path in (partial_path(target), partial_json, partial_json.with_name(partial_json.name + ".tmp")):
+    for path in partial_files(target):
         if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
             path.unlink()
 
@@ -169,7 +180,7 @@ def format_bytes(count: int) -> str:
 
 def write_json_atomic(path: Path, content: dict) -> None:
     """Write ``content`` as indented JSON, replacing ``path`` in one rename."""
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = temporary_path(path)
     try:
         temporary.write_text(json.dumps(content, indent=2) + "\n")
     except OSError:

@@ -22,7 +22,16 @@ import torch
 from .config import CONTEXT, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS, VOCAB_SIZE, ModelConfig
 from .checkpoints import inspect_checkpoint
 from .errors import InputError
-from .outputs import check_disk_space, format_bytes, lock_path, metadata_path, npy_bytes, npy_path, partial_path
+from .outputs import (
+    check_disk_space,
+    format_bytes,
+    lock_path,
+    metadata_path,
+    npy_bytes,
+    npy_path,
+    partial_files,
+    partial_path,
+)
 from .precision import DTYPES
 from .prompts import MAX_PROMPTS, random_prompt, read_prompts_file
 from .memory import available_memory, cache_bytes, consensus_memory
@@ -172,9 +181,7 @@ def check_writable(path: Path, label: str, taken: tuple[Path, ...] = ()) -> None
 
 def run_files(path: Path) -> tuple[Path, ...]:
     """The names a run writes beside its output ``path``: metadata, partial files, lock."""
-    partial_json = metadata_path(partial_path(path))
-    return (metadata_path(path), partial_path(path), partial_json, partial_json.with_name(partial_json.name + ".tmp"),
-            lock_path(path))
+    return metadata_path(path), *partial_files(path), lock_path(path)
 
 
 def check_output_name(name: str, label: str) -> None:
