@@ -27,12 +27,8 @@ void AlignedFree::operator()(float* pointer) const { std::free(pointer); }
 ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
                          const std::string& gram_path)
     : shape_(shape) {
-  err_file_ = std::make_unique<NpyFile>(
-      err_path, std::vector<int64_t>{shape.n_prompts, shape.steps(), 2});
-  if (shape.with_gram) {
-    gram_file_ = std::make_unique<NpyFile>(
-        gram_path, std::vector<int64_t>{shape.n_prompts, shape.length, shape.length, shape.steps()});
-  }
+  err_file_ = std::make_unique<NpyFile>(err_path, shape.err_file_shape());
+  if (shape.with_gram) gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape());
   for (int slot = 0; slot < kSlots; ++slot) {
     err_[slot] = allocate_floats(shape.chunk_iterations * shape.err_floats());
     gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
@@ -125,7 +121,7 @@ void ChunkWriter::run() {
 
 void ChunkWriter::write_chunk(const Job& job) {
   const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer, length = shape_.length;
-  const int64_t steps = shape_.steps();
+  const int64_t steps = shape_.steps(), file_length = shape_.file_length;
   const int64_t first_step = job.first * layers;
   const int64_t run_steps = job.count * layers;
   const float* err = err_[job.slot].get();
@@ -135,7 +131,7 @@ void ChunkWriter::write_chunk(const Job& job) {
       const float* source = err + (k * prompts + p) * layers * 2;
       for (int64_t i = 0; i < layers * 2; ++i) row[k * layers * 2 + i] = source[i];
     }
-    err_file_->write((p * steps + first_step) * 2, row, run_steps * 2);
+    err_file_->write((shape_.rows[p] * steps + first_step) * 2, row, run_steps * 2);
   }
   if (!gram_file_) return;
   const float* gram = gram_[job.slot].get();
@@ -149,12 +145,22 @@ void ChunkWriter::write_chunk(const Job& job) {
         for (int64_t l = 0; l < layers; ++l) target[k * layers + l] = source[l * matrix];
       }
     }
-    if (run_steps == steps) {  // the chunk holds every step: prompt p's rows are contiguous
-      gram_file_->write(p * matrix * steps, block, matrix * steps);
+    const int64_t file_rows = shape_.rows[p] * file_length;  // file row of cell (0, 0)
+    if (run_steps == steps) {  // the chunk holds every step: each row a of G is one contiguous run
+      if (length == file_length) {
+        gram_file_->write(file_rows * file_length * steps, block, matrix * steps);
+        continue;
+      }
+      for (int64_t a = 0; a < length; ++a) {
+        gram_file_->write((file_rows + a) * file_length * steps, block + a * length * steps, length * steps);
+      }
       continue;
     }
-    for (int64_t cell = 0; cell < matrix; ++cell) {
-      gram_file_->write((p * matrix + cell) * steps + first_step, block + cell * run_steps, run_steps);
+    for (int64_t a = 0; a < length; ++a) {
+      for (int64_t b = 0; b < length; ++b) {
+        gram_file_->write(((file_rows + a) * file_length + b) * steps + first_step,
+                          block + (a * length + b) * run_steps, run_steps);
+      }
     }
   }
 }

@@ -1,9 +1,10 @@
 // Two staging slots of metrics and a thread that writes full slots into the .npy files.
 //
 // A slot holds c iterations: err [c, P, L, 2] and G [c, P, L, T, T] (float32, page-aligned
-// host memory). The files keep the original layouts, err (P, L*N, 2) and err2 (P, T, T, L*N),
-// so the writer transposes each chunk: every (p) row of err and every (p, a, b) row of err2
-// receives one contiguous run of c*L steps.
+// host memory). The files keep the original layouts, err (P_f, L*N, 2) and err2
+// (P_f, T_f, T_f, L*N) (RunShape: the run's prompts may be some rows of a file padded to a
+// longer T), so the writer transposes each chunk: the run's row of err and every (p, a, b)
+// row of err2 receive one contiguous run of c*L steps.
 #pragma once
 
 #include <condition_variable>
@@ -29,7 +30,7 @@ class ChunkWriter {
  public:
   static constexpr int kSlots = 2;
 
-  // Creates the files (full of NaN). An empty gram_path means no err2 file.
+  // Opens the files (create_npy made them). An empty gram_path means no err2 file.
   ChunkWriter(const RunShape& shape, const std::string& err_path, const std::string& gram_path);
   ~ChunkWriter();
   ChunkWriter(const ChunkWriter&) = delete;

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,19 @@ namespace gpt2fast {
 namespace {
 
 constexpr unsigned int kEventDisableTiming = 0x2;
+
+RunShape checked_shape(const RunShape& shape) {
+  std::set<int64_t> seen;
+  for (int64_t row : shape.rows) {
+    if (row < 0 || row >= shape.file_prompts || !seen.insert(row).second) {
+      throw std::invalid_argument("rows must be distinct rows of the file, in [0, file_prompts)");
+    }
+  }
+  if (static_cast<int64_t>(shape.rows.size()) != shape.n_prompts || shape.file_length < shape.length) {
+    throw std::invalid_argument("rows must give one file row per prompt, and file_length must be >= length");
+  }
+  return shape;
+}
 
 // Pinned registration of the staging slots and the events that mark them filled, for the
 // length of one graph-driven run.
@@ -79,8 +93,9 @@ class Driver {
  public:
   Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
          int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path,
-         double flush_seconds)
-      : shape_{n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty()},
+         double flush_seconds, const std::vector<int64_t>& rows, int64_t file_prompts, int64_t file_length)
+      : shape_{checked_shape({n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty(),
+                              rows, file_prompts, file_length})},
         writer_(shape_, err_path, gram_path),
         flush_interval_(std::chrono::duration<double>(flush_seconds)) {}
 
@@ -222,11 +237,14 @@ PYBIND11_MODULE(_driver, m) {
   py::register_exception<gpt2fast::WriteError>(m, "WriteError", PyExc_OSError);
 
   py::class_<Driver>(m, "Driver")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double,
+                    const std::vector<int64_t>&, int64_t, int64_t>(),
            py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
            py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"), py::arg("flush_seconds"),
-           "Create the output files (full of NaN) and two staging slots; a slot is written when full "
-           "or flush_seconds after its first iteration, whichever comes first.")
+           py::arg("rows"), py::arg("file_prompts"), py::arg("file_length"),
+           "Open the output files (create_array made them: file_prompts rows of file_length tokens) and "
+           "two staging slots; prompt p goes to file row rows[p]. A slot is written when full or "
+           "flush_seconds after its first iteration, whichever comes first.")
       .def("err_slot", [](py::object self, int slot) {
              Driver& driver = self.cast<Driver&>();
              const auto& s = driver.shape();
@@ -251,6 +269,10 @@ PYBIND11_MODULE(_driver, m) {
            py::arg("decode_iterations"), py::arg("on_progress"),
            "Launch a captured CUDA graph per iteration; returns iterations completed.")
       .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
+
+  m.def("create_array", &gpt2fast::create_npy, py::arg("path"), py::arg("shape"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Create (or truncate) a float32 .npy file of `shape`, every element NaN, flushed to the disk.");
 
   m.def("cuda_driver_available", [] {
     try {

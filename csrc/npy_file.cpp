@@ -1,8 +1,10 @@
 #include "npy_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -41,19 +43,73 @@ std::string npy_header(const std::vector<int64_t>& shape) {
   return header + dict;
 }
 
+namespace {
+
+void write_fully(int fd, const char* bytes, int64_t size, int64_t offset, const std::string& path) {
+  while (size > 0) {
+    ssize_t written = ::pwrite(fd, bytes, static_cast<size_t>(size), offset);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      throw WriteError(errno_message("cannot write", path));
+    }
+    bytes += written;
+    offset += written;
+    size -= written;
+  }
+}
+
+// fsync, then close; a file system without fsync (EINVAL, EROFS) is not a failure.
+void flush_and_close(int fd, const std::string& path) {
+  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+    const std::string message = errno_message("cannot flush", path);
+    ::close(fd);
+    throw WriteError(message);
+  }
+  if (::close(fd) != 0) throw WriteError(errno_message("cannot close", path));
+}
+
+int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t elements = 1;
+  for (int64_t size : shape) elements *= size;
+  return elements;
+}
+
+}  // namespace
+
+void create_npy(const std::string& path, const std::vector<int64_t>& shape) {
+  const int64_t elements = element_count(shape);
+  const std::string header = npy_header(shape);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw WriteError(errno_message("cannot create", path));
+  try {
+    write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
+    const std::vector<float> nan_block(static_cast<size_t>(std::min(elements, kFillBlockFloats)),
+                                       std::numeric_limits<float>::quiet_NaN());
+    for (int64_t first = 0; first < elements; first += kFillBlockFloats) {
+      write_fully(fd, reinterpret_cast<const char*>(nan_block.data()),
+                  std::min(kFillBlockFloats, elements - first) * 4,
+                  static_cast<int64_t>(header.size()) + first * 4, path);
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  flush_and_close(fd, path);
+}
+
 NpyFile::NpyFile(const std::string& path, const std::vector<int64_t>& shape) : path_(path) {
-  elements_ = 1;
-  for (int64_t size : shape) elements_ *= size;
+  elements_ = element_count(shape);
   const std::string header = npy_header(shape);
   header_bytes_ = static_cast<int64_t>(header.size());
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw WriteError(errno_message("cannot create", path));
-  write_all(header.data(), header_bytes_, 0);
-  const std::vector<float> nan_block(
-      static_cast<size_t>(std::min(elements_, kFillBlockFloats)),
-      std::numeric_limits<float>::quiet_NaN());
-  for (int64_t first = 0; first < elements_; first += kFillBlockFloats) {
-    write(first, nan_block.data(), std::min(kFillBlockFloats, elements_ - first));
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd_ < 0) throw WriteError(errno_message("cannot open", path));
+  std::string found(header.size(), '\0');
+  struct stat status {};
+  if (::pread(fd_, found.data(), found.size(), 0) != static_cast<ssize_t>(found.size()) || found != header ||
+      ::fstat(fd_, &status) != 0 || status.st_size != header_bytes_ + elements_ * 4) {
+    ::close(fd_);
+    fd_ = -1;
+    throw WriteError(path + " is not the float32 array this run created (another run replaced it?)");
   }
 }
 
@@ -66,32 +122,14 @@ void NpyFile::write(int64_t first, const float* values, int64_t count) {
   if (first < 0 || count < 0 || first + count > elements_) {
     throw WriteError("write outside the array in " + path_);
   }
-  write_all(reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4);
-}
-
-void NpyFile::write_all(const char* bytes, int64_t size, int64_t offset) {
-  while (size > 0) {
-    ssize_t written = ::pwrite(fd_, bytes, static_cast<size_t>(size), offset);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      throw WriteError(errno_message("cannot write", path_));
-    }
-    bytes += written;
-    offset += written;
-    size -= written;
-  }
+  write_fully(fd_, reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4, path_);
 }
 
 void NpyFile::close() {
   if (fd_ < 0) return;
   const int fd = fd_;
   fd_ = -1;
-  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
-    const std::string message = errno_message("cannot flush", path_);
-    ::close(fd);
-    throw WriteError(message);
-  }
-  if (::close(fd) != 0) throw WriteError(errno_message("cannot close", path_));
+  flush_and_close(fd, path_);
 }
 
 }  // namespace gpt2fast

@@ -1,4 +1,5 @@
-// A float32 .npy file written in place: header, NaN fill, then positioned writes.
+// A float32 .npy file written in place: created with its header and every element NaN
+// (create_npy), then opened by each writer (several, for disjoint parts) for positioned writes.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +10,7 @@ namespace gpt2fast {
 
 class NpyFile {
  public:
-  // Creates (or truncates) `path` as a C-order float32 array of `shape`, every element NaN.
+  // Opens the existing `path`, which must be what create_npy made for `shape`.
   NpyFile(const std::string& path, const std::vector<int64_t>& shape);
   ~NpyFile();
   NpyFile(const NpyFile&) = delete;
@@ -24,13 +25,15 @@ class NpyFile {
   int64_t header_bytes() const { return header_bytes_; }
 
  private:
-  void write_all(const char* bytes, int64_t size, int64_t offset);
-
   std::string path_;
   int fd_ = -1;
   int64_t header_bytes_ = 0;
   int64_t elements_ = 0;
 };
+
+// Creates (or truncates) `path` as a C-order float32 array of `shape`, every element NaN,
+// flushed to the disk. Throws WriteError.
+void create_npy(const std::string& path, const std::vector<int64_t>& shape);
 
 // The .npy v1.0 header (magic, version, length, dict) padded to a multiple of 64 bytes.
 std::string npy_header(const std::vector<int64_t>& shape);

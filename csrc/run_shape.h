@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace gpt2fast {
 
@@ -12,11 +13,19 @@ struct RunShape {
   int64_t n_iterations;      // N
   int64_t chunk_iterations;  // c, iterations per staging chunk
   bool with_gram;            // whether err2 (the T x T matrices) is recorded
+  // Where the run's prompts sit in the files, which may hold more prompts (other batches,
+  // other ranks) padded to a longer T: prompt p is row rows[p] of file_prompts rows, each
+  // of file_length x file_length cells in err2 (file_length >= length).
+  std::vector<int64_t> rows;
+  int64_t file_prompts;
+  int64_t file_length;
 
   int64_t steps() const { return n_layer * n_iterations; }
   // Floats one iteration adds to a chunk: err [P, L, 2] and G [P, L, T, T].
   int64_t err_floats() const { return n_prompts * n_layer * 2; }
   int64_t gram_floats() const { return with_gram ? n_prompts * n_layer * length * length : 0; }
+  std::vector<int64_t> err_file_shape() const { return {file_prompts, steps(), 2}; }
+  std::vector<int64_t> gram_file_shape() const { return {file_prompts, file_length, file_length, steps()}; }
 };
 
 }  // namespace gpt2fast

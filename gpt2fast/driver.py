@@ -10,16 +10,40 @@ iteration 0 through the callable), else a Python callable that fills a slot row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ._driver import Driver
+from ._driver import Driver, create_array
 from .interrupts import StopRequest
 
 CHUNK_BYTES = 128 << 20
 MAX_CHUNK_ITERATIONS = 256
 FLUSH_SECONDS = 5.0  # a staging slot goes to the writer at the latest this long after it began
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """Where an engine's prompts sit in the run's files, which hold ``prompts`` prompts padded
+    to ``length`` tokens (other batches, other ranks): the engine's prompt p is row rows[p]."""
+
+    rows: tuple[int, ...]
+    prompts: int
+    length: int
+
+    @classmethod
+    def whole(cls, engine) -> FileRows:
+        """The files hold exactly the engine's prompts, in order."""
+        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length)
+
+
+def create_files(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int) -> None:
+    """Create the run's arrays full of NaN: err (P, L·N, 2) and err2 (P, T, T, L·N) when
+    ``gram_path``. Raises OSError when they cannot be written."""
+    create_array(str(err_path), [n_prompts, steps, 2])
+    if gram_path is not None:
+        create_array(str(gram_path), [n_prompts, length, length, steps])
 
 
 def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool) -> int:
@@ -46,11 +70,14 @@ def drive(
     stop: StopRequest | None = None,
     chunk: int | None = None,
     flush_seconds: float = FLUSH_SECONDS,
+    place: FileRows | None = None,
 ) -> int:
-    """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``).
+    """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``): into
+    files of its own prompts, created here, or, with ``place``, at those rows of the files
+    ``create_files`` made.
 
-    The files are created at once, full of NaN, and filled a chunk at a time: every ``chunk``
-    iterations or ``flush_seconds`` after the chunk began, whichever comes first. on_decode(i, tokens [P, T] int64) follows
+    The files are filled a chunk at a time: every ``chunk`` iterations or ``flush_seconds``
+    after the chunk began, whichever comes first. on_decode(i, tokens [P, T] int64) follows
     each decode iteration; on_progress(iterations completed) follows each iteration (each
     chunk on the CUDA-graph path). Returns the number of iterations completed and written,
     N unless a stop was requested. Raises OSError when a file cannot be written.
@@ -58,9 +85,13 @@ def drive(
     wants_gram = gram_path is not None
     if chunk is None:
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram)
+    if place is None:
+        place = FileRows.whole(engine)
+        create_files(err_path, gram_path, place.prompts, place.length, engine.n_layer * n_iterations)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
-        str(err_path), str(gram_path) if wants_gram else "", flush_seconds,
+        str(err_path), str(gram_path) if wants_gram else "", flush_seconds, list(place.rows), place.prompts,
+        place.length,
     )
     if stop is not None:
         stop.on_request(driver.request_stop)

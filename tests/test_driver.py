@@ -14,7 +14,7 @@ import torch
 
 from gpt2fast import _driver
 from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.driver import chunk_iterations, drive
+from gpt2fast.driver import FileRows, chunk_iterations, create_files, drive
 from gpt2fast.interrupts import StopRequest
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
@@ -129,15 +129,48 @@ def test_stop_request_ends_at_the_next_iteration(tmp_path):
 
 
 def test_files_hold_nan_before_any_iteration(tmp_path):
-    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"), 5.0)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", 2, 4, 15)
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"), 5.0, [0, 1], 2, 4)
     driver.finish()
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
     assert err.shape == (2, 15, 2) and gram.shape == (2, 4, 4, 15)
     assert err.dtype == gram.dtype == np.float32 and np.isnan(err).all() and np.isnan(gram).all()
 
 
+@pytest.mark.parametrize("n_iterations,chunk", [(4, 4), (5, 2)])
+def test_prompts_land_at_their_rows_of_longer_files(tmp_path, n_iterations, chunk):
+    """Batches (or ranks) write their prompts into rows of files padded to a longer T: every
+    cell equals the one-engine run's, and the rest stays NaN (whole-prompt and per-cell writes)."""
+    steps = n_iterations * CFG.n_layer
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", 5, 7, steps)
+    place = FileRows(rows=(3, 1), prompts=5, length=7)
+    assert drive(engine_for(), n_iterations, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == n_iterations
+    err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
+    want_err, want_gram, _ = plain_loop(n_iterations)
+    for prompt, row in enumerate(place.rows):
+        np.testing.assert_array_equal(err[row], want_err[prompt])
+        np.testing.assert_array_equal(gram[row, :5, :5], want_gram[prompt])
+        assert np.isnan(gram[row, 5:]).all() and np.isnan(gram[row, :, 5:]).all()
+    assert np.isnan(err[[0, 2, 4]]).all() and np.isnan(gram[[0, 2, 4]]).all()
+
+
+@pytest.mark.parametrize("rows,file_prompts,file_length,message", [
+    ([0, 0], 2, 5, "distinct rows"), ([0, 2], 2, 5, "distinct rows"), ([0], 2, 5, "one file row per prompt"),
+    ([0, 1], 2, 4, "file_length must be >= length")])
+def test_rows_outside_the_files_are_refused(tmp_path, rows, file_prompts, file_length, message):
+    with pytest.raises(ValueError, match=message):
+        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), "", 5.0, rows, file_prompts, file_length)
+
+
+def test_a_file_of_another_shape_is_refused(tmp_path):
+    create_files(tmp_path / "e.npy", None, 3, 5, 6)
+    with pytest.raises(OSError, match=r"e\.npy is not the float32 array this run created"):
+        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 5)
+
+
 def test_slots_are_views_of_the_staging_memory(tmp_path):
-    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "", 5.0)
+    create_files(tmp_path / "e.npy", None, 2, 4, 15)
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 4)
     slot = driver.err_slot(1)
     assert slot.shape == (2, 2, 3, 2) and slot.dtype == np.float32
     assert driver.gram_slot(0) is None
