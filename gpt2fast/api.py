@@ -15,6 +15,7 @@ and ``metadata["status"] == "interrupted"``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
 import os
@@ -29,12 +30,13 @@ import torch
 from tqdm import tqdm
 
 from .backends import BACKENDS, make_generation, resolve_backend
-from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, PRESETS, ConsensusFlags
+from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, PRESETS, ConsensusFlags, ModelConfig
 from .consensus import run_consensus
+from .distributed import join
 from .errors import InputError
 from .generate import generate as grow
 from .interrupts import graceful_stop
-from .outputs import exclusive_outputs
+from .outputs import exclusive_outputs, partial_path
 from .precision import matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
@@ -43,6 +45,7 @@ from .validation import (
     Prompts,
     check_decode,
     check_generation_fits,
+    check_memory_budget,
     check_options,
     check_outputs,
     check_run_fits,
@@ -110,6 +113,7 @@ def consensus(
     backend: str = "auto",
     dtype: str = "fp32",
     progress: bool = True,
+    memory_budget: int | str | None = None,
     on_decode: Callable[[int, int, list[int]], None] | None = None,
     second_signal_exits: bool = False,
     label: Label = parameter,
@@ -128,32 +132,51 @@ def consensus(
     only if it fits in half the free memory: else pass ``matrixerror``).
     decode: iterations after which the argmax decoding is taken; on_decode(iteration,
     prompt_index, token_ids) sees each one as it happens (also in ``metadata["decoded"]``).
+    memory_budget: bytes (an integer, or a text such as "4GiB") the prompts' batches may
+    hold besides the weights (default: the free memory); more prompts than fit run in
+    batches, one after another (``batches``).
+    Under torchrun (``distributed``) every rank calls this with the same arguments: the
+    prompts are shared among the ranks and written to the files (savefile is needed), and
+    every rank returns the whole result once all ranks have ended.
     Ctrl-C stops the run at the next iteration (the result holds NaN after it); a second
     one raises KeyboardInterrupt, or, with ``second_signal_exits`` (the CLI), ends the
     process. label: how refusals name an argument (the CLI passes its flag names).
     """
-    check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix,
-                              progress=progress, second_signal_exits=second_signal_exits),
-                  dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
-                  dict(savefile=savefile, matrixerror=matrixerror), dict(on_decode=on_decode))
-    check_values(label, size=size, seed=seed)
-    size, seed = operator.index(size), operator.index(seed)  # numpy integers become ints (JSON, seeding)
-    decode = check_decode(decode, size, label)
-    device_ = resolve_device(device, dtype, label)
-    backend = resolve_backend(backend, device_, dtype, label)
-    err_path, gram_path = check_outputs(savefile, matrixerror, label)
-    read_prompts = prompt_source(prompts, prompts_file, random_prompt, random_prompts, seed, label)
-    # before anything heavy: the prompts and the files' sizes with the sizes known so far
-    expected = expected_config(weights, model, label)
-    prompts = read_prompts()
+    team = join()
+    sources = []  # rank 0's prompt source: read once every other argument is checked
+
+    def check_arguments() -> tuple:
+        checked = check_consensus_arguments(
+            label, noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix, progress=progress,
+            second_signal_exits=second_signal_exits, model=model, backend=backend, savefile=savefile,
+            matrixerror=matrixerror, on_decode=on_decode, size=size, seed=seed, decode=decode, device=device,
+            dtype=dtype, memory_budget=memory_budget, distributed=team.distributed)
+        sources.append(prompt_source(prompts, prompts_file, random_prompt, random_prompts, checked[1], label))
+        # before anything heavy: the prompts and the files' sizes with the sizes known so far
+        return *checked, expected_config(weights, model, label)
+
+    size, seed, decode, device_, backend, err_path, gram_path, memory_budget, expected = team.decide(check_arguments)
+    device_ = team.device(device_)
     place = (backend, device_, storage_dtype(dtype))
-    texts, token_lists = check_run_fits(prompts, expected, size, matrix, err_path, gram_path, *place,
-                                        weights_to_load=not isinstance(weights, Weights))
-    with exclusive_outputs([path for path in (err_path, gram_path) if path is not None]):
+    read = []  # rank 0's prompts as given, for a second check once the weights tell their sizes
+
+    def check_prompts(cfg: ModelConfig, weights_to_load: bool) -> tuple[list[str], list[list[int]]]:
+        if not read:
+            read.append(sources[0]())
+        fits = check_run_fits(read[0], cfg, size, matrix, err_path, gram_path, *place,
+                              weights_to_load=weights_to_load, memory_budget=memory_budget)
+        if not outputs_locked:
+            outputs.enter_context(exclusive_outputs([path for path in (err_path, gram_path) if path is not None]))
+            outputs_locked.append(True)
+        return fits
+
+    outputs_locked: list[bool] = []
+    with contextlib.ExitStack() as outputs:
+        outputs.callback(team.leave)
+        texts, token_lists = team.decide(lambda: check_prompts(expected, not isinstance(weights, Weights)))
         loaded, model_name = load_weights(weights, model, seed)
         if loaded.config != expected:  # sizes the checkpoint told only on loading: check again
-            texts, token_lists = check_run_fits(prompts, loaded.config, size, matrix, err_path, gram_path, *place,
-                                                weights_to_load=False)
+            texts, token_lists = team.decide(lambda: check_prompts(loaded.config, False))
         flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                                seed=seed, decode_iterations=decode)
         with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
@@ -164,11 +187,34 @@ def consensus(
                 loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
                 err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
                 show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
-                second_signal_exits=second_signal_exits,
+                second_signal_exits=second_signal_exits, team=team, memory_budget=memory_budget,
             )
-            err = read_array(err_file, keep_mapped=err_path is not None)
-            err2 = None if gram_file is None else read_array(gram_file, keep_mapped=gram_path is not None)
+            promoted = meta["status"] != "failed"
+            err = read_array(err_file if promoted else partial_path(err_file), keep_mapped=err_path is not None)
+            err2 = None if gram_file is None else read_array(gram_file if promoted else partial_path(gram_file),
+                                                             keep_mapped=gram_path is not None)
     return ConsensusResult(err=err, err2=err2, metadata=meta, exit_status=status)
+
+
+def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, matrix, progress,
+                              second_signal_exits, model, backend, savefile, matrixerror, on_decode, size, seed,
+                              decode, device, dtype, memory_budget, distributed: bool) -> tuple:
+    """``consensus``'s arguments checked (everything but the prompts and the weights) and
+    resolved: (size, seed, decode, device, backend, err_path, gram_path, memory_budget)."""
+    check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix,
+                              progress=progress, second_signal_exits=second_signal_exits),
+                  dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
+                  dict(savefile=savefile, matrixerror=matrixerror), dict(on_decode=on_decode))
+    check_values(label, size=size, seed=seed)
+    size, seed = operator.index(size), operator.index(seed)  # numpy integers become ints (JSON, seeding)
+    decode = check_decode(decode, size, label)
+    device_ = resolve_device(device, dtype, label)
+    backend = resolve_backend(backend, device_, dtype, label)
+    err_path, gram_path = check_outputs(savefile, matrixerror, label)
+    if distributed and (err_path is None or (matrix and gram_path is None)):
+        raise InputError(f"under torchrun every rank writes its rows of the files: give {label('savefile')}"
+                         f"{' and ' + label('matrixerror') if matrix else ''}")
+    return size, seed, decode, device_, backend, err_path, gram_path, check_memory_budget(memory_budget, label)
 
 
 def read_array(path: Path, keep_mapped: bool) -> np.ndarray:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .api import consensus, generate, warn
 from .backends import BACKENDS
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
+from .distributed import PeerRefused, environment
 from .errors import InputError
 from .memory import is_out_of_memory
 from .precision import DTYPES
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="M", help=f"generate text up to M tokens (default {DEFAULT_GENERATION_LENGTH})")
     parser.add_argument("--top-k", type=int, default=10, help="generation: sample among the K most likely (default 10)")
     parser.add_argument("--temperature", type=float, default=1.0, help="generation: softmax temperature (default 1)")
+    parser.add_argument("--memory-budget", metavar="BYTES",
+                        help="memory the prompts' batches may take besides the weights, e.g. 4GiB "
+                        "(default: what is free); more prompts than fit run in batches")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto = cuda when available (default auto)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return plot_main(argv[1:])
         return run(build_parser().parse_args(argv))
+    except PeerRefused:  # under torchrun: rank 0 printed why
+        return EXIT_USAGE
     except InputError as error:
         message = " ".join(str(error).split())
         print(f"gpt2fast: error: {message}", file=sys.stderr)
@@ -153,7 +159,7 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
     try:
         result = consensus(decode=parse_decode(args.decode) if args.decode is not None else (),
                            savefile=args.savefile if args.savefile is not None else "Eplot",
-                           matrixerror=args.matrixerror,
+                           matrixerror=args.matrixerror, memory_budget=args.memory_budget,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
     except Exception as error:  # a file that cannot be written, memory that cannot be had: one line, status 1
         memory = is_out_of_memory(error)
@@ -163,11 +169,20 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     meta = result.metadata
+    if not environment().leader:  # under torchrun: rank 0 reports for the job
+        return result.exit_status
+    if meta["status"] == "failed":
+        print(f"gpt2fast: error: {' '.join(meta.get('error', 'a rank failed').split())} (the files keep their "
+              f"partial names; metadata {meta['files']['err']['path']} beside them)", file=sys.stderr)
+        return result.exit_status or EXIT_FAILURE
     written = ", ".join(f"{info['path']} {tuple(info['shape'])}" for info in meta["files"].values())
     done, size = meta["iterations_completed"], meta["flags"]["size"]
     outcome = "done" if meta["complete"] else f"INTERRUPTED after {done} of {size} iterations (rest is NaN)"
+    batches = sum(len(rank["batches"]) for rank in meta["ranks"])
+    spread = f" on {meta['world_size']} ranks" if meta["world_size"] > 1 else ""
+    spread += f" in {batches} batches" if batches > 1 else ""
     warn(f"gpt2fast: {outcome}: wrote {written} + metadata; "
-         f"{done} iterations in {meta['timings']['run_s']:.1f} s ({meta['timings']['steps_per_s']} steps/s)")
+         f"{done} iterations{spread} in {meta['timings']['run_s']:.1f} s ({meta['timings']['steps_per_s']} steps/s)")
     return result.exit_status
 
 

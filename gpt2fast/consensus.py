@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import sys
 import time
@@ -13,13 +15,16 @@ import torch
 from tqdm import tqdm
 
 from .backends import make_engine, products
+from .batches import plan_batches
 from .config import ConsensusFlags
-from .driver import drive
+from .distributed import Team, host_name, shard_by_tokens
+from .driver import FileRows, create_files, drive
 from .interrupts import graceful_stop
+from .memory import available_memory, consensus_memory
 from .metadata import consensus_metadata, now
-from .memory import is_out_of_memory
-from .outputs import clear_partial, metadata_path, partial_path, promote, write_json_atomic
+from .outputs import clear_partial, partial_path
 from .precision import matmul_precision, storage_dtype
+from .run_status import RunStatus
 from .weight_stream import WeightStream
 from .weights import Weights
 
@@ -50,97 +55,139 @@ def run_consensus(
     show_progress: bool = True,
     scratch: tuple[Path, ...] = (),
     second_signal_exits: bool = True,
+    team: Team | None = None,
+    memory_budget: int | None = None,
 ) -> tuple[dict, int]:
-    """Run every prompt through N iterations in one batch and write the files.
+    """Run every prompt through N iterations and write the files.
 
-    The arrays and metadata are written as ``outputs.partial_path`` files beside err_path
-    and gram_path and moved into place when the run completes or stops gracefully; after
-    an error they stay where they are, the metadata saying "failed" (``outputs``).
+    The prompts are shared among the team's ranks by tokens (``distributed``; all of them for
+    a team of one); a rank runs its share in batches that fit its memory (``batches``: within
+    ``memory_budget`` bytes when given), each batch writing its rows of the files. Rank 0
+    creates the arrays and metadata as ``outputs.partial_path`` files beside err_path and
+    gram_path; they move into place when the last rank completes or stops gracefully
+    (``run_status``); after an error they stay where they are, the metadata saying "failed".
     backend is a resolved name (``gpt2fast.backends.resolve_backend``). ``scratch``: array
     paths that are temporary (the API's in-memory results): the metadata records their
     ``path`` as null, and no metadata file is written beside them.
     ``second_signal_exits``: see ``interrupts.graceful_stop``.
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
-    each prompt, with that prompt's T_p argmax ids. Returns the final metadata (also
-    written beside each array) and the exit status: 0, or 128 + signal after a stop.
+    each of this rank's prompts, with that prompt's T_p argmax ids. Returns the final
+    metadata (also written beside each array) and the exit status: 0, 128 + signal after a
+    stop, 1 when another rank failed.
     """
+    team = team or Team()
     cfg = weights.config
-    stream = WeightStream(
-        cfg,
-        weights.state,
-        seed=flags.seed,
-        random_init=flags.random_init,
-        const_reset=flags.const_reset,
-        device=device,
-        dtype=storage_dtype(dtype),
-        owned=weights.single_use,
-    )
-    engine = make_engine(backend, stream, token_lists, flags.noff, dtype)
+    stream = WeightStream(cfg, weights.state, seed=flags.seed, random_init=flags.random_init,
+                          const_reset=flags.const_reset, device=device, dtype=storage_dtype(dtype),
+                          owned=weights.single_use)
+    lengths = [len(tokens) for tokens in token_lists]
+    shares = shard_by_tokens(lengths, team.world_size)
+    wants_gram = gram_path is not None
+    batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
+        cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size()),
+        memory_budget_on(device, memory_budget))
+    layout = FileRows(tuple(range(len(token_lists))), len(token_lists), max(lengths))
     steps = cfg.n_layer * flags.iterations
+    targets = [path for path in (err_path, gram_path) if path is not None]
+    status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
+                                      layout, err_path, gram_path, scratch, shares, memory_budget),
+                       targets, [path for path in targets if path not in scratch], team.rank)
+    if team.leader:
+        for path in targets:
+            clear_partial(path)
+        status.publish()
+    mine = {"rank": team.rank, "host": host_name(), "device": describe_device(device), "pid": os.getpid(),
+            "status": "running", "prompts": shares[team.rank], "tokens": sum(lengths[i] for i in shares[team.rank]),
+            "batches": [{"prompts": batch, "status": "pending", "iterations_completed": 0} for batch in batches],
+            "decoded": [], "timings": {"started": now()}}
+    started = time.perf_counter()
+    try:
+        with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
+            total=flags.iterations * len(batches), desc="consensus", unit="it", file=sys.stderr,
+            disable=not (show_progress and team.leader), mininterval=0.5,
+        ) as bar:
+            if team.leader:
+                create_files(partial_path(err_path), gram_path and partial_path(gram_path), layout.prompts,
+                             layout.length, steps)
+            team.barrier()
+            status.record(mine)
+            for number, (batch, record) in enumerate(zip(batches, mine["batches"], strict=True)):
+                if stop.requested:
+                    break
+                if len(batches) > 1:
+                    bar.set_description(f"consensus, batch {number + 1}/{len(batches)}")
+                done_before = bar.n
+                record["status"] = "running"
+                completed = run_batch(stream, batch, token_lists, flags, dtype, backend, err_path, gram_path, layout,
+                                      on_decode, mine["decoded"], stop, lambda done: (
+                                          bar.update(done_before + done - bar.n), status.watch(stop)))
+                record.update(status="complete" if completed == flags.iterations else "interrupted",
+                              iterations_completed=completed)
+                if number + 1 < len(batches) and not stop.requested:
+                    status.record(mine)
+            mine.update(status="interrupted" if stop.requested else "complete")
+            mine["timings"].update(finished=now(), run_s=round(time.perf_counter() - started, 3))
+            status.record(mine)
+            meta = status.settle(stop)
+    except BaseException as error:
+        for record in mine["batches"]:
+            if record["status"] == "running":
+                record["status"] = "failed"
+        mine.update(status="failed", error=str(error) or type(error).__name__)
+        mine["timings"].update(finished=now(), run_s=round(time.perf_counter() - started, 3))
+        with contextlib.suppress(OSError):  # a full disk may refuse this too: report the run's error
+            status.record(mine)
+        raise
+    exit_status = stop.exit_status() or (0 if meta["status"] != "failed" else 1)
+    return meta, exit_status
+
+
+def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int]], flags: ConsensusFlags,
+              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileRows,
+              on_decode: Callable[[int, int, list[int]], None], decoded: list[dict], stop,
+              on_progress: Callable[[int], None]) -> int:
+    """Run the prompts ``batch`` (indices into token_lists) through the iterations into their
+    rows of the partial files; returns the iterations completed."""
+    engine = make_engine(backend, stream, [token_lists[i] for i in batch], flags.noff, dtype)
+
+    def decode(iteration: int, tokens: torch.Tensor) -> None:
+        for row, prompt in enumerate(batch):
+            argmax_ids = tokens[row, : len(token_lists[prompt])].tolist()
+            decoded.append({"iteration": iteration, "prompt": prompt, "tokens": argmax_ids})
+            on_decode(iteration, prompt, argmax_ids)
+
+    return drive(engine, flags.iterations, partial_path(err_path), gram_path and partial_path(gram_path),
+                 decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
+                 on_progress=on_progress, stop=stop, place=dataclasses.replace(layout, rows=tuple(batch)))
+
+
+def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[str, int]:
+    """Bytes a run's batches may hold per place (host, and the device when it is a GPU):
+    what is free now (the weights are loaded), within ``memory_budget`` when given."""
+    places = {"host": torch.device("cpu")} | ({"device": device} if device.type == "cuda" else {})
+    return {place: min(available_memory(where), memory_budget or math.inf) for place, where in places.items()}
+
+
+def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],
+                   flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileRows,
+                   err_path: Path, gram_path: Path | None, scratch: tuple[Path, ...], shares: list[list[int]],
+                   memory_budget: int | None) -> dict:
+    """The metadata as the run starts: every rank "starting" with its share of the prompts."""
+    steps = weights.config.n_layer * flags.iterations
+
     def recorded(path: Path) -> str | None:
         return None if path in scratch else str(path)
 
-    files = {"err": {"path": recorded(err_path), "shape": [engine.n_prompts, steps, 2], "layout": ERR_LAYOUT}}
+    files = {"err": {"path": recorded(err_path), "shape": [layout.prompts, steps, 2], "layout": ERR_LAYOUT}}
     if gram_path is not None:
-        files["err2"] = {
-            "path": recorded(gram_path),
-            "shape": [engine.n_prompts, engine.length, engine.length, steps],
-            "layout": ERR2_LAYOUT,
-        }
+        files["err2"] = {"path": recorded(gram_path), "shape": [layout.prompts, layout.length, layout.length, steps],
+                         "layout": ERR2_LAYOUT}
     meta = consensus_metadata(
-        model_name=model_name, weights=weights, flags=flags, texts=texts,
-        token_lists=token_lists, device=describe_device(device), dtype=dtype,
-        backend=engine.backend, products=products(engine.backend, device, dtype), files=files,
+        model_name=model_name, weights=weights, flags=flags, texts=texts, token_lists=token_lists,
+        device=describe_device(device), dtype=dtype, backend=backend, products=products(backend, device, dtype),
+        files=files,
     )
-    meta["decoded"] = []
-    meta["pid"] = os.getpid()
-    targets = [path for path in (err_path, gram_path) if path is not None]
-    meta_paths = [metadata_path(partial_path(path)) for path in targets if path not in scratch]
-    for path in targets:
-        clear_partial(path)
-    for path in meta_paths:
-        write_json_atomic(path, meta)
-
-    def decode(iteration: int, tokens: torch.Tensor) -> None:
-        for prompt, ids in enumerate(token_lists):
-            argmax_ids = tokens[prompt, : len(ids)].tolist()
-            meta["decoded"].append({"iteration": iteration, "prompt": prompt, "tokens": argmax_ids})
-            on_decode(iteration, prompt, argmax_ids)
-
-    started = time.perf_counter()
-    with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
-        total=flags.iterations, desc="consensus", unit="it", file=sys.stderr,
-        disable=not show_progress, mininterval=0.5,
-    ) as bar:
-        try:
-            completed = drive(
-                engine, flags.iterations, partial_path(err_path), gram_path and partial_path(gram_path),
-                decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
-                on_progress=lambda done: bar.update(done - bar.n), stop=stop,
-            )
-        except Exception as error:
-            if not isinstance(error, OSError) and not is_out_of_memory(error):
-                raise
-            meta.update(status="failed", error=str(error))
-            for path in meta_paths:
-                with contextlib.suppress(OSError):  # a full disk may refuse this too: report the run's error
-                    write_json_atomic(path, meta)
-            raise
-    elapsed = time.perf_counter() - started
-    finished = completed == flags.iterations
-    meta.update(
-        status="complete" if finished else "interrupted",
-        complete=finished,
-        iterations_completed=completed,
-        steps_completed=completed * cfg.n_layer,
-    )
-    meta["timings"].update(
-        finished=now(),
-        run_s=round(elapsed, 3),
-        steps_per_s=round(completed * cfg.n_layer / elapsed, 3) if elapsed > 0 else None,
-    )
-    for path in meta_paths:
-        write_json_atomic(path, meta)
-    for path in targets:
-        promote(partial_path(path), path, with_metadata=path not in scratch)
-    return meta, stop.exit_status()
+    meta.update(pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, decoded=[],
+                ranks=[{"rank": rank, "status": "starting", "prompts": share, "batches": [], "decoded": [],
+                        "timings": {}} for rank, share in enumerate(shares)])
+    return meta

@@ -15,6 +15,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.by_peer = False  # another rank of the job ended early (``run_status``)
         self.listeners: list[Callable[[], None]] = []
 
     def on_request(self, listener: Callable[[], None]) -> None:
@@ -24,18 +25,30 @@ class StopRequest:
             listener()
 
     def request(self, signum: int) -> None:
-        if self.signal is None:
+        if not self.requested:
             self.signal = signum
-            for listener in self.listeners:
-                listener()
+            self.notify()
+
+    def request_by_peer(self) -> None:
+        """Stop because another rank of the job stopped or failed."""
+        if not self.requested:
+            self.by_peer = True
+            self.notify()
+
+    def notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     @property
     def requested(self) -> bool:
-        return self.signal is not None
+        return self.signal is not None or self.by_peer
 
     def exit_status(self) -> int:
-        """128 + the signal number, the shell's convention for a run ended by a signal."""
-        return 128 + int(self.signal) if self.signal is not None else 0
+        """128 + the signal number, the shell's convention for a run ended by a signal; 1
+        for a stop another rank caused; 0 without a stop."""
+        if self.signal is not None:
+            return 128 + int(self.signal)
+        return 1 if self.by_peer else 0
 
 
 @contextmanager

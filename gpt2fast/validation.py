@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .batches import plan_batches
 from .config import CONTEXT, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS, VOCAB_SIZE, ModelConfig
 from .checkpoints import inspect_checkpoint
 from .errors import InputError
@@ -125,6 +126,33 @@ def check_values(label: Label, *, size=NOT_GIVEN, seed=NOT_GIVEN, top_k=NOT_GIVE
         raise InputError(f"{label('temperature')} must be a positive number, got {temperature}")
     if max_length is not NOT_GIVEN and not 1 <= whole(max_length, "max_length", label) <= CONTEXT:
         raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
+
+
+BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def check_memory_budget(value, label: Label) -> int | None:
+    """Bytes from an integer or a text such as ``"512MiB"`` / ``"2 GB"`` (None: no budget)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        number = value.strip().rstrip("bBiIkKmMgGtT ")
+        unit = value.strip()[len(number):].strip().upper()
+        try:
+            scaled = float(number) * BYTE_UNITS[unit]
+        except (ValueError, KeyError):
+            raise InputError(f"{label('memory_budget')} must be bytes, such as 4GiB, 512MB or 1000000; "
+                             f"got {value!r}") from None
+        if not math.isfinite(scaled):
+            raise InputError(f"{label('memory_budget')} must be a finite size, got {value!r}")
+        value = int(scaled)
+    elif not is_integer(value):
+        raise InputError(f"{label('memory_budget')} must be bytes (an integer or a text such as 4GiB), "
+                         f"got {type(value).__name__}")
+    if value < 1 << 20:
+        raise InputError(f"{label('memory_budget')} must be at least 1 MiB, got {value} bytes")
+    return int(value)
 
 
 def check_decode(iterations, size: int, label: Label) -> tuple[int, ...]:
@@ -344,27 +372,25 @@ def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, s
 
 def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
                    gram_path: Path | None, backend: str, device: torch.device, storage: torch.dtype,
-                   weights_to_load: bool) -> tuple[list[str], list[list[int]]]:
+                   weights_to_load: bool, memory_budget: int | None = None) -> tuple[list[str], list[list[int]]]:
     """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run is known
-    to fit: its memory floor (``memory.consensus_memory``, plus the weights: in host memory while
-    ``weights_to_load``, on a GPU always) within the free memory, err2 kept in memory within
-    half of it, the files on their disks (in-memory results pass through the temporary
-    folder). InputError otherwise."""
+    to fit: each prompt's memory floor (``memory.consensus_memory``; more prompts run in
+    batches, ``batches``) within the free memory less the weights (in host memory while
+    ``weights_to_load``, on a GPU always) and within ``memory_budget``, err2 kept in memory
+    within half of the free memory, the files on their disks (in-memory results pass through
+    the temporary folder). InputError otherwise."""
     texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
     lengths = [len(tokens) for tokens in token_lists]
     n_prompts, length, steps = len(lengths), max(lengths), cfg.n_layer * size
     wants_gram = matrix or gram_path is not None
-    needed = consensus_memory(cfg, lengths, size, wants_gram, backend, device, storage.itemsize)
-    needed["host"] += 4 * parameter_count(cfg) if weights_to_load else 0
-    if "device" in needed:
-        needed["device"] += storage.itemsize * parameter_count(cfg)
-    for place, count in needed.items():
-        free = available_memory(device if place == "device" else torch.device("cpu"))
-        if count > free:
-            where = f"{device} memory" if place == "device" else "memory"
-            raise InputError(f"refusing to start: {n_prompts} prompts of up to {length} tokens on this model need at "
-                             f"least {format_bytes(count)} of {where}, {format_bytes(free)} is free; run fewer "
-                             f"prompts{' or without err2' if wants_gram else ''}")
+    weights = {"host": 4 * parameter_count(cfg) if weights_to_load else 0}
+    places = {"host": torch.device("cpu")}
+    if device.type == "cuda":
+        weights["device"], places["device"] = storage.itemsize * parameter_count(cfg), device
+    budget = {place: min(available_memory(where) - weights[place], memory_budget or math.inf)
+              for place, where in places.items()}
+    plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
+        cfg, batch, size, wants_gram, backend, device, storage.itemsize), budget)
     gram_bytes = npy_bytes((n_prompts, length, length, steps))
     if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
         raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "

@@ -13,6 +13,7 @@ import gpt2fast
 from gpt2fast import validation
 from gpt2fast.errors import InputError
 from gpt2fast.memory import consensus_memory
+from gpt2fast.weights import parameter_count
 from tiny_models import tiny_config
 
 CFG = tiny_config()  # L = 2, C = 128
@@ -60,17 +61,18 @@ def test_the_floor_is_below_what_a_run_takes_and_near_it(tiny_checkpoint, tmp_pa
     assert floor <= grown <= 2 * floor, (floor, grown)
 
 
-def test_a_run_beyond_the_free_memory_is_refused_before_loading(tiny_checkpoint, tmp_path, monkeypatch):
-    floor = consensus_memory(CFG, [1024] * 16, 1, False, "torch", CPU, 4)["host"]
-    monkeypatch.setattr(validation, "available_memory", lambda device: floor + 4 * (1 << 20))
-    prompts = [[5] * 1024] * 16
-    with pytest.raises(InputError, match=r"16 prompts of up to 1024 tokens on this model need at least .* of memory"):
-        gpt2fast.consensus(prompts, weights=tiny_checkpoint, size=1, progress=False)  # + the weights: 28 MB
-    with pytest.raises(InputError, match="run fewer prompts or without err2"):
-        gpt2fast.consensus(prompts[:8], weights=tiny_checkpoint, size=1, matrixerror="M", progress=False)
+def test_a_prompt_beyond_the_free_memory_is_refused_before_loading(tiny_checkpoint, tmp_path, monkeypatch):
+    """More prompts than fit run in batches (tests/test_batches.py); one prompt that does not
+    fit alone is refused before any weight is read or any file written."""
+    weights = 4 * parameter_count(CFG)
+    alone = consensus_memory(CFG, [1024], 1, True, "torch", CPU, 4)["host"]
+    monkeypatch.setattr(validation, "available_memory", lambda device: weights + alone - 1)
+    with pytest.raises(InputError, match=r"one prompt of 1024 tokens needs at least .* of host memory on this model"):
+        gpt2fast.consensus([[5] * 1024] * 2, weights=tiny_checkpoint, size=1, matrixerror="M", progress=False)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(validation, "available_memory", lambda device: floor + (64 << 20))
-    assert gpt2fast.consensus(prompts, weights=tiny_checkpoint, size=1, progress=False).err.shape == (16, 2, 2)
+    monkeypatch.setattr(validation, "available_memory", lambda device: weights + alone)
+    assert gpt2fast.consensus([[5] * 1024] * 2, weights=tiny_checkpoint, size=1, matrixerror="M",
+                              progress=False).err.shape == (2, 2, 2)
 
 
 def test_host_memory_counts_the_page_cache_that_can_be_dropped():

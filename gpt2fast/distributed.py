@@ -1,0 +1,138 @@
+"""Data-parallel runs under ``torchrun``: the ranks of one job and how prompts are shared.
+
+``torchrun --nproc-per-node K -m gpt2fast ...`` starts K processes (with ``--nnodes`` and
+``--rdzv-*``, on several machines) that each read RANK, WORLD_SIZE and LOCAL_RANK from the
+environment. They form a ``torch.distributed`` process group (gloo: only small Python
+objects travel, at set-up) in which rank 0 checks the arguments and reads the prompts for
+everyone (``Team.decide``), the prompts are shared by token count (``shard_by_tokens``), and
+each rank runs its share on its own device (``cuda:LOCAL_RANK``, or the CPU) into the one
+set of files. There are no collectives once the run starts: ranks meet again through the
+metadata file (``run_status``), so a rank that dies cannot hang the others. Without
+torchrun (no WORLD_SIZE, or WORLD_SIZE 1) a run is a team of one and nothing of this runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+
+from .errors import InputError
+
+SETUP_TIMEOUT = timedelta(minutes=10)  # a rank stuck at set-up (loading weights) ends the job after this
+Checked = TypeVar("Checked")
+
+
+class PeerRefused(InputError):
+    """Rank 0 refused the run (and printed why); the other ranks end with this, silently."""
+
+
+@dataclass
+class Team:
+    """This process's place in the job: rank of world_size, local_rank on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: checks the arguments, reads the prompts, creates the files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def decide(self, check: Callable[[], Checked]) -> Checked:
+        """Rank 0's ``check()``, its result (or its InputError) given to every rank: the
+        other ranks raise PeerRefused when rank 0 refused."""
+        if not self.distributed:
+            return check()
+        outcome: list = [None]
+        if self.leader:
+            try:
+                outcome[0] = ("ok", check())
+            except InputError as error:
+                outcome[0] = ("refused", str(error))
+                torch.distributed.broadcast_object_list(outcome, src=0)
+                raise
+        torch.distributed.broadcast_object_list(outcome, src=0)
+        kind, value = outcome[0]
+        if kind == "refused":
+            raise PeerRefused(f"rank 0 refused the run: {value}")
+        return value
+
+    def barrier(self) -> None:
+        """Wait until every rank got here (set-up only)."""
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device for a resolved ``device``: ``cuda:LOCAL_RANK`` on a GPU."""
+        if device.type != "cuda" or not self.distributed:
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise InputError(f"rank {self.rank} is local rank {self.local_rank}, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA devices: start at most that many processes per node")
+        return torch.device("cuda", self.local_rank)
+
+    def leave(self) -> None:
+        """Leave the process group (no-op for a team of one)."""
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def environment() -> Team:
+    """This process's place from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), without
+    joining anything: a team of one without them."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them)") from None
+    if world_size <= 1:
+        return Team()
+    if not 0 <= rank < world_size:
+        raise InputError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
+    return Team(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def join() -> Team:
+    """The team this process belongs to (``environment``), its process group joined (gloo,
+    with a bounded timeout) when it has more than one rank."""
+    team = environment()
+    if team.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size,
+                                             timeout=SETUP_TIMEOUT)
+    return team
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def shard_by_tokens(lengths: list[int], world_size: int) -> list[list[int]]:
+    """Prompt indices for each rank, balanced by tokens: longest prompt first, each to the
+    rank with the fewest tokens so far (ties: the lower rank); each rank's indices ascending.
+    The largest share is within one prompt of the mean (LPT: at most 4/3 of the optimum)."""
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    loads = [(0, rank) for rank in range(world_size)]
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        tokens, rank = heapq.heappop(loads)
+        shares[rank].append(index)
+        heapq.heappush(loads, (tokens + lengths[index], rank))
+    return [sorted(share) for share in shares]
+
+
+def balance(lengths: list[int], shares: list[list[int]]) -> float:
+    """The largest rank's tokens over the mean rank's (1.0: perfectly balanced)."""
+    loads = [sum(lengths[i] for i in share) for share in shares]
+    mean = sum(loads) / len(loads)
+    return max(loads) / mean if mean else 1.0
