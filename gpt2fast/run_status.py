@@ -26,6 +26,7 @@ ranks as failed, with how far their rows of the err file got.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import math
@@ -122,7 +123,7 @@ class RunStatus:
         so), and rewrite the metadata."""
         with self.locked():
             if self.meta["ranks"][self.rank]["status"] not in ENDED:
-                self.meta["ranks"][self.rank] = mine
+                self.meta["ranks"][self.rank] = copy.deepcopy(mine)  # the caller goes on changing its own
                 self.rewrite()
 
     def rewrite(self) -> None:
