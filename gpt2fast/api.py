@@ -32,11 +32,12 @@ from tqdm import tqdm
 from .backends import BACKENDS, make_generation, resolve_backend
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, PRESETS, ConsensusFlags, ModelConfig
 from .consensus import run_consensus
-from .distributed import join
+from .distributed import join, shard_by_tokens
 from .errors import InputError
 from .generate import generate as grow
 from .interrupts import graceful_stop
 from .outputs import exclusive_outputs, partial_path
+from .philox import mix_key
 from .precision import matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
@@ -58,6 +59,8 @@ from .validation import (
 from .weight_sources import resolve_weights
 from .weight_stream import WeightStream
 from .weights import Weights
+
+GENERATION_DOMAIN = 0x6E65_7874  # separates the prompts' sampling seeds from any other use of the seed
 
 __all__ = ["ConsensusResult", "GenerationResult", "consensus", "generate", "load_result"]
 
@@ -248,47 +251,80 @@ def generate(
     label: Label = parameter,
 ) -> GenerationResult:
     """Grow each prompt to ``max_length`` tokens as ``--use-model`` does: top-k sampling
-    (seeded by ``seed``) from the model whose every forward pass applies the block stack
-    ``size`` times. on_text(text) sees each finished prompt's text. Prompts, Ctrl-C and
-    ``label`` as in ``consensus``."""
-    check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, progress=progress,
-                              second_signal_exits=second_signal_exits),
-                  dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)), callbacks=dict(on_text=on_text))
-    check_values(label, size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
-    size, seed, top_k, max_length = map(operator.index, (size, seed, top_k, max_length))
-    temperature = float(temperature)
-    device_ = resolve_device(device, dtype, label)
-    backend = resolve_backend(backend, device_, dtype, label)
-    read_prompts = prompt_source(prompts, prompts_file, random_prompt, random_prompts, seed, label)
-    expected, storage = expected_config(weights, model, label), storage_dtype(dtype)
-    prompts = read_prompts()  # before anything heavy: prompts, context and cache with the sizes known so far
-    token_lists = check_generation_fits(prompts, expected, max_length, size, storage, device_, label)
-    loaded, _ = load_weights(weights, model, seed)
-    cfg = loaded.config
-    if cfg != expected:  # sizes the checkpoint told only on loading: check again
-        token_lists = check_generation_fits(prompts, cfg, max_length, size, storage, device_, label)
-    stream = WeightStream(cfg, loaded.state, seed=seed, random_init=random_init, const_reset=const_reset,
-                          device=device_, dtype=storage, owned=loaded.single_use)
-    generator = torch.Generator().manual_seed(seed)
-    encoding = gpt2_encoding()
+    from the model whose every forward pass applies the block stack ``size`` times, each
+    prompt with its own generator (``prompt_seed``: ``seed`` for the first). on_text(text)
+    sees each finished prompt's text. Under torchrun the prompts are shared among the ranks
+    by the tokens they grow; every rank returns all texts once all ranks have ended, and
+    on_text is called on rank 0 then, in prompt order. Prompts, Ctrl-C and ``label`` as in
+    ``consensus``."""
+    team = join()
+    sources = []  # rank 0's prompt source
+
+    def check_arguments() -> tuple:
+        check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, progress=progress,
+                                  second_signal_exits=second_signal_exits),
+                      dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
+                      callbacks=dict(on_text=on_text))
+        check_values(label, size=size, seed=seed, top_k=top_k, temperature=temperature, max_length=max_length)
+        checked = (*map(operator.index, (size, seed, top_k, max_length)), float(temperature))
+        device_ = resolve_device(device, dtype, label)
+        sources.append(prompt_source(prompts, prompts_file, random_prompt, random_prompts, checked[1], label))
+        return *checked, device_, resolve_backend(backend, device_, dtype, label), expected_config(weights, model, label)
+
+    size, seed, top_k, max_length, temperature, device_, backend, expected = team.decide(check_arguments)
+    device_, storage = team.device(device_), storage_dtype(dtype)
+    read = []  # rank 0's prompts, for a second check once the weights tell their sizes
+
+    def check_prompts(cfg: ModelConfig) -> list[list[int]]:
+        if not read:
+            read.append(sources[0]())  # before anything heavy: prompts, context and cache with the sizes known so far
+        return check_generation_fits(read[0], cfg, max_length, size, storage, device_, label)
+
+    try:
+        token_lists = team.decide(lambda: check_prompts(expected))
+        loaded, _ = load_weights(weights, model, seed)
+        cfg = loaded.config
+        if cfg != expected:  # sizes the checkpoint told only on loading: check again
+            token_lists = team.decide(lambda: check_prompts(cfg))
+        stream = WeightStream(cfg, loaded.state, seed=seed, random_init=random_init, const_reset=const_reset,
+                              device=device_, dtype=storage, owned=loaded.single_use)
+        new_tokens = [max(0, max_length - len(tokens)) for tokens in token_lists]
+        mine = shard_by_tokens([max(1, count) for count in new_tokens], team.world_size)[team.rank]
+        encoding = gpt2_encoding()
+        grown: dict[int, list[int]] = {}
+        with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
+            total=sum(new_tokens[i] for i in mine), desc="generate", unit="tok", file=sys.stderr, mininterval=0.5,
+            disable=not (progress and team.leader),
+        ) as bar:
+            for index in mine:
+                grown[index] = grow(make_generation(backend, stream, noff, size, dtype), token_lists[index],
+                                    max_length=max_length, top_k=top_k, temperature=temperature,
+                                    generator=torch.Generator().manual_seed(prompt_seed(seed, index)),
+                                    on_token=lambda: bar.update(1), stop=stop)
+                if on_text is not None and not team.distributed:
+                    on_text(encoding.decode(grown[index]))
+                if stop.requested:
+                    break
+            elapsed, produced = bar.format_dict["elapsed"], bar.n
+        for part in team.gather(grown):  # every rank's prompts, once all have ended (only this one alone)
+            grown.update(part)
+    finally:
+        team.leave()
     result = GenerationResult(texts=[], tokens=[])
-    new_tokens = sum(max(0, max_length - len(tokens)) for tokens in token_lists)
-    with graceful_stop(second_signal_exits) as stop, matmul_precision(dtype), tqdm(
-        total=new_tokens, desc="generate", unit="tok", file=sys.stderr, mininterval=0.5, disable=not progress
-    ) as bar:
-        for tokens in token_lists:
-            grown = grow(make_generation(backend, stream, noff, size, dtype), tokens, max_length=max_length,
-                         top_k=top_k, temperature=temperature, generator=generator,
-                         on_token=lambda: bar.update(1), stop=stop)
-            result.tokens.append(grown)
-            result.texts.append(encoding.decode(grown))
-            if on_text is not None:
-                on_text(result.texts[-1])
-            if stop.requested:
-                break
-        elapsed, produced = bar.format_dict["elapsed"], bar.n
-    if progress:
-        warn(f"gpt2fast: generated {produced} tokens in {elapsed:.1f} s "
+    for index in sorted(grown):
+        result.tokens.append(grown[index])
+        result.texts.append(encoding.decode(grown[index]))
+        if on_text is not None and team.distributed and team.leader:
+            on_text(result.texts[-1])
+    if progress and team.leader:
+        spread = f" (rank 0 of {team.world_size})" if team.distributed else ""
+        warn(f"gpt2fast: generated {produced} tokens{spread} in {elapsed:.1f} s "
              f"({produced / elapsed if elapsed else 0:.2f} tokens/s)")
     result.exit_status = stop.exit_status()
     return result
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index``'s sampling: ``seed`` for the first, a mix of both for the
+    others, so each prompt's text depends on neither the others nor the ranks."""
+    return seed if index == 0 else mix_key(seed, GENERATION_DOMAIN, index) & (2**63 - 1)

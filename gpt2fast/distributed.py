@@ -7,7 +7,8 @@ objects travel, at set-up) in which rank 0 checks the arguments and reads the pr
 everyone (``Team.decide``), the prompts are shared by token count (``shard_by_tokens``), and
 each rank runs its share on its own device (``cuda:LOCAL_RANK``, or the CPU) into the one
 set of files. There are no collectives once the run starts: ranks meet again through the
-metadata file (``run_status``), so a rank that dies cannot hang the others. Without
+metadata file (``run_status``), so a rank that dies cannot hang the others; generation
+gathers its texts once at the end (``Team.gather``). Without
 torchrun (no WORLD_SIZE, or WORLD_SIZE 1) a run is a team of one and nothing of this runs.
 """
 
@@ -17,7 +18,7 @@ import heapq
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ import torch
 from .errors import InputError
 
 SETUP_TIMEOUT = timedelta(minutes=10)  # a rank stuck at set-up (loading weights) ends the job after this
+RESULTS_TIMEOUT = timedelta(days=7)  # ranks done early wait this long for the others' generated texts
 Checked = TypeVar("Checked")
 
 
@@ -40,6 +42,7 @@ class Team:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    results_group: object = field(default=None, repr=False, compare=False)  # gloo, RESULTS_TIMEOUT
 
     @property
     def leader(self) -> bool:
@@ -68,6 +71,15 @@ class Team:
         if kind == "refused":
             raise PeerRefused(f"rank 0 refused the run: {value}")
         return value
+
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (small, picklable), in rank order, once every rank sent its
+        own: generation's texts, at the end (waiting up to RESULTS_TIMEOUT)."""
+        if not self.distributed:
+            return [value]
+        everyone: list = [None] * self.world_size
+        torch.distributed.all_gather_object(everyone, value, group=self.results_group)
+        return everyone
 
     def barrier(self) -> None:
         """Wait until every rank got here (set-up only)."""
@@ -108,9 +120,11 @@ def join() -> Team:
     """The team this process belongs to (``environment``), its process group joined (gloo,
     with a bounded timeout) when it has more than one rank."""
     team = environment()
-    if team.distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size,
-                                             timeout=SETUP_TIMEOUT)
+    if team.distributed:
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size,
+                                                 timeout=SETUP_TIMEOUT)
+        team.results_group = torch.distributed.new_group(backend="gloo", timeout=RESULTS_TIMEOUT)
     return team
 
 

@@ -173,3 +173,14 @@ def test_many_prompts_balance_within_five_percent():
     lengths = [int(n) for n in np.random.default_rng(0).integers(5, 512, size=256)]
     for world_size in (2, 4, 8):
         assert balance(lengths, shard_by_tokens(lengths, world_size)) <= 1.05
+
+
+def test_generation_shares_prompts_and_prints_what_one_process_prints(tiny_checkpoint, tmp_path):
+    flags = ["--use-model", "9", "--seed", "5"]
+    status, out, err = finished(torchrun(tiny_checkpoint, tmp_path, *flags, prompts=PROMPTS[:5]))
+    assert status == 0, err
+    single = subprocess.run([sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--backend",
+                             "torch", *[part for text in PROMPTS[:5] for part in ("--prompt", text)], *flags],
+                            capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert single.returncode == 0, single.stderr
+    assert out == single.stdout and out.count("\n> ") + out.startswith("> ") == 5

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gpt2fast
+from conftest import TINY_SEED
 from gpt2fast import reference
+from gpt2fast.api import prompt_seed
 from gpt2fast.backends.torch_backend import TorchGeneration
 from gpt2fast.generate import generate, sample_top_k
 from gpt2fast.memory import cache_bytes
@@ -88,3 +91,19 @@ def test_top_k_restricts_samples():
 
 def test_cache_size_formula():
     assert cache_bytes(n_layer=12, n_embd=768, iterations=1, max_length=50, element_size=4) == 2 * 12 * 50 * 768 * 4
+
+
+def test_each_prompt_samples_from_its_own_seed(tiny_checkpoint):
+    """A prompt's text depends on neither the other prompts nor their order (what lets ranks
+    share them): prompt i samples as the reference does with ``prompt_seed(seed, i)``."""
+    prompts = [PROMPT, [11, 12, 13]]
+    result = gpt2fast.generate(prompts, weights=tiny_checkpoint, max_length=10, seed=9, backend="torch",
+                               progress=False)
+    state = tiny_state(CFG, TINY_SEED)  # the tiny checkpoint's
+    for index, tokens in enumerate(prompts):
+        assert result.tokens[index] == reference.generate(CFG, state, tokens, max_length=10,
+                                                           seed=prompt_seed(9, index), top_k=10)
+    assert prompt_seed(9, 0) == 9 and len({prompt_seed(9, 1), prompt_seed(9, 2), prompt_seed(10, 1)}) == 3
+    alone = gpt2fast.generate([prompts[1]], weights=tiny_checkpoint, max_length=10, seed=prompt_seed(9, 1),
+                              backend="torch", progress=False)
+    assert alone.tokens[0] == result.tokens[1]
