@@ -3,10 +3,13 @@
 ``consensus_figure(result)`` returns a matplotlib ``Figure`` (no pyplot: it shows inline in
 a notebook and saves anywhere), with
     row 1  err[..., 0] = mean_t |ŷ_0·ŷ_t| and err[..., 1] = mean of G against the step, one
-           line per prompt, iteration boundaries marked when they are few;
+           line per prompt (more than MAX_CURVES prompts: their mean and a 10-90th
+           percentile band, ``ConsensusResult.summary``), iteration boundaries marked when
+           they are few;
     row 2  the same values after each layer of chosen iterations (first, middle, last);
     row 3  with err2: heatmaps of G at chosen steps, one colour scale for all of them.
-Files from an interrupted run end in NaN: only the completed steps are chosen and drawn.
+Files from an interrupted run end in NaN: only the completed steps are chosen and drawn
+(those some prompt reached: prompts of later batches or other ranks may end earlier).
 Files of the original script have no metadata: the layer count then comes from ``layers``
 (row 2 and the boundaries are left out without it) and labels are generic.
 """
@@ -28,11 +31,12 @@ MAX_TOKEN_LABELS = 24  # token strings on the heatmap axes up to this prompt len
 LOG_SPAN = 100.0  # a positive series spanning this factor or more gets a log axis
 COLOUR_LIMITS = (-1.0, 1.0)  # cosine similarity
 MAX_HEATMAPS = 8  # heatmap panels in one figure
+MAX_CURVES = 8  # more prompts than this are drawn as their mean and a percentile band
 
 
 def completed_steps(err: np.ndarray) -> int:
-    """Steps before the first NaN of prompt 0's curve (all of them for a finished run)."""
-    missing = np.flatnonzero(np.isnan(np.asarray(err[0, :, 0])))
+    """Steps before the first one no prompt reached (all of them for a finished run)."""
+    missing = np.flatnonzero(np.isnan(np.asarray(err[:, :, 0])).all(axis=0))
     return int(missing[0]) if missing.size else err.shape[1]
 
 
@@ -73,13 +77,20 @@ def title(result: ConsensusResult, n_layer: int | None) -> str:
 
 
 def draw_curves(axes, result: ConsensusResult, n_layer: int | None, names: list[str]) -> None:
-    """Row 1: each metric against the step, one line per prompt."""
+    """Row 1: each metric against the step, one line per prompt, or for many prompts their
+    mean and percentile band."""
     err = np.asarray(result.err)
     steps = err.shape[1]
     log_x = steps >= 1000
     x = np.arange(steps) + (1 if log_x else 0)
+    summary = result.summary() if len(names) > MAX_CURVES else None
     for metric, ax in enumerate(axes):
-        for p, name in enumerate(names):
+        if summary is not None:
+            low, high = summary.band
+            ax.fill_between(x, summary.low[:, metric], summary.high[:, metric], alpha=0.3, linewidth=0,
+                            label=f"{low:g}-{high:g}th percentile")
+            ax.plot(x, summary.mean[:, metric], linewidth=1.2, label=f"mean of {len(names)} prompts")
+        for p, name in enumerate(names if summary is None else ()):
             ax.plot(x, err[p, :, metric], label=name, linewidth=1)
         ax.set_title(METRICS[metric], fontsize=10)
         ax.set_xlabel("step u + 1 (log)" if log_x else "step u = i·L + l")

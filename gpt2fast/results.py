@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,32 @@ import numpy as np
 from .config import VOCAB_SIZE
 from .errors import InputError
 from .outputs import metadata_path, npy_path
+
+
+@dataclass
+class PromptSummary:
+    """err's statistics across prompts at every step (NaN where no prompt has a value):
+    mean, median, low and high ([L·N, 2] float64 each; low/high the ``band`` percentiles),
+    and count ([L·N] int64), how many prompts have a value there."""
+
+    mean: np.ndarray
+    median: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    count: np.ndarray
+    band: tuple[float, float]
+
+
+def summarise_prompts(err: np.ndarray, band: tuple[float, float] = (10.0, 90.0)) -> PromptSummary:
+    """The ``PromptSummary`` of err (P, L·N, 2); prompts a stopped run did not reach at a
+    step (NaN) are left out there."""
+    values = np.asarray(err, dtype=np.float64)
+    with warnings.catch_warnings():  # steps no prompt reached: NaN, as documented
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, median, high = np.nanpercentile(values, [band[0], 50.0, band[1]], axis=0)
+        mean = np.nanmean(values, axis=0)
+    return PromptSummary(mean=mean, median=median, low=low, high=high,
+                         count=np.count_nonzero(~np.isnan(values[:, :, 0]), axis=0), band=band)
 
 
 @dataclass
@@ -34,6 +61,11 @@ class ConsensusResult:
     def n_layer(self) -> int | None:
         """L, from the metadata (None without it)."""
         return None if self.metadata is None else int(self.metadata["model"]["n_layer"])
+
+    def summary(self, band: tuple[float, float] = (10.0, 90.0)) -> PromptSummary:
+        """err's mean, median and ``band`` percentiles across prompts at every step (what
+        ``gpt2fast plot`` draws for more than a handful of prompts)."""
+        return summarise_prompts(self.err, band)
 
     @property
     def decoded(self) -> list[dict]:

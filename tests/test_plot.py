@@ -11,7 +11,7 @@ from matplotlib.image import AxesImage
 
 import gpt2fast
 from gpt2fast.cli import main
-from gpt2fast.plot import COLOUR_LIMITS, completed_steps, consensus_figure
+from gpt2fast.plot import COLOUR_LIMITS, MAX_CURVES, completed_steps, consensus_figure
 from gpt2fast.results import ConsensusResult
 
 LAYERS, ITERATIONS, LENGTH = 4, 3, 5
@@ -227,3 +227,39 @@ def test_cli_arrays_that_are_not_real_floats_are_refused(tmp_path, capsys):
     np.save(tmp_path / "E.npy", synthetic(with_gram=False, metadata=False).err.astype(np.complex64))
     assert main(["plot", "E.npy", "--layers", "4"]) == 2
     assert "E.npy: expected an array of floats, got complex64" in capsys.readouterr().err
+
+
+def test_many_prompts_are_drawn_as_their_mean_and_a_band():
+    """More than MAX_CURVES prompts: row 1 shows the mean and the 10-90th percentile band of
+    ``result.summary()``; a handful shows one line per prompt."""
+    many = synthetic(prompts=MAX_CURVES + 4)
+    figure = consensus_figure(many)
+    curves = figure.axes[0]
+    (mean,) = labelled_lines(curves)
+    assert mean.get_label() == f"mean of {MAX_CURVES + 4} prompts"
+    np.testing.assert_allclose(mean.get_ydata(), many.err[:, :, 0].astype(np.float64).mean(0))
+    (band,) = curves.collections
+    assert band.get_label() == "10-90th percentile"
+    low, high = np.percentile(many.err[:, :, 0].astype(np.float64), [10, 90], axis=0)
+    np.testing.assert_allclose(band.get_paths()[0].vertices[1:STEPS + 1, 1], low)
+    assert len(labelled_lines(consensus_figure(synthetic(prompts=MAX_CURVES)).axes[0])) == MAX_CURVES
+
+
+def labelled_lines(axes) -> list:
+    """The data lines of an axes (iteration boundaries are unlabelled)."""
+    return [line for line in axes.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_the_summary_leaves_out_prompts_that_did_not_reach_a_step():
+    """Later batches (or ranks) of a stopped run end earlier: each step's statistics are over
+    the prompts that reached it, and the plot draws every step some prompt reached."""
+    result = synthetic(prompts=12)
+    result.err[4:, 7:] = np.nan
+    result.err[:, 10:] = np.nan
+    summary = result.summary(band=(25.0, 75.0))
+    assert summary.count.tolist() == [12] * 7 + [4] * 3 + [0] * 2
+    np.testing.assert_allclose(summary.mean[8], result.err[:4, 8].astype(np.float64).mean(0))
+    np.testing.assert_allclose(summary.high[3], np.percentile(result.err[:, 3].astype(np.float64), 75, axis=0))
+    np.testing.assert_allclose(summary.median[2], np.median(result.err[:, 2].astype(np.float64), axis=0))
+    assert np.isnan(summary.mean[10:]).all() and np.isnan(summary.low[10:]).all()
+    assert completed_steps(result.err) == 10
