@@ -18,7 +18,7 @@ import heapq
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
@@ -26,8 +26,10 @@ import torch
 
 from .errors import InputError
 
-SETUP_TIMEOUT = timedelta(minutes=10)  # a rank stuck at set-up (loading weights) ends the job after this
-RESULTS_TIMEOUT = timedelta(days=7)  # ranks done early wait this long for the others' generated texts
+# How long a rank waits for the others at a meeting (rank 0's checks and prompts, which may be
+# typed at the terminal; the files made; generation's texts, gathered when every rank is done).
+# A rank that dies ends the job at once instead: torchrun stops the others.
+PATIENCE = timedelta(days=7)
 Checked = TypeVar("Checked")
 
 
@@ -42,7 +44,6 @@ class Team:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    results_group: object = field(default=None, repr=False, compare=False)  # gloo, RESULTS_TIMEOUT
 
     @property
     def leader(self) -> bool:
@@ -74,11 +75,11 @@ class Team:
 
     def gather(self, value) -> list:
         """Every rank's ``value`` (small, picklable), in rank order, once every rank sent its
-        own: generation's texts, at the end (waiting up to RESULTS_TIMEOUT)."""
+        own: generation's texts, at the end."""
         if not self.distributed:
             return [value]
         everyone: list = [None] * self.world_size
-        torch.distributed.all_gather_object(everyone, value, group=self.results_group)
+        torch.distributed.all_gather_object(everyone, value)
         return everyone
 
     def barrier(self) -> None:
@@ -118,13 +119,10 @@ def environment() -> Team:
 
 def join() -> Team:
     """The team this process belongs to (``environment``), its process group joined (gloo,
-    with a bounded timeout) when it has more than one rank."""
+    waiting up to PATIENCE at each meeting) when it has more than one rank."""
     team = environment()
-    if team.distributed:
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size,
-                                                 timeout=SETUP_TIMEOUT)
-        team.results_group = torch.distributed.new_group(backend="gloo", timeout=RESULTS_TIMEOUT)
+    if team.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size, timeout=PATIENCE)
     return team
 
 

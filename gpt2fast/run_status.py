@@ -42,8 +42,8 @@ from .outputs import metadata_path, partial_path, promote, write_json_atomic
 
 ENDED = ("complete", "interrupted", "failed")
 LOST_AFTER = 15.0  # seconds a stopping rank waits for the others' records (torchrun kills after 30)
-POLL_SECONDS = 0.2
-WATCH_SECONDS = 1.0  # a running rank looks at the others' records this often (between iterations)
+POLL_SECONDS = 0.5
+WATCH_SECONDS = 2.0  # a running rank looks at the others' records this often (between iterations)
 
 
 def summarise(meta: dict) -> None:
