@@ -28,7 +28,9 @@ ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
                          const std::string& gram_path)
     : shape_(shape) {
   err_file_ = std::make_unique<NpyFile>(err_path, shape.err_file_shape());
-  if (shape.with_gram) gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape());
+  if (shape.with_gram) {
+    gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape(), shape.gram_element);
+  }
   for (int slot = 0; slot < kSlots; ++slot) {
     err_[slot] = allocate_floats(shape.chunk_iterations * shape.err_floats());
     gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
@@ -134,32 +136,36 @@ void ChunkWriter::write_chunk(const Job& job) {
     err_file_->write((shape_.rows[p] * steps + first_step) * 2, row, run_steps * 2);
   }
   if (!gram_file_) return;
+  // The recorded steps j * every in [first_step, first_step + run_steps): j in [first, end).
+  const int64_t every = shape_.gram_every, recorded = shape_.gram_steps();
+  const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
+  const int64_t count = end - first;
+  if (count == 0) return;
   const float* gram = gram_[job.slot].get();
   const int64_t matrix = length * length;
   float* block = block_.get();
   for (int64_t p = 0; p < prompts; ++p) {
-    for (int64_t cell = 0; cell < matrix; ++cell) {
-      float* target = block + cell * run_steps;
-      for (int64_t k = 0; k < job.count; ++k) {
-        const float* source = gram + ((k * prompts + p) * layers) * matrix + cell;
-        for (int64_t l = 0; l < layers; ++l) target[k * layers + l] = source[l * matrix];
-      }
+    for (int64_t j = 0; j < count; ++j) {  // cell-major: block[cell * count + j]
+      const int64_t local = (first + j) * every - first_step;  // step within the chunk
+      const float* source = gram + ((local / layers * prompts + p) * layers + local % layers) * matrix;
+      for (int64_t cell = 0; cell < matrix; ++cell) block[cell * count + j] = source[cell];
     }
     const int64_t file_rows = shape_.rows[p] * file_length;  // file row of cell (0, 0)
-    if (run_steps == steps) {  // the chunk holds every step: each row a of G is one contiguous run
+    if (count == recorded) {  // the chunk holds every recorded step: each row a of G is one contiguous run
       if (length == file_length) {
-        gram_file_->write(file_rows * file_length * steps, block, matrix * steps);
+        gram_file_->write(file_rows * file_length * recorded, block, matrix * recorded);
         continue;
       }
       for (int64_t a = 0; a < length; ++a) {
-        gram_file_->write((file_rows + a) * file_length * steps, block + a * length * steps, length * steps);
+        gram_file_->write((file_rows + a) * file_length * recorded, block + a * length * recorded,
+                          length * recorded);
       }
       continue;
     }
     for (int64_t a = 0; a < length; ++a) {
       for (int64_t b = 0; b < length; ++b) {
-        gram_file_->write(((file_rows + a) * file_length + b) * steps + first_step,
-                          block + (a * length + b) * run_steps, run_steps);
+        gram_file_->write(((file_rows + a) * file_length + b) * recorded + first,
+                          block + (a * length + b) * count, count);
       }
     }
   }

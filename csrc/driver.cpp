@@ -32,7 +32,14 @@ namespace {
 
 constexpr unsigned int kEventDisableTiming = 0x2;
 
+Element element_named(const std::string& dtype) {
+  if (dtype == "float32") return Element::kFloat32;
+  if (dtype == "float16") return Element::kFloat16;
+  throw std::invalid_argument("dtype must be float32 or float16, got " + dtype);
+}
+
 RunShape checked_shape(const RunShape& shape) {
+  if (shape.gram_every < 1) throw std::invalid_argument("gram_every must be at least 1");
   std::set<int64_t> seen;
   for (int64_t row : shape.rows) {
     if (row < 0 || row >= shape.file_prompts || !seen.insert(row).second) {
@@ -93,9 +100,10 @@ class Driver {
  public:
   Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
          int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path,
-         double flush_seconds, const std::vector<int64_t>& rows, int64_t file_prompts, int64_t file_length)
+         double flush_seconds, const std::vector<int64_t>& rows, int64_t file_prompts, int64_t file_length,
+         int64_t gram_every, const std::string& gram_dtype)
       : shape_{checked_shape({n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty(),
-                              rows, file_prompts, file_length})},
+                              rows, file_prompts, file_length, gram_every, element_named(gram_dtype)})},
         writer_(shape_, err_path, gram_path),
         flush_interval_(std::chrono::duration<double>(flush_seconds)) {}
 
@@ -238,13 +246,15 @@ PYBIND11_MODULE(_driver, m) {
 
   py::class_<Driver>(m, "Driver")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double,
-                    const std::vector<int64_t>&, int64_t, int64_t>(),
+                    const std::vector<int64_t>&, int64_t, int64_t, int64_t, const std::string&>(),
            py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
            py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"), py::arg("flush_seconds"),
-           py::arg("rows"), py::arg("file_prompts"), py::arg("file_length"),
-           "Open the output files (create_array made them: file_prompts rows of file_length tokens) and "
-           "two staging slots; prompt p goes to file row rows[p]. A slot is written when full or "
-           "flush_seconds after its first iteration, whichever comes first.")
+           py::arg("rows"), py::arg("file_prompts"), py::arg("file_length"), py::arg("gram_every") = 1,
+           py::arg("gram_dtype") = "float32",
+           "Open the output files (create_array made them: file_prompts rows of file_length tokens; err2 "
+           "with G after steps 0, gram_every, ... as gram_dtype) and two staging slots; prompt p goes to "
+           "file row rows[p]. A slot is written when full or flush_seconds after its first iteration, "
+           "whichever comes first.")
       .def("err_slot", [](py::object self, int slot) {
              Driver& driver = self.cast<Driver&>();
              const auto& s = driver.shape();
@@ -270,9 +280,14 @@ PYBIND11_MODULE(_driver, m) {
            "Launch a captured CUDA graph per iteration; returns iterations completed.")
       .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
 
-  m.def("create_array", &gpt2fast::create_npy, py::arg("path"), py::arg("shape"),
-        py::call_guard<py::gil_scoped_release>(),
-        "Create (or truncate) a float32 .npy file of `shape`, every element NaN, flushed to the disk.");
+  m.def("create_array", [](const std::string& path, const std::vector<int64_t>& shape, const std::string& dtype) {
+          const gpt2fast::Element element = gpt2fast::element_named(dtype);
+          py::gil_scoped_release release;
+          gpt2fast::create_npy(path, shape, element);
+        }, py::arg("path"), py::arg("shape"), py::arg("dtype") = "float32",
+        "Create (or truncate) a float32 or float16 .npy file of `shape`, every element NaN, flushed to the disk.");
+  m.def("float_to_half", [](float value) { return gpt2fast::float_to_half(value); }, py::arg("value"),
+        "The float16 bits the writer stores for `value` (round to nearest even).");
 
   m.def("cuda_driver_available", [] {
     try {

@@ -15,7 +15,7 @@
 namespace gpt2fast {
 
 namespace {
-constexpr int64_t kFillBlockFloats = 4 << 20;  // 16 MiB of NaN per write while filling
+constexpr int64_t kFillBlockElements = 4 << 20;  // NaN per write while filling (16 MiB of float32)
 constexpr int64_t kHeaderAlign = 64;
 }  // namespace
 
@@ -23,14 +23,32 @@ std::string errno_message(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
 }
 
-std::string npy_header(const std::vector<int64_t>& shape) {
+int element_bytes(Element element) { return element == Element::kFloat16 ? 2 : 4; }
+
+uint16_t float_to_half(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  const uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+  if (magnitude >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: infinity
+  if (magnitude < 0x38800000u) {  // below 2^-14: a multiple of 2^-24, exact after scaling, rounded here
+    float scaled;
+    std::memcpy(&scaled, &magnitude, 4);
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled * 16777216.0f)));
+  }
+  const uint32_t rebased = magnitude - 0x38000000u;  // exponent bias 127 -> 15
+  return static_cast<uint16_t>(sign | ((rebased + 0xfffu + ((rebased >> 13) & 1u)) >> 13));
+}
+
+std::string npy_header(const std::vector<int64_t>& shape, Element element) {
   std::string dims;
   for (size_t k = 0; k < shape.size(); ++k) {
     dims += std::to_string(shape[k]);
     if (k + 1 < shape.size()) dims += ", ";
   }
   if (shape.size() == 1) dims += ",";  // numpy writes a 1-tuple as "(5,)"
-  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+  const std::string descr = element == Element::kFloat16 ? "<f2" : "<f4";
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
   const int64_t prefix = 10;  // magic (6) + version (2) + header length (2)
   int64_t total = prefix + static_cast<int64_t>(dict.size()) + 1;
   int64_t padded = (total + kHeaderAlign - 1) / kHeaderAlign * kHeaderAlign;
@@ -76,19 +94,23 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-void create_npy(const std::string& path, const std::vector<int64_t>& shape) {
-  const int64_t elements = element_count(shape);
-  const std::string header = npy_header(shape);
+void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element) {
+  const int64_t elements = element_count(shape), bytes = element_bytes(element);
+  const std::string header = npy_header(shape, element);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw WriteError(errno_message("cannot create", path));
   try {
     write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
-    const std::vector<float> nan_block(static_cast<size_t>(std::min(elements, kFillBlockFloats)),
-                                       std::numeric_limits<float>::quiet_NaN());
-    for (int64_t first = 0; first < elements; first += kFillBlockFloats) {
-      write_fully(fd, reinterpret_cast<const char*>(nan_block.data()),
-                  std::min(kFillBlockFloats, elements - first) * 4,
-                  static_cast<int64_t>(header.size()) + first * 4, path);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const uint16_t half_nan = float_to_half(nan);
+    std::vector<char> nan_block(static_cast<size_t>(std::min(elements, kFillBlockElements) * bytes));
+    for (size_t at = 0; at < nan_block.size(); at += static_cast<size_t>(bytes)) {
+      std::memcpy(nan_block.data() + at, bytes == 2 ? static_cast<const void*>(&half_nan) : &nan,
+                  static_cast<size_t>(bytes));
+    }
+    for (int64_t first = 0; first < elements; first += kFillBlockElements) {
+      write_fully(fd, nan_block.data(), std::min(kFillBlockElements, elements - first) * bytes,
+                  static_cast<int64_t>(header.size()) + first * bytes, path);
     }
   } catch (...) {
     ::close(fd);
@@ -97,19 +119,20 @@ void create_npy(const std::string& path, const std::vector<int64_t>& shape) {
   flush_and_close(fd, path);
 }
 
-NpyFile::NpyFile(const std::string& path, const std::vector<int64_t>& shape) : path_(path) {
+NpyFile::NpyFile(const std::string& path, const std::vector<int64_t>& shape, Element element)
+    : path_(path), element_(element) {
   elements_ = element_count(shape);
-  const std::string header = npy_header(shape);
+  const std::string header = npy_header(shape, element);
   header_bytes_ = static_cast<int64_t>(header.size());
   fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) throw WriteError(errno_message("cannot open", path));
   std::string found(header.size(), '\0');
   struct stat status {};
   if (::pread(fd_, found.data(), found.size(), 0) != static_cast<ssize_t>(found.size()) || found != header ||
-      ::fstat(fd_, &status) != 0 || status.st_size != header_bytes_ + elements_ * 4) {
+      ::fstat(fd_, &status) != 0 || status.st_size != header_bytes_ + elements_ * element_bytes(element)) {
     ::close(fd_);
     fd_ = -1;
-    throw WriteError(path + " is not the float32 array this run created (another run replaced it?)");
+    throw WriteError(path + " is not the array this run created (another run replaced it?)");
   }
 }
 
@@ -122,7 +145,13 @@ void NpyFile::write(int64_t first, const float* values, int64_t count) {
   if (first < 0 || count < 0 || first + count > elements_) {
     throw WriteError("write outside the array in " + path_);
   }
-  write_fully(fd_, reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4, path_);
+  if (element_ == Element::kFloat32) {
+    write_fully(fd_, reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4, path_);
+    return;
+  }
+  halves_.resize(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) halves_[static_cast<size_t>(i)] = float_to_half(values[i]);
+  write_fully(fd_, reinterpret_cast<const char*>(halves_.data()), count * 2, header_bytes_ + first * 2, path_);
 }
 
 void NpyFile::close() {

@@ -1,5 +1,6 @@
-// A float32 .npy file written in place: created with its header and every element NaN
-// (create_npy), then opened by each writer (several, for disjoint parts) for positioned writes.
+// A float32 or float16 .npy file written in place: created with its header and every element
+// NaN (create_npy), then opened by each writer (several, for disjoint parts) for positioned
+// writes of float32 values (rounded to nearest even for a float16 file).
 #pragma once
 
 #include <cstdint>
@@ -8,15 +9,23 @@
 
 namespace gpt2fast {
 
+enum class Element { kFloat32, kFloat16 };
+
+int element_bytes(Element element);
+
+// IEEE binary16 bits of `value`, rounded to nearest even (overflow to infinity, NaN quiet).
+uint16_t float_to_half(float value);
+
 class NpyFile {
  public:
-  // Opens the existing `path`, which must be what create_npy made for `shape`.
-  NpyFile(const std::string& path, const std::vector<int64_t>& shape);
+  // Opens the existing `path`, which must be what create_npy made for `shape` and `element`.
+  NpyFile(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32);
   ~NpyFile();
   NpyFile(const NpyFile&) = delete;
   NpyFile& operator=(const NpyFile&) = delete;
 
-  // Writes `count` floats at flat element index `first` (C order). Throws WriteError.
+  // Writes `count` values at flat element index `first` (C order), in the file's element
+  // type. Throws WriteError.
   void write(int64_t first, const float* values, int64_t count);
   // Flushes to the disk and closes; later writes are refused.
   void close();
@@ -26,16 +35,18 @@ class NpyFile {
 
  private:
   std::string path_;
+  Element element_;
   int fd_ = -1;
   int64_t header_bytes_ = 0;
   int64_t elements_ = 0;
+  std::vector<uint16_t> halves_;  // a float16 file's values, converted before writing
 };
 
-// Creates (or truncates) `path` as a C-order float32 array of `shape`, every element NaN,
-// flushed to the disk. Throws WriteError.
-void create_npy(const std::string& path, const std::vector<int64_t>& shape);
+// Creates (or truncates) `path` as a C-order array of `shape`, every element NaN, flushed to
+// the disk. Throws WriteError.
+void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32);
 
 // The .npy v1.0 header (magic, version, length, dict) padded to a multiple of 64 bytes.
-std::string npy_header(const std::vector<int64_t>& shape);
+std::string npy_header(const std::vector<int64_t>& shape, Element element = Element::kFloat32);
 
 }  // namespace gpt2fast

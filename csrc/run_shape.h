@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "npy_file.h"
+
 namespace gpt2fast {
 
 struct RunShape {
@@ -19,13 +21,17 @@ struct RunShape {
   std::vector<int64_t> rows;
   int64_t file_prompts;
   int64_t file_length;
+  // err2 keeps G after steps 0, every, 2 * every, ... only, as gram_element.
+  int64_t gram_every = 1;
+  Element gram_element = Element::kFloat32;
 
   int64_t steps() const { return n_layer * n_iterations; }
   // Floats one iteration adds to a chunk: err [P, L, 2] and G [P, L, T, T].
   int64_t err_floats() const { return n_prompts * n_layer * 2; }
   int64_t gram_floats() const { return with_gram ? n_prompts * n_layer * length * length : 0; }
   std::vector<int64_t> err_file_shape() const { return {file_prompts, steps(), 2}; }
-  std::vector<int64_t> gram_file_shape() const { return {file_prompts, file_length, file_length, steps()}; }
+  int64_t gram_steps() const { return (steps() + gram_every - 1) / gram_every; }  // recorded in err2
+  std::vector<int64_t> gram_file_shape() const { return {file_prompts, file_length, file_length, gram_steps()}; }
 };
 
 }  // namespace gpt2fast

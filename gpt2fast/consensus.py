@@ -18,7 +18,7 @@ from .backends import make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileRows, create_files, drive
+from .driver import FileLayout, create_files, drive
 from .interrupts import graceful_stop
 from .memory import available_memory, consensus_memory
 from .metadata import consensus_metadata, now
@@ -86,7 +86,7 @@ def run_consensus(
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size()),
         memory_budget_on(device, memory_budget))
-    layout = FileRows(tuple(range(len(token_lists))), len(token_lists), max(lengths))
+    layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths))
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
@@ -107,8 +107,7 @@ def run_consensus(
             disable=not (show_progress and team.leader), mininterval=0.5,
         ) as bar:
             if team.leader:
-                create_files(partial_path(err_path), gram_path and partial_path(gram_path), layout.prompts,
-                             layout.length, steps)
+                create_files(partial_path(err_path), gram_path and partial_path(gram_path), layout, steps)
             team.barrier()
             status.record(mine)
             for number, (batch, record) in enumerate(zip(batches, mine["batches"], strict=True)):
@@ -143,7 +142,7 @@ def run_consensus(
 
 
 def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int]], flags: ConsensusFlags,
-              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileRows,
+              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileLayout,
               on_decode: Callable[[int, int, list[int]], None], decoded: list[dict], stop,
               on_progress: Callable[[int], None]) -> int:
     """Run the prompts ``batch`` (indices into token_lists) through the iterations into their
@@ -169,7 +168,7 @@ def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[st
 
 
 def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],
-                   flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileRows,
+                   flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileLayout,
                    err_path: Path, gram_path: Path | None, scratch: tuple[Path, ...], shares: list[list[int]],
                    memory_budget: int | None) -> dict:
     """The metadata as the run starts: every rank "starting" with its share of the prompts."""

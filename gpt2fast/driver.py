@@ -24,26 +24,36 @@ FLUSH_SECONDS = 5.0  # a staging slot goes to the writer at the latest this long
 
 
 @dataclass(frozen=True)
-class FileRows:
-    """Where an engine's prompts sit in the run's files, which hold ``prompts`` prompts padded
-    to ``length`` tokens (other batches, other ranks): the engine's prompt p is row rows[p]."""
+class FileLayout:
+    """The run's files and where an engine's prompts sit in them: they hold ``prompts``
+    prompts padded to ``length`` tokens (other batches, other ranks); the engine's prompt p
+    is row rows[p]. err2 holds G after steps 0, gram_every, 2·gram_every, ... only (its last
+    axis has ceil(L·N / gram_every) entries), as ``gram_dtype`` (float32 or float16)."""
 
     rows: tuple[int, ...]
     prompts: int
     length: int
+    gram_every: int = 1
+    gram_dtype: str = "float32"
 
     @classmethod
-    def whole(cls, engine) -> FileRows:
-        """The files hold exactly the engine's prompts, in order."""
+    def whole(cls, engine) -> FileLayout:
+        """The files hold exactly the engine's prompts, in order, err2 every step in float32."""
         return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length)
 
+    def gram_steps(self, steps: int) -> int:
+        """Entries of err2's last axis for a run of ``steps`` steps."""
+        return -(-steps // self.gram_every)
 
-def create_files(err_path: Path, gram_path: Path | None, n_prompts: int, length: int, steps: int) -> None:
-    """Create the run's arrays full of NaN: err (P, L·N, 2) and err2 (P, T, T, L·N) when
-    ``gram_path``. Raises OSError when they cannot be written."""
-    create_array(str(err_path), [n_prompts, steps, 2])
+
+def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, steps: int) -> None:
+    """Create the run's arrays full of NaN: err (P, L·N, 2) float32 and, when ``gram_path``,
+    err2 (P, T, T, ceil(L·N / every)) as the layout says. Raises OSError when they cannot be
+    written."""
+    create_array(str(err_path), [layout.prompts, steps, 2])
     if gram_path is not None:
-        create_array(str(gram_path), [n_prompts, length, length, steps])
+        create_array(str(gram_path), [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
+                     layout.gram_dtype)
 
 
 def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool) -> int:
@@ -70,7 +80,7 @@ def drive(
     stop: StopRequest | None = None,
     chunk: int | None = None,
     flush_seconds: float = FLUSH_SECONDS,
-    place: FileRows | None = None,
+    place: FileLayout | None = None,
 ) -> int:
     """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``): into
     files of its own prompts, created here, or, with ``place``, at those rows of the files
@@ -86,12 +96,12 @@ def drive(
     if chunk is None:
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram)
     if place is None:
-        place = FileRows.whole(engine)
-        create_files(err_path, gram_path, place.prompts, place.length, engine.n_layer * n_iterations)
+        place = FileLayout.whole(engine)
+        create_files(err_path, gram_path, place, engine.n_layer * n_iterations)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
         str(err_path), str(gram_path) if wants_gram else "", flush_seconds, list(place.rows), place.prompts,
-        place.length,
+        place.length, place.gram_every, place.gram_dtype,
     )
     if stop is not None:
         stop.on_request(driver.request_stop)

@@ -14,7 +14,7 @@ import torch
 
 from gpt2fast import _driver
 from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.driver import FileRows, chunk_iterations, create_files, drive
+from gpt2fast.driver import FileLayout, chunk_iterations, create_files, drive
 from gpt2fast.interrupts import StopRequest
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
@@ -129,7 +129,7 @@ def test_stop_request_ends_at_the_next_iteration(tmp_path):
 
 
 def test_files_hold_nan_before_any_iteration(tmp_path):
-    create_files(tmp_path / "e.npy", tmp_path / "g.npy", 2, 4, 15)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", FileLayout((0, 1), 2, 4), 15)
     driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), str(tmp_path / "g.npy"), 5.0, [0, 1], 2, 4)
     driver.finish()
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
@@ -142,8 +142,8 @@ def test_prompts_land_at_their_rows_of_longer_files(tmp_path, n_iterations, chun
     """Batches (or ranks) write their prompts into rows of files padded to a longer T: every
     cell equals the one-engine run's, and the rest stays NaN (whole-prompt and per-cell writes)."""
     steps = n_iterations * CFG.n_layer
-    create_files(tmp_path / "e.npy", tmp_path / "g.npy", 5, 7, steps)
-    place = FileRows(rows=(3, 1), prompts=5, length=7)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", FileLayout((3, 1), 5, 7), steps)
+    place = FileLayout(rows=(3, 1), prompts=5, length=7)
     assert drive(engine_for(), n_iterations, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == n_iterations
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
     want_err, want_gram, _ = plain_loop(n_iterations)
@@ -152,6 +152,22 @@ def test_prompts_land_at_their_rows_of_longer_files(tmp_path, n_iterations, chun
         np.testing.assert_array_equal(gram[row, :5, :5], want_gram[prompt])
         assert np.isnan(gram[row, 5:]).all() and np.isnan(gram[row, :, 5:]).all()
     assert np.isnan(err[[0, 2, 4]]).all() and np.isnan(gram[[0, 2, 4]]).all()
+
+
+@pytest.mark.parametrize("every,chunk", [(1, 3), (3, 2), (4, 3), (5, 1), (6, 7), (15, 2), (100, 4)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_thinned_err2_holds_every_kth_step(tmp_path, every, chunk, dtype):
+    """err2 with G after steps 0, K, 2K, ... only (K beyond L·N: step 0 alone), in float32 or
+    float16: a NumPy slice of the full array, across chunk boundaries (K·L's multiples and not)."""
+    steps = 7 * CFG.n_layer
+    place = FileLayout((0, 1), 2, 5, every, dtype)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, steps)
+    assert drive(engine_for(), 7, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == 7
+    want_err, want_gram, _ = plain_loop(7)
+    gram = np.load(tmp_path / "g.npy")
+    assert gram.dtype == np.dtype(dtype) and gram.shape == (2, 5, 5, -(-steps // every))
+    np.testing.assert_array_equal(gram, want_gram[..., ::every].astype(dtype))
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), want_err)
 
 
 @pytest.mark.parametrize("rows,file_prompts,file_length,message", [
@@ -163,13 +179,13 @@ def test_rows_outside_the_files_are_refused(tmp_path, rows, file_prompts, file_l
 
 
 def test_a_file_of_another_shape_is_refused(tmp_path):
-    create_files(tmp_path / "e.npy", None, 3, 5, 6)
-    with pytest.raises(OSError, match=r"e\.npy is not the float32 array this run created"):
+    create_files(tmp_path / "e.npy", None, FileLayout((0, 1, 2), 3, 5), 6)
+    with pytest.raises(OSError, match=r"e\.npy is not the array this run created"):
         _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 5)
 
 
 def test_slots_are_views_of_the_staging_memory(tmp_path):
-    create_files(tmp_path / "e.npy", None, 2, 4, 15)
+    create_files(tmp_path / "e.npy", None, FileLayout((0, 1), 2, 4), 15)
     driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 4)
     slot = driver.err_slot(1)
     assert slot.shape == (2, 2, 3, 2) and slot.dtype == np.float32
