@@ -46,6 +46,7 @@ from .validation import (
     Prompts,
     check_decode,
     check_generation_fits,
+    check_matrix_format,
     check_memory_budget,
     check_options,
     check_outputs,
@@ -112,6 +113,8 @@ def consensus(
     matrix: bool = False,
     savefile: str | os.PathLike | None = None,
     matrixerror: str | os.PathLike | None = None,
+    matrix_every: int = 1,
+    matrix_dtype: str = "float32",
     device: str = "auto",
     backend: str = "auto",
     dtype: str = "fp32",
@@ -129,7 +132,9 @@ def consensus(
     (K random tokens, decoded; random_prompts of them, seeded by ``seed``). weights: a
     checkpoint path, ``"random"``, a ``Weights``, or None (Hugging Face cache, download,
     else seeded random weights with a warning on stderr).
-    matrix: also record the T×T matrices (err2); implied by ``matrixerror``.
+    matrix: also record the T×T matrices (err2); implied by ``matrixerror``. matrix_every K
+    keeps G after steps 0, K, 2K, ... only (err2[..., j] is step j·K; the metadata lists
+    them), matrix_dtype "float16" halves its bytes.
     savefile / matrixerror: write err / err2 there (``.npy`` added, metadata JSON beside)
     and return them memory-mapped; without them the arrays are returned in memory (err2
     only if it fits in half the free memory: else pass ``matrixerror``).
@@ -153,12 +158,14 @@ def consensus(
             label, noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix, progress=progress,
             second_signal_exits=second_signal_exits, model=model, backend=backend, savefile=savefile,
             matrixerror=matrixerror, on_decode=on_decode, size=size, seed=seed, decode=decode, device=device,
-            dtype=dtype, memory_budget=memory_budget, distributed=team.distributed)
+            dtype=dtype, memory_budget=memory_budget, distributed=team.distributed, matrix_every=matrix_every,
+            matrix_dtype=matrix_dtype)
         sources.append(prompt_source(prompts, prompts_file, random_prompt, random_prompts, checked[1], label))
         # before anything heavy: the prompts and the files' sizes with the sizes known so far
         return *checked, expected_config(weights, model, label)
 
-    size, seed, decode, device_, backend, err_path, gram_path, memory_budget, expected = team.decide(check_arguments)
+    (size, seed, decode, device_, backend, err_path, gram_path, memory_budget, matrix_format,
+     expected) = team.decide(check_arguments)
     device_ = team.device(device_)
     place = (backend, device_, storage_dtype(dtype))
     read = []  # rank 0's prompts as given, for a second check once the weights tell their sizes
@@ -167,7 +174,8 @@ def consensus(
         if not read:
             read.append(sources[0]())
         fits = check_run_fits(read[0], cfg, size, matrix, err_path, gram_path, *place,
-                              weights_to_load=weights_to_load, memory_budget=memory_budget)
+                              weights_to_load=weights_to_load, memory_budget=memory_budget,
+                              matrix_format=matrix_format)
         if not outputs_locked:
             outputs.enter_context(exclusive_outputs([path for path in (err_path, gram_path) if path is not None]))
             outputs_locked.append(True)
@@ -191,6 +199,7 @@ def consensus(
                 err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
                 show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
                 second_signal_exits=second_signal_exits, team=team, memory_budget=memory_budget,
+                matrix_format=matrix_format,
             )
             promoted = meta["status"] != "failed"
             err = read_array(err_file if promoted else partial_path(err_file), keep_mapped=err_path is not None)
@@ -201,9 +210,11 @@ def consensus(
 
 def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, matrix, progress,
                               second_signal_exits, model, backend, savefile, matrixerror, on_decode, size, seed,
-                              decode, device, dtype, memory_budget, distributed: bool) -> tuple:
+                              decode, device, dtype, memory_budget, distributed: bool, matrix_every=1,
+                              matrix_dtype="float32") -> tuple:
     """``consensus``'s arguments checked (everything but the prompts and the weights) and
-    resolved: (size, seed, decode, device, backend, err_path, gram_path, memory_budget)."""
+    resolved: (size, seed, decode, device, backend, err_path, gram_path, memory_budget,
+    matrix_format)."""
     check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix,
                               progress=progress, second_signal_exits=second_signal_exits),
                   dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
@@ -217,7 +228,9 @@ def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, m
     if distributed and (err_path is None or (matrix and gram_path is None)):
         raise InputError(f"under torchrun every rank writes its rows of the files: give {label('savefile')}"
                          f"{' and ' + label('matrixerror') if matrix else ''}")
-    return size, seed, decode, device_, backend, err_path, gram_path, check_memory_budget(memory_budget, label)
+    matrix_format = check_matrix_format(matrix_every, matrix_dtype, matrix or gram_path is not None, label)
+    return (size, seed, decode, device_, backend, err_path, gram_path, check_memory_budget(memory_budget, label),
+            matrix_format)
 
 
 def read_array(path: Path, keep_mapped: bool) -> np.ndarray:

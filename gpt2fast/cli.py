@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="err array file NAME.npy (default Eplot)")
     parser.add_argument("--matrixerror", metavar="NAME",
                         help="also write the T x T cosine-similarity matrices to NAME.npy")
+    parser.add_argument("--matrix-every", type=int, default=1, metavar="K",
+                        help="err2 keeps G after steps 0, K, 2K, ... only (default 1: every step)")
+    parser.add_argument("--matrix-dtype", default="float32", choices=("float32", "float16"),
+                        help="err2's element type (default float32; float16 halves its bytes)")
     parser.add_argument("--decode", metavar="I,J,...",
                         help="0-based iterations after which to print the argmax decoding")
     parser.add_argument("--prompt", action="append", metavar="TEXT",
@@ -160,6 +164,7 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
         result = consensus(decode=parse_decode(args.decode) if args.decode is not None else (),
                            savefile=args.savefile if args.savefile is not None else "Eplot",
                            matrixerror=args.matrixerror, memory_budget=args.memory_budget,
+                           matrix_every=args.matrix_every, matrix_dtype=args.matrix_dtype,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
     except Exception as error:  # a file that cannot be written, memory that cannot be had: one line, status 1
         memory = is_out_of_memory(error)

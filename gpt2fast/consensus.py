@@ -29,7 +29,8 @@ from .weight_stream import WeightStream
 from .weights import Weights
 
 ERR_LAYOUT = "err[p, u] = (mean_t |y0.yt|, mean of G) after step u"
-ERR2_LAYOUT = "err2[p, :, :, u] = G after step u; NaN outside prompt p's T_p x T_p block"
+ERR2_LAYOUT = ("err2[p, :, :, j] = G after step u = j * every (files.err2.steps); NaN outside prompt p's "
+               "T_p x T_p block")
 
 
 def describe_device(device: torch.device) -> str:
@@ -57,6 +58,7 @@ def run_consensus(
     second_signal_exits: bool = True,
     team: Team | None = None,
     memory_budget: int | None = None,
+    matrix_format: tuple[int, str] = (1, "float32"),
 ) -> tuple[dict, int]:
     """Run every prompt through N iterations and write the files.
 
@@ -69,7 +71,8 @@ def run_consensus(
     backend is a resolved name (``gpt2fast.backends.resolve_backend``). ``scratch``: array
     paths that are temporary (the API's in-memory results): the metadata records their
     ``path`` as null, and no metadata file is written beside them.
-    ``second_signal_exits``: see ``interrupts.graceful_stop``.
+    ``second_signal_exits``: see ``interrupts.graceful_stop``. matrix_format: (K, dtype) of
+    err2, G after steps 0, K, 2K, ... as float32 or float16 (``driver.FileLayout``).
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
     each of this rank's prompts, with that prompt's T_p argmax ids. Returns the final
     metadata (also written beside each array) and the exit status: 0, 128 + signal after a
@@ -86,7 +89,7 @@ def run_consensus(
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size()),
         memory_budget_on(device, memory_budget))
-    layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths))
+    layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format)
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
@@ -179,13 +182,17 @@ def start_metadata(weights: Weights, model_name: str, texts: list[str], token_li
 
     files = {"err": {"path": recorded(err_path), "shape": [layout.prompts, steps, 2], "layout": ERR_LAYOUT}}
     if gram_path is not None:
-        files["err2"] = {"path": recorded(gram_path), "shape": [layout.prompts, layout.length, layout.length, steps],
+        files["err2"] = {"path": recorded(gram_path), "dtype": layout.gram_dtype, "every": layout.gram_every,
+                         "shape": [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
                          "layout": ERR2_LAYOUT}
+        if layout.gram_every > 1:
+            files["err2"]["steps"] = list(range(0, steps, layout.gram_every))
     meta = consensus_metadata(
         model_name=model_name, weights=weights, flags=flags, texts=texts, token_lists=token_lists,
         device=describe_device(device), dtype=dtype, backend=backend, products=products(backend, device, dtype),
         files=files,
     )
+    meta["flags"].update(matrix_every=layout.gram_every, matrix_dtype=layout.gram_dtype)
     meta.update(pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, decoded=[],
                 ranks=[{"rank": rank, "status": "starting", "prompts": share, "batches": [], "decoded": [],
                         "timings": {}} for rank, share in enumerate(shares)])

@@ -139,9 +139,9 @@ def promote(partial: Path, target: Path, with_metadata: bool) -> None:
         os.replace(metadata_path(partial), metadata_path(target))
 
 
-def npy_bytes(shape: tuple[int, ...]) -> int:
-    """Size on disk of a float32 ``.npy`` of ``shape`` (header included, upper bound)."""
-    return 4 * math.prod(shape) + 256  # Python integers: exact at any size (numpy's int64 wraps)
+def npy_bytes(shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """Size on disk of a ``.npy`` of ``shape`` (float32 by default; header included, upper bound)."""
+    return itemsize * math.prod(shape) + 256  # Python integers: exact at any size (numpy's int64 wraps)
 
 
 def check_disk_space(planned: dict[Path, int]) -> None:

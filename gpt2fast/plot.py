@@ -7,7 +7,8 @@ a notebook and saves anywhere), with
            percentile band, ``ConsensusResult.summary``), iteration boundaries marked when
            they are few;
     row 2  the same values after each layer of chosen iterations (first, middle, last);
-    row 3  with err2: heatmaps of G at chosen steps, one colour scale for all of them.
+    row 3  with err2: heatmaps of G at chosen steps (of a thinned err2: steps it holds), one
+           colour scale for all of them.
 Files from an interrupted run end in NaN: only the completed steps are chosen and drawn
 (those some prompt reached: prompts of later batches or other ranks may end earlier).
 Files of the original script have no metadata: the layer count then comes from ``layers``
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .results import ConsensusResult
+from .results import ConsensusResult, matrix_every
 from .tokenizer import gpt2_encoding
 
 METRICS = ("mean |ŷ₀·ŷₜ| (err[…, 0])", "mean of G (err[…, 1])")
@@ -143,8 +144,9 @@ def draw_matrices(fig: Figure, axes, result: ConsensusResult, steps: Sequence[in
     length = prompt_length(result, prompt)
     labels = token_labels(result, prompt)
     image = None
+    column = {int(step): index for index, step in enumerate(result.err2_steps)}
     for ax, step in zip(axes, steps, strict=True):
-        gram = np.asarray(result.err2[prompt, :length, :length, step])
+        gram = np.asarray(result.err2[prompt, :length, :length, column[step]], dtype=np.float32)
         image = ax.imshow(gram, vmin=COLOUR_LIMITS[0], vmax=COLOUR_LIMITS[1], cmap="RdBu_r",
                           interpolation="nearest")
         where = f" (iteration {step // n_layer}, layer {step % n_layer})" if n_layer else ""
@@ -185,12 +187,16 @@ def consensus_figure(
             raise ValueError(f"iteration {iteration} is not a completed iteration of this run")
     with_matrices = result.err2 is not None
     if with_matrices:
-        steps = spread_choice(done) if steps is None else list(steps)
+        recorded = result.err2_steps[result.err2_steps < done]  # every K-th step of a thinned err2
+        steps = [int(recorded[i]) for i in spread_choice(len(recorded))] if steps is None else list(steps)
         if not 1 <= len(steps) <= MAX_HEATMAPS:
             raise ValueError(f"choose 1 to {MAX_HEATMAPS} steps for the heatmaps, got {len(steps)}")
         for step in steps:
             if not 0 <= step < done:
                 raise ValueError(f"step {step} is outside the completed steps [0, {done})")
+            if step not in recorded:
+                every = matrix_every(result.metadata)
+                raise ValueError(f"step {step} is not in err2, which holds every {every}th step (0, {every}, ...)")
     rows = 1 + bool(iterations) + with_matrices
     panels = max(2, len(steps)) if with_matrices else 2
     columns = math.lcm(2, panels)  # grid columns: two halves above, `panels` cells below

@@ -47,8 +47,8 @@ def summarise_prompts(err: np.ndarray, band: tuple[float, float] = (10.0, 90.0))
 
 @dataclass
 class ConsensusResult:
-    """err (P, L·N, 2) and err2 (P, T, T, L·N) float32 (None when not recorded), in the
-    layouts of ``outputs``; NaN marks steps a stopped run did not reach. metadata: the run's
+    """err (P, L·N, 2) float32 and err2 (P, T, T, ceil(L·N / K)) float32 or float16 (None
+    when not recorded; K = ``matrix_every``, 1 unless thinned), in the layouts of ``outputs``; NaN marks steps a stopped run did not reach. metadata: the run's
     JSON (model, flags, prompts, tokens, timings, decoded ids), or None for the original's
     files. exit_status: 0, or 128 + the signal that stopped the run."""
 
@@ -61,6 +61,11 @@ class ConsensusResult:
     def n_layer(self) -> int | None:
         """L, from the metadata (None without it)."""
         return None if self.metadata is None else int(self.metadata["model"]["n_layer"])
+
+    @property
+    def err2_steps(self) -> np.ndarray:
+        """The step u of each entry of err2's last axis: 0, K, 2K, ... (every step unless thinned)."""
+        return np.arange(self.err.shape[1])[:: matrix_every(self.metadata)]
 
     def summary(self, band: tuple[float, float] = (10.0, 90.0)) -> PromptSummary:
         """err's mean, median and ``band`` percentiles across prompts at every step (what
@@ -96,12 +101,21 @@ def load_result(savefile: str | os.PathLike, matrixerror: str | os.PathLike | No
     err2 = None if matrixerror is None else load_array(npy_path(os.fspath(matrixerror)))
     if err.ndim != 3 or err.shape[-1] != 2:
         raise InputError(f"{err_path}: expected an err array of shape (P, steps, 2), got {err.shape}")
-    if err2 is not None and (err2.ndim != 4 or err2.shape[0] != err.shape[0] or err2.shape[3] != err.shape[1]
-                             or err2.shape[1] != err2.shape[2]):
-        raise InputError(f"{matrixerror}: expected err2 of shape (P, T, T, {err.shape[1]}), got {err2.shape}")
     metadata = read_metadata(err_path)
+    recorded = -(-err.shape[1] // matrix_every(metadata))
+    if err2 is not None and (err2.ndim != 4 or err2.shape[0] != err.shape[0] or err2.shape[3] != recorded
+                             or err2.shape[1] != err2.shape[2]):
+        raise InputError(f"{matrixerror}: expected err2 of shape (P, T, T, {recorded}), got {err2.shape}")
     check_metadata(metadata, metadata_path(err_path), err, err2)
     return ConsensusResult(err=err, err2=err2, metadata=metadata)
+
+
+def matrix_every(metadata) -> int:
+    """K of a run whose err2 holds every K-th step (1 without metadata, or before thinning
+    existed); ``check_metadata`` refuses a value that is not a positive integer."""
+    flags = metadata.get("flags") if isinstance(metadata, dict) else None
+    every = flags.get("matrix_every", 1) if isinstance(flags, dict) else 1
+    return every if type(every) is int and every >= 1 else 1
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -135,6 +149,9 @@ def check_metadata(metadata, origin: Path, err: np.ndarray, err2: np.ndarray | N
     entry(model, "name", str, "model.")
     n_layer, size = entry(model, "n_layer", int, "model."), entry(flags, "size", int, "flags.")
     entry(flags, "seed", int, "flags.")
+    every = entry(flags, "matrix_every", int, "flags.") if "matrix_every" in flags else 1
+    if every < 1:
+        raise InputError(f"{origin}: flags.matrix_every must be at least 1, got {every}")
     for name in ("noff", "random_init", "const_reset"):
         entry(flags, name, bool, "flags.")
     entry(entry(metadata, "weights", dict, ""), "source", str, "weights.")
@@ -153,7 +170,8 @@ def check_metadata(metadata, origin: Path, err: np.ndarray, err2: np.ndarray | N
             entry(decoded, key, int, f"decoded[{number}].")
         entry(decoded, "tokens", list, f"decoded[{number}].")
     length = max((len(p["tokens"]) for p in prompts), default=0)
-    described = {"err": (len(prompts), n_layer * size, 2), "err2": (len(prompts), length, length, n_layer * size)}
+    described = {"err": (len(prompts), n_layer * size, 2),
+                 "err2": (len(prompts), length, length, -(-n_layer * size // every))}
     files = entry(metadata, "files", dict, "") if "files" in metadata else {}
     for role, array in (("err", err), ("err2", err2)):
         recorded = files.get(role, {}).get("shape") if isinstance(files.get(role), dict) else None

@@ -128,6 +128,21 @@ def check_values(label: Label, *, size=NOT_GIVEN, seed=NOT_GIVEN, top_k=NOT_GIVE
         raise InputError(f"{label('max_length')} must be in [1, {CONTEXT}] (the context), got {max_length}")
 
 
+MATRIX_DTYPES = {"float32": 4, "float16": 2}  # err2's element types and their sizes
+
+
+def check_matrix_format(every, dtype, recorded: bool, label: Label) -> tuple[int, str]:
+    """err2's thinning: (K, dtype) for G after steps 0, K, 2K, ... stored as dtype."""
+    if whole(every, "matrix_every", label) < 1:
+        raise InputError(f"{label('matrix_every')} must be at least 1, got {every}")
+    if not isinstance(dtype, str) or dtype not in MATRIX_DTYPES:
+        raise InputError(f"{label('matrix_dtype')} must be one of {', '.join(MATRIX_DTYPES)}, got {dtype!r}")
+    if not recorded and (every != 1 or dtype != "float32"):
+        raise InputError(f"{label('matrix_every')} and {label('matrix_dtype')} shape err2, which this run does not "
+                         f"record: add {label('matrixerror')}")
+    return operator.index(every), dtype
+
+
 BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -372,13 +387,15 @@ def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, s
 
 def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
                    gram_path: Path | None, backend: str, device: torch.device, storage: torch.dtype,
-                   weights_to_load: bool, memory_budget: int | None = None) -> tuple[list[str], list[list[int]]]:
+                   weights_to_load: bool, memory_budget: int | None = None,
+                   matrix_format: tuple[int, str] = (1, "float32")) -> tuple[list[str], list[list[int]]]:
     """The prompts' texts and token ids for a model of ``cfg``'s sizes, once the run is known
     to fit: each prompt's memory floor (``memory.consensus_memory``; more prompts run in
     batches, ``batches``) within the free memory less the weights (in host memory while
     ``weights_to_load``, on a GPU always) and within ``memory_budget``, err2 kept in memory
-    within half of the free memory, the files on their disks (in-memory results pass through
-    the temporary folder). InputError otherwise."""
+    within half of the free memory, the files on their disks (err2 of ``matrix_format``:
+    every K-th step, float32 or float16; in-memory results pass through the temporary folder).
+    InputError otherwise."""
     texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
     lengths = [len(tokens) for tokens in token_lists]
     n_prompts, length, steps = len(lengths), max(lengths), cfg.n_layer * size
@@ -391,7 +408,8 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
               for place, where in places.items()}
     plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
         cfg, batch, size, wants_gram, backend, device, storage.itemsize), budget)
-    gram_bytes = npy_bytes((n_prompts, length, length, steps))
+    every, matrix_dtype = matrix_format
+    gram_bytes = npy_bytes((n_prompts, length, length, -(-steps // every)), MATRIX_DTYPES[matrix_dtype])
     if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
         raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
                          f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
