@@ -4,7 +4,7 @@ Each benchmark sets ``benchmark.group`` to its case and ``benchmark.extra_info["
 ``"baseline"`` or ``"gpt2fast"``; the summary divides the baseline's median time by
 gpt2fast's for every case where both ran (medians: one disturbed round on a shared machine
 moves a mean of a few rounds by tens of per cent). A gpt2fast benchmark that also records
-its work (``bytes``, ``flops``: ``roofline.py``), ``units``, ``unit`` and the floor of that
+its work (``bytes``, ``flops``: ``gpt2fast/work.py``), ``units``, ``unit`` and the floor of that
 work (``hardware.Ceilings.floor_record``) gets a line comparing its time per unit with the
 floor per unit. On the CPU the ceilings are measured again after the benchmarks, and every
 floor recomputed from the higher rates.

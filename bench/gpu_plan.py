@@ -85,7 +85,7 @@ from gpt2fast.backends import TRITON_PRECISION  # noqa: E402
 from gpt2fast.config import PRESETS, ModelConfig  # noqa: E402
 from gpt2fast.kernels import attention, consensus_metric, linear  # noqa: E402
 from gpt2fast.weights import linear_shapes  # noqa: E402
-from roofline import block_parameters  # noqa: E402
+from gpt2fast.work import block_parameters  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from gpt2fast.tokenizer import gpt2_encoding  # noqa: E402
 from gpt2fast.weight_stream import WeightStream  # noqa: E402
 from gpt2fast.weights import random_state  # noqa: E402
 from hardware import memory_bandwidth  # noqa: E402
-from roofline import iteration_work  # noqa: E402
+from gpt2fast.work import iteration_work  # noqa: E402
 
 DRIVEN_ITERATIONS = 50
 # name: (backend, dtype, product precision, programmatic dependent launch, skinny GEMMs)

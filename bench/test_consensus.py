@@ -30,7 +30,7 @@ from gpt2fast.tokenizer import gpt2_encoding
 from gpt2fast.validation import parameter
 from gpt2fast.weight_stream import WeightStream
 from gpt2fast.weights import random_state
-from roofline import iteration_work, token_work
+from gpt2fast.work import iteration_work, token_work
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")

@@ -38,6 +38,7 @@ from .generate import generate as grow
 from .interrupts import graceful_stop
 from .outputs import exclusive_outputs, partial_path
 from .philox import mix_key
+from .plan import RunPlan, plan_run
 from .precision import matmul_precision, storage_dtype
 from .results import ConsensusResult, load_result
 from .tokenizer import gpt2_encoding
@@ -120,11 +121,12 @@ def consensus(
     dtype: str = "fp32",
     progress: bool = True,
     memory_budget: int | str | None = None,
+    plan: bool = False,
     on_decode: Callable[[int, int, list[int]], None] | None = None,
     second_signal_exits: bool = False,
     label: Label = parameter,
-) -> ConsensusResult:
-    """Run every prompt through ``size`` iterations of the block stack (one batch).
+) -> ConsensusResult | RunPlan:
+    """Run every prompt through ``size`` iterations of the block stack.
 
     prompts: a string, a list of strings or of token-id lists, or one token-id list (None:
     the default prompt), or a function returning one of these (called once every other
@@ -143,6 +145,8 @@ def consensus(
     memory_budget: bytes (an integer, or a text such as "4GiB") the prompts' batches may
     hold besides the weights (default: the free memory); more prompts than fit run in
     batches, one after another (``batches``).
+    plan: check everything and return the run's ``plan.RunPlan`` (outputs' bytes, memory,
+    batches, a time floor) instead of running it: no weights loaded, no file written.
     Under torchrun (``distributed``) every rank calls this with the same arguments: the
     prompts are shared among the ranks and written to the files (savefile is needed), and
     every rank returns the whole result once all ranks have ended.
@@ -184,6 +188,9 @@ def consensus(
     outputs_locked: list[bool] = []
     with contextlib.ExitStack() as outputs:
         outputs.callback(team.leave)
+        if plan:
+            return plan_run(expected, sources[0](), size, err_path, gram_path, matrix, matrix_format, *place,
+                            weights_to_load=not isinstance(weights, Weights), memory_budget=memory_budget)
         texts, token_lists = team.decide(lambda: check_prompts(expected, not isinstance(weights, Weights)))
         loaded, model_name = load_weights(weights, model, seed)
         if loaded.config != expected:  # sizes the checkpoint told only on loading: check again

@@ -18,6 +18,7 @@ from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL
 from .distributed import PeerRefused, environment
 from .errors import InputError
 from .memory import is_out_of_memory
+from .plan import RunPlan
 from .precision import DTYPES
 from .prompts import read_prompts
 from .validation import check_values
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="M", help=f"generate text up to M tokens (default {DEFAULT_GENERATION_LENGTH})")
     parser.add_argument("--top-k", type=int, default=10, help="generation: sample among the K most likely (default 10)")
     parser.add_argument("--temperature", type=float, default=1.0, help="generation: softmax temperature (default 1)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the run's output sizes, memory, batches and least time, and stop")
     parser.add_argument("--memory-budget", metavar="BYTES",
                         help="memory the prompts' batches may take besides the weights, e.g. 4GiB "
                         "(default: what is free); more prompts than fit run in batches")
@@ -164,7 +167,7 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
         result = consensus(decode=parse_decode(args.decode) if args.decode is not None else (),
                            savefile=args.savefile if args.savefile is not None else "Eplot",
                            matrixerror=args.matrixerror, memory_budget=args.memory_budget,
-                           matrix_every=args.matrix_every, matrix_dtype=args.matrix_dtype,
+                           matrix_every=args.matrix_every, matrix_dtype=args.matrix_dtype, plan=args.plan,
                            on_decode=lambda i, p, ids: print_decoded(encoding, i, p, ids), **common)
     except Exception as error:  # a file that cannot be written, memory that cannot be had: one line, status 1
         memory = is_out_of_memory(error)
@@ -173,6 +176,10 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
         print(f"gpt2fast: error: {'out of memory: ' if memory else ''}{' '.join(str(error).split())}",
               file=sys.stderr)
         return EXIT_FAILURE
+    if isinstance(result, RunPlan):
+        if environment().leader:
+            print("\n".join(result.lines()))
+        return 0
     meta = result.metadata
     if not environment().leader:  # under torchrun: rank 0 reports for the job
         return result.exit_status

@@ -385,6 +385,21 @@ def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, s
     return token_lists
 
 
+def memory_for_batches(cfg: ModelConfig, device: torch.device, storage: torch.dtype, weights_to_load: bool,
+                       memory_budget: int | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(the weights' bytes, the bytes the prompts' batches may take) per place: host, and the
+    device when it is a GPU. The weights are counted in host memory while they are still to
+    be loaded (float32), on a GPU always; the batches get what is free besides, within
+    ``memory_budget``."""
+    weights = {"host": 4 * parameter_count(cfg) if weights_to_load else 0}
+    places = {"host": torch.device("cpu")}
+    if device.type == "cuda":
+        weights["device"], places["device"] = storage.itemsize * parameter_count(cfg), device
+    budget = {place: max(0, min(available_memory(where) - weights[place], memory_budget or math.inf))
+              for place, where in places.items()}
+    return weights, budget
+
+
 def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
                    gram_path: Path | None, backend: str, device: torch.device, storage: torch.dtype,
                    weights_to_load: bool, memory_budget: int | None = None,
@@ -400,12 +415,7 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
     lengths = [len(tokens) for tokens in token_lists]
     n_prompts, length, steps = len(lengths), max(lengths), cfg.n_layer * size
     wants_gram = matrix or gram_path is not None
-    weights = {"host": 4 * parameter_count(cfg) if weights_to_load else 0}
-    places = {"host": torch.device("cpu")}
-    if device.type == "cuda":
-        weights["device"], places["device"] = storage.itemsize * parameter_count(cfg), device
-    budget = {place: min(available_memory(where) - weights[place], memory_budget or math.inf)
-              for place, where in places.items()}
+    _, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
     plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
         cfg, batch, size, wants_gram, backend, device, storage.itemsize), budget)
     every, matrix_dtype = matrix_format

@@ -95,3 +95,32 @@ def test_the_api_refuses_a_dtype_that_is_not_a_name(tiny_checkpoint):
     with pytest.raises(InputError, match="matrix_every must be an integer, got 2.0"):
         gpt2fast.consensus("x", weights=tiny_checkpoint, size=1, matrix=True, matrix_every=2.0)
     assert validation.check_matrix_format(3, "float16", True, validation.parameter) == (3, "float16")
+
+
+def test_the_plan_gives_the_sizes_the_run_then_writes_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--weights", str(tiny_checkpoint), "--size", "40", "--prompt", "a b c d e", "--prompt", "x y",
+             "--matrixerror", "m", "--matrix-every", "3", "--matrix-dtype", "float16", "--backend", "torch"]
+    assert main([*flags, "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert list(tmp_path.iterdir()) == []
+    assert lines[:3] == ["outputs:", "  err   Eplot.npy  (2, 80, 2) float32  1.2 KiB",
+                         "  err2  m.npy  (2, 5, 5, 27) float16  2.6 KiB"]
+    assert lines[3].startswith("memory: host ") and lines[4] == "batches: 1 (all prompts at once)"
+    assert lines[5].startswith("time: at least ") and "for 40 iterations" in lines[5]
+    assert main(flags) == 0
+    assert np.load("m.npy").nbytes == 2 * 5 * 5 * 27 * 2 and np.load("Eplot.npy").nbytes == 2 * 80 * 2 * 4
+
+
+def test_a_plan_too_large_for_the_disk_says_so(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, 0, 1 << 20))
+    assert main(["--weights", str(tiny_checkpoint), "--size", "10000000", "--prompt", "a b c d e",
+                 "--matrixerror", "m", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "  err2  m.npy  (1, 5, 5, 20000000) float32  1.9 GiB" in out
+    assert ("as it stands the run would not start: refusing to start: the output files need 2.0 GiB but "
+            f"{tmp_path.resolve()} has 1.0 MiB free") in out
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""The least work one consensus iteration or one generated token must do.
+"""The least work one consensus iteration or one generated token must do (benchmarks' floors,
+``plan``'s estimate).
 
 Bytes: every block's parameters are read once per pass over the stack (float32), plus the
 err2 slices written when recorded; activations are small next to the weights at these
@@ -20,14 +21,16 @@ def block_parameters(cfg: ModelConfig) -> int:
     return linear + 4 * cfg.n_embd
 
 
-def iteration_work(cfg: ModelConfig, lengths: list[int], with_gram: bool) -> tuple[int, int]:
-    """(bytes, FLOPs) of one iteration over all L blocks for prompts of ``lengths`` tokens."""
+def iteration_work(cfg: ModelConfig, lengths: list[int], with_gram: bool,
+                   element_size: int = FLOAT32) -> tuple[int, int]:
+    """(bytes, FLOPs) of one iteration over all L blocks for prompts of ``lengths`` tokens,
+    weights stored with ``element_size`` bytes each."""
     width, layers = cfg.n_embd, cfg.n_layer
     linear_macs = sum(out_f * in_f for out_f, in_f in linear_shapes(cfg).values())
     rows = sum(lengths)
     squares = sum(length * length for length in lengths)
     flops = layers * (2 * rows * linear_macs + 2 * squares * width + 2 * squares * width)
-    bytes_moved = layers * block_parameters(cfg) * FLOAT32
+    bytes_moved = layers * block_parameters(cfg) * element_size
     if with_gram:
         bytes_moved += layers * squares * FLOAT32
     return bytes_moved, flops
