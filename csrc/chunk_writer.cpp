@@ -1,6 +1,8 @@
 #include "chunk_writer.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <vector>
 #include <new>
 #include <stdexcept>
 
@@ -11,6 +13,9 @@ namespace gpt2fast {
 namespace {
 
 constexpr size_t kPageBytes = 4096;
+constexpr int64_t kPieceFloats = 4 << 20;  // err2 is transposed and written 16 MiB at a time
+constexpr int64_t kStepTile = 16;          // steps gathered per pass: one cache line per cell
+constexpr int64_t kCellTile = 64;          // cells whose rows of the piece are filled together
 
 HostBuffer allocate_floats(int64_t count) {
   if (count == 0) return HostBuffer(nullptr);
@@ -31,13 +36,15 @@ ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
   if (shape.with_gram) {
     gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape(), shape.gram_element);
   }
-  for (int slot = 0; slot < kSlots; ++slot) {
+  const int slots = shape.chunk_iterations < shape.n_iterations ? kSlots : 1;  // one chunk: one slot
+  for (int slot = 0; slot < slots; ++slot) {
     err_[slot] = allocate_floats(shape.chunk_iterations * shape.err_floats());
     gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
   }
   row_ = allocate_floats(shape.chunk_iterations * shape.n_layer * 2);
   if (shape.with_gram) {
-    block_ = allocate_floats(shape.chunk_iterations * shape.n_layer * shape.length * shape.length);
+    const int64_t matrix = shape.length * shape.length;
+    piece_ = allocate_floats(std::min(kPieceFloats, matrix * shape.chunk_iterations * shape.n_layer) + matrix);
   }
   thread_ = std::thread([this] { run(); });
 }
@@ -121,51 +128,76 @@ void ChunkWriter::run() {
   }
 }
 
-void ChunkWriter::write_chunk(const Job& job) {
-  const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer, length = shape_.length;
-  const int64_t steps = shape_.steps(), file_length = shape_.file_length;
-  const int64_t first_step = job.first * layers;
-  const int64_t run_steps = job.count * layers;
-  const float* err = err_[job.slot].get();
-  float* row = row_.get();
+void ChunkWriter::write_err(int slot, int64_t first, int64_t count) {
+  std::vector<float> row(static_cast<size_t>(count * shape_.n_layer * 2));  // row_ is the writer thread's
+  write_err_rows(err_[slot].get(), first, count, row.data());
+}
+
+void ChunkWriter::write_err_rows(const float* err, int64_t first, int64_t count, float* row) {
+  const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer;
   for (int64_t p = 0; p < prompts; ++p) {
-    for (int64_t k = 0; k < job.count; ++k) {
+    for (int64_t k = 0; k < count; ++k) {
       const float* source = err + (k * prompts + p) * layers * 2;
       for (int64_t i = 0; i < layers * 2; ++i) row[k * layers * 2 + i] = source[i];
     }
-    err_file_->write((shape_.rows[p] * steps + first_step) * 2, row, run_steps * 2);
+    err_file_->write((shape_.rows[p] * shape_.steps() + first * layers) * 2, row, count * layers * 2);
   }
-  if (!gram_file_) return;
+}
+
+void ChunkWriter::write_chunk(const Job& job) {
+  write_err_rows(err_[job.slot].get(), job.first, job.count, row_.get());
+  if (gram_file_) write_gram(job);
+}
+
+void ChunkWriter::write_gram(const Job& job) {
+  const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer, length = shape_.length;
+  const int64_t file_length = shape_.file_length, matrix = length * length;
   // The recorded steps j * every in [first_step, first_step + run_steps): j in [first, end).
+  const int64_t first_step = job.first * layers, run_steps = job.count * layers;
   const int64_t every = shape_.gram_every, recorded = shape_.gram_steps();
   const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
   const int64_t count = end - first;
   if (count == 0) return;
+  const bool whole_rows = count == recorded;  // each cell's run is its whole file row
+  // cells per piece: whole rows a of G where they are contiguous in the file, at least one cell
+  int64_t cells = std::max<int64_t>(1, kPieceFloats / count);
+  if (whole_rows && length != file_length) cells = std::max<int64_t>(1, cells / length) * length;
+  cells = std::min(cells, matrix);
   const float* gram = gram_[job.slot].get();
-  const int64_t matrix = length * length;
-  float* block = block_.get();
+  float* piece = piece_.get();
+  std::vector<const float*> sources(static_cast<size_t>(count));
   for (int64_t p = 0; p < prompts; ++p) {
-    for (int64_t j = 0; j < count; ++j) {  // cell-major: block[cell * count + j]
+    for (int64_t j = 0; j < count; ++j) {
       const int64_t local = (first + j) * every - first_step;  // step within the chunk
-      const float* source = gram + ((local / layers * prompts + p) * layers + local % layers) * matrix;
-      for (int64_t cell = 0; cell < matrix; ++cell) block[cell * count + j] = source[cell];
+      sources[static_cast<size_t>(j)] = gram + ((local / layers * prompts + p) * layers + local % layers) * matrix;
     }
     const int64_t file_rows = shape_.rows[p] * file_length;  // file row of cell (0, 0)
-    if (count == recorded) {  // the chunk holds every recorded step: each row a of G is one contiguous run
-      if (length == file_length) {
-        gram_file_->write(file_rows * file_length * recorded, block, matrix * recorded);
-        continue;
+    for (int64_t cell0 = 0; cell0 < matrix; cell0 += cells) {
+      const int64_t width = std::min(cells, matrix - cell0);
+      // piece[cell][j] = G_j[cell0 + cell], in tiles of kCellTile cells x kStepTile steps: each
+      // cell's row of the piece is written a cache line at a time, kCellTile rows at once
+      for (int64_t c0 = 0; c0 < width; c0 += kCellTile) {
+        const int64_t cell_tile = std::min(kCellTile, width - c0);
+        for (int64_t j0 = 0; j0 < count; j0 += kStepTile) {
+          const int64_t step_tile = std::min(kStepTile, count - j0);
+          for (int64_t cell = c0; cell < c0 + cell_tile; ++cell) {
+            float* target = piece + cell * count + j0;
+            for (int64_t j = 0; j < step_tile; ++j) target[j] = sources[static_cast<size_t>(j0 + j)][cell0 + cell];
+          }
+        }
       }
-      for (int64_t a = 0; a < length; ++a) {
-        gram_file_->write((file_rows + a) * file_length * recorded, block + a * length * recorded,
-                          length * recorded);
-      }
-      continue;
-    }
-    for (int64_t a = 0; a < length; ++a) {
-      for (int64_t b = 0; b < length; ++b) {
-        gram_file_->write(((file_rows + a) * file_length + b) * recorded + first,
-                          block + (a * length + b) * count, count);
+      if (whole_rows && length == file_length) {
+        gram_file_->write((file_rows * file_length + cell0) * recorded, piece, width * recorded);
+      } else if (whole_rows) {
+        for (int64_t a = cell0 / length; a < (cell0 + width) / length; ++a) {
+          gram_file_->write((file_rows + a) * file_length * recorded, piece + (a * length - cell0) * recorded,
+                            length * recorded);
+        }
+      } else {
+        for (int64_t cell = cell0; cell < cell0 + width; ++cell) {
+          gram_file_->write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
+                            piece + (cell - cell0) * count, count);
+        }
       }
     }
   }

@@ -1,10 +1,11 @@
 // Two staging slots of metrics and a thread that writes full slots into the .npy files.
 //
 // A slot holds c iterations: err [c, P, L, 2] and G [c, P, L, T, T] (float32, page-aligned
-// host memory). The files keep the original layouts, err (P_f, L*N, 2) and err2
+// host memory; a run of one chunk has one slot). The files keep the original layouts, err (P_f, L*N, 2) and err2
 // (P_f, T_f, T_f, L*N) (RunShape: the run's prompts may be some rows of a file padded to a
 // longer T), so the writer transposes each chunk: the run's row of err and every (p, a, b)
-// row of err2 receive one contiguous run of c*L steps.
+// row of err2 receive one contiguous run of c*L steps, transposed in tiles into a piece of at
+// most 16 MiB at a time (a chunk of every step writes whole rows: one write per piece).
 #pragma once
 
 #include <condition_variable>
@@ -48,6 +49,9 @@ class ChunkWriter {
   void submit(int slot, int64_t first, int64_t count, CUevent ready, CUcontext context);
   // Writes everything queued and closes the files; rethrows a writer failure. Idempotent.
   void finish();
+  // Writes err (not err2) of iterations [first, first + count) of `slot` now, from the
+  // calling thread: a slot still filling keeps its err on the disk every few seconds.
+  void write_err(int slot, int64_t first, int64_t count);
 
  private:
   struct Job {
@@ -60,6 +64,9 @@ class ChunkWriter {
 
   void run();
   void write_chunk(const Job& job);
+  void write_gram(const Job& job);
+  // Writes each prompt's err rows of iterations [first, first + count) of `err`, gathered in `row`.
+  void write_err_rows(const float* err, int64_t first, int64_t count, float* row);
   void rethrow_failure();  // caller holds mutex_
 
   RunShape shape_;
@@ -68,7 +75,7 @@ class ChunkWriter {
   HostBuffer err_[kSlots];
   HostBuffer gram_[kSlots];
   HostBuffer row_;    // one prompt's err rows of a chunk, gathered before they are written
-  HostBuffer block_;  // one prompt's err2 of a chunk, cell-major [T·T, steps of the chunk]
+  HostBuffer piece_;  // part of one prompt's err2 of a chunk, cell-major [cells, steps of the chunk]
 
   std::mutex mutex_;
   std::condition_variable changed_;

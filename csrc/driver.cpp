@@ -176,7 +176,7 @@ class Driver {
     int64_t chunk_start = 0;
     int64_t completed = 0;
     writer_.acquire(slot);
-    auto chunk_began = std::chrono::steady_clock::now();
+    auto flushed = std::chrono::steady_clock::now();
     for (int64_t iteration = 0; iteration < shape_.n_iterations; ++iteration) {
       const int64_t row = iteration - chunk_start;
       launch(iteration, slot, row);
@@ -185,10 +185,11 @@ class Driver {
       if (staging == nullptr) on_progress(completed);
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       const bool stopping = stop_.load();
-      // a slot goes to the writer when full, at the end, at a stop, and once it has waited
-      // flush_interval_ (slow iterations: a killed run keeps all but the last few seconds)
-      if (row + 1 == chunk || completed == shape_.n_iterations || stopping ||
-          std::chrono::steady_clock::now() - chunk_began >= flush_interval_) {
+      const auto now = std::chrono::steady_clock::now();
+      // a slot goes to the writer when full, at the end and at a stop; a slot still filling
+      // puts its err on the disk every flush_interval_ (a killed run keeps all but the last
+      // few seconds of err, and of err2 all but its last chunk)
+      if (row + 1 == chunk || completed == shape_.n_iterations || stopping) {
         CUevent ready = nullptr;
         CUcontext context = nullptr;
         if (staging != nullptr) {
@@ -199,13 +200,22 @@ class Driver {
         }
         writer_.submit(slot, chunk_start, row + 1, ready, context);
         if (staging != nullptr) on_progress(completed);
-        slot ^= 1;
+        slot ^= static_cast<int>(chunk < shape_.n_iterations);  // a run of one chunk has one slot
         chunk_start = completed;
-        chunk_began = std::chrono::steady_clock::now();
+        flushed = now;
         if (completed < shape_.n_iterations && !stopping) {
           py::gil_scoped_release release;
           writer_.acquire(slot);
         }
+      } else if (now - flushed >= flush_interval_) {
+        if (staging != nullptr) {
+          const CudaApi& api = cuda_api();
+          api.check(api.cuStreamSynchronize(staging->stream()), "cuStreamSynchronize");
+          on_progress(completed);
+        }
+        py::gil_scoped_release release;
+        writer_.write_err(slot, chunk_start, row + 1);
+        flushed = now;
       }
       if (stopping) break;
     }

@@ -20,7 +20,7 @@ from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
 from .driver import FileLayout, create_files, drive
 from .interrupts import graceful_stop
-from .memory import available_memory, consensus_memory
+from .memory import available_memory, consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
 from .outputs import clear_partial, partial_path
 from .precision import matmul_precision, storage_dtype
@@ -86,14 +86,15 @@ def run_consensus(
     lengths = [len(tokens) for tokens in token_lists]
     shares = shard_by_tokens(lengths, team.world_size)
     wants_gram = gram_path is not None
+    staging = staging_budget(memory_budget)
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
-        cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size()),
+        cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
         memory_budget_on(device, memory_budget))
     layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format)
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
-                                      layout, err_path, gram_path, scratch, shares, memory_budget),
+                                      layout, err_path, gram_path, scratch, shares, memory_budget, staging),
                        targets, [path for path in targets if path not in scratch], team.rank)
     if team.leader:
         for path in targets:
@@ -121,7 +122,7 @@ def run_consensus(
                 done_before = bar.n
                 record["status"] = "running"
                 completed = run_batch(stream, batch, token_lists, flags, dtype, backend, err_path, gram_path, layout,
-                                      on_decode, mine["decoded"], stop, lambda done: (
+                                      staging, on_decode, mine["decoded"], stop, lambda done: (
                                           bar.update(done_before + done - bar.n), status.watch(stop)))
                 record.update(status="complete" if completed == flags.iterations else "interrupted",
                               iterations_completed=completed)
@@ -145,11 +146,12 @@ def run_consensus(
 
 
 def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int]], flags: ConsensusFlags,
-              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileLayout,
+              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileLayout, staging: int,
               on_decode: Callable[[int, int, list[int]], None], decoded: list[dict], stop,
               on_progress: Callable[[int], None]) -> int:
     """Run the prompts ``batch`` (indices into token_lists) through the iterations into their
-    rows of the partial files; returns the iterations completed."""
+    rows of the partial files, staging at most ``staging`` bytes; returns the iterations
+    completed."""
     engine = make_engine(backend, stream, [token_lists[i] for i in batch], flags.noff, dtype)
 
     def decode(iteration: int, tokens: torch.Tensor) -> None:
@@ -160,7 +162,8 @@ def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int
 
     return drive(engine, flags.iterations, partial_path(err_path), gram_path and partial_path(gram_path),
                  decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
-                 on_progress=on_progress, stop=stop, place=dataclasses.replace(layout, rows=tuple(batch)))
+                 on_progress=on_progress, stop=stop, place=dataclasses.replace(layout, rows=tuple(batch)),
+                 staging=staging)
 
 
 def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[str, int]:
@@ -173,7 +176,7 @@ def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[st
 def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],
                    flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileLayout,
                    err_path: Path, gram_path: Path | None, scratch: tuple[Path, ...], shares: list[list[int]],
-                   memory_budget: int | None) -> dict:
+                   memory_budget: int | None, staging: int) -> dict:
     """The metadata as the run starts: every rank "starting" with its share of the prompts."""
     steps = weights.config.n_layer * flags.iterations
 
@@ -193,7 +196,8 @@ def start_metadata(weights: Weights, model_name: str, texts: list[str], token_li
         files=files,
     )
     meta["flags"].update(matrix_every=layout.gram_every, matrix_dtype=layout.gram_dtype)
-    meta.update(pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, decoded=[],
+    meta.update(pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, staging_bytes=staging,
+                decoded=[],
                 ranks=[{"rank": rank, "status": "starting", "prompts": share, "batches": [], "decoded": [],
                         "timings": {}} for rank, share in enumerate(shares)])
     return meta

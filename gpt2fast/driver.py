@@ -1,7 +1,8 @@
 """A consensus engine run through the C++ loop driver (``gpt2fast._driver``).
 
-The driver owns the N-iteration loop, two staging slots of c iterations each, and a writer
-thread that transposes full slots into the ``.npy`` files (see ``csrc/``). A backend hands
+The driver owns the N-iteration loop, two staging slots of c iterations each (one when the
+whole run fits in it), and a writer thread that transposes full slots into the ``.npy``
+files (see ``csrc/``). A backend hands
 it one iteration as a step: a captured CUDA graph when the engine can provide one (launched
 from C++, no Python per iteration; under --const-reset on triton from iteration 1, with
 iteration 0 through the callable), else a Python callable that fills a slot row.
@@ -18,9 +19,8 @@ import torch
 from ._driver import Driver, create_array
 from .interrupts import StopRequest
 
-CHUNK_BYTES = 128 << 20
-MAX_CHUNK_ITERATIONS = 256
-FLUSH_SECONDS = 5.0  # a staging slot goes to the writer at the latest this long after it began
+STAGING_BYTES = 2 << 30  # the staging slots' default bound (``memory.staging_budget``)
+FLUSH_SECONDS = 5.0  # a filling slot's err reaches the disk at least this often
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,20 @@ def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, ste
                      layout.gram_dtype)
 
 
-def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool) -> int:
-    """Iterations per staging slot: as many as fit ``CHUNK_BYTES``, between 1 and 256.
+def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool, n_iterations: int,
+                     staging: int = STAGING_BYTES) -> int:
+    """Iterations per staging slot within ``staging`` bytes: all N in one slot when they fit,
+    else as many as fit in each of two slots (one filling while the other is written), at
+    least 1.
 
     Larger slots mean longer contiguous runs per err2 row, hence fewer and larger writes
-    (each chunk writes one run of c·L floats to each of the P·T² rows); two slots and the
-    writer's transpose buffer (one prompt's part of a slot) bound the driver's memory at
-    3 · CHUNK_BYTES.
+    (each chunk writes one run of c·L floats to each of the P·T² rows; a run of one chunk
+    writes whole rows, sequentially).
     """
     per_iteration = 4 * n_prompts * n_layer * (2 + (length * length if wants_gram else 0))
-    return max(1, min(MAX_CHUNK_ITERATIONS, CHUNK_BYTES // per_iteration))
+    if n_iterations * per_iteration <= staging:
+        return n_iterations
+    return max(1, min(n_iterations, staging // (2 * per_iteration)))
 
 
 def drive(
@@ -81,20 +85,22 @@ def drive(
     chunk: int | None = None,
     flush_seconds: float = FLUSH_SECONDS,
     place: FileLayout | None = None,
+    staging: int = STAGING_BYTES,
 ) -> int:
     """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``): into
     files of its own prompts, created here, or, with ``place``, at those rows of the files
     ``create_files`` made.
 
-    The files are filled a chunk at a time: every ``chunk`` iterations or ``flush_seconds``
-    after the chunk began, whichever comes first. on_decode(i, tokens [P, T] int64) follows
+    The files are filled a chunk at a time, ``chunk`` iterations (default: as many as
+    ``staging`` bytes hold, ``chunk_iterations``); err also every ``flush_seconds`` while a
+    chunk fills. on_decode(i, tokens [P, T] int64) follows
     each decode iteration; on_progress(iterations completed) follows each iteration (each
     chunk on the CUDA-graph path). Returns the number of iterations completed and written,
     N unless a stop was requested. Raises OSError when a file cannot be written.
     """
     wants_gram = gram_path is not None
     if chunk is None:
-        chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram)
+        chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram, n_iterations, staging)
     if place is None:
         place = FileLayout.whole(engine)
         create_files(err_path, gram_path, place, engine.n_layer * n_iterations)

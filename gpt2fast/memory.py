@@ -10,8 +10,8 @@ engine's dtype (4 bytes fp32, 2 bf16):
     Triton states L · P · T · C    every block's output (``TritonEngine.states``)
     Gram          P · T²  (float32) formed by the metric when err2 is recorded
     graph buffer  P · L · T² (float32) the CUDA graph's err2 output, on the GPU
-    staging       2 slots of ``driver.chunk_iterations`` iterations (float32, host; one
-                  slot when the run is no longer than one)
+    staging       2 slots of ``driver.chunk_iterations`` iterations within the staging
+                  budget (float32, host; one slot when the run fits in it)
 """
 
 from __future__ import annotations
@@ -23,11 +23,18 @@ import resource
 import torch
 
 from .config import ModelConfig
-from .driver import chunk_iterations
+from .driver import STAGING_BYTES, chunk_iterations
+
+
+def staging_budget(memory_budget: int | None = None) -> int:
+    """Bytes for the driver's staging slots: STAGING_BYTES, at most a quarter of the free
+    host memory, at most half of ``memory_budget`` when given (the rest for the batches)."""
+    bound = min(STAGING_BYTES, available_memory(torch.device("cpu")) // 4)
+    return max(1, bound if memory_budget is None else min(bound, memory_budget // 2))
 
 
 def consensus_memory(cfg: ModelConfig, lengths: list[int], iterations: int, wants_gram: bool, backend: str,
-                     device: torch.device, element_size: int) -> dict[str, int]:
+                     device: torch.device, element_size: int, staging: int = STAGING_BYTES) -> dict[str, int]:
     """Bytes the run holds at least besides its weights: ``{"host": ..., "device": ...}``
     (one entry, "host", when the run's device is the CPU)."""
     n_prompts, length, rows, width = len(lengths), max(lengths), sum(lengths), cfg.n_embd
@@ -37,12 +44,12 @@ def consensus_memory(cfg: ModelConfig, lengths: list[int], iterations: int, want
         engine += element_size * cfg.n_layer * n_prompts * length * width
     if device.type == "cuda" and wants_gram:
         engine += 4 * cfg.n_layer * gram
-    chunk = min(iterations, chunk_iterations(n_prompts, cfg.n_layer, length, wants_gram))
+    chunk = chunk_iterations(n_prompts, cfg.n_layer, length, wants_gram, iterations, staging)
     slot = chunk * 4 * n_prompts * cfg.n_layer * (2 + (length * length if wants_gram else 0))
-    staging = (2 if iterations > chunk else 1) * slot
+    slots = (2 if iterations > chunk else 1) * slot
     if device.type == "cpu":
-        return {"host": engine + staging}
-    return {"host": staging, "device": engine}
+        return {"host": engine + slots}
+    return {"host": slots, "device": engine}
 
 
 def cache_bytes(n_layer: int, n_embd: int, iterations: int, max_length: int, element_size: int) -> int:

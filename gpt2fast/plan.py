@@ -20,7 +20,7 @@ import torch
 
 from .batches import plan_batches
 from .config import ModelConfig
-from .memory import consensus_memory
+from .memory import consensus_memory, staging_budget
 from .outputs import format_bytes
 from .errors import InputError
 from .validation import MATRIX_DTYPES, Prompts, check_run_fits, memory_for_batches, prompt_tokens
@@ -133,7 +133,8 @@ def plan_run(cfg: ModelConfig, prompts: Prompts, size: int, err_path: Path | Non
     weights, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
 
     def needs(batch: list[int]) -> dict[str, int]:
-        return consensus_memory(cfg, batch, size, wants_gram, backend, device, storage.itemsize)
+        return consensus_memory(cfg, batch, size, wants_gram, backend, device, storage.itemsize,
+                                staging_budget(memory_budget))
 
     unlimited = {place: math.inf for place in budget}
     batches = plan_batches(list(range(len(lengths))), lengths, needs, budget if refusal is None else unlimited)

@@ -35,7 +35,7 @@ from .outputs import (
 )
 from .precision import DTYPES
 from .prompts import MAX_PROMPTS, random_prompt, read_prompts_file
-from .memory import available_memory, cache_bytes, consensus_memory
+from .memory import available_memory, cache_bytes, consensus_memory, staging_budget
 from .tokenizer import gpt2_encoding
 from .weights import Weights, parameter_count
 
@@ -417,7 +417,7 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
     wants_gram = matrix or gram_path is not None
     _, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
     plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
-        cfg, batch, size, wants_gram, backend, device, storage.itemsize), budget)
+        cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging_budget(memory_budget)), budget)
     every, matrix_dtype = matrix_format
     gram_bytes = npy_bytes((n_prompts, length, length, -(-steps // every)), MATRIX_DTYPES[matrix_dtype])
     if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:

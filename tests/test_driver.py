@@ -14,7 +14,7 @@ import torch
 
 from gpt2fast import _driver
 from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.driver import FileLayout, chunk_iterations, create_files, drive
+from gpt2fast.driver import STAGING_BYTES, FileLayout, chunk_iterations, create_files, drive
 from gpt2fast.interrupts import StopRequest
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
@@ -222,8 +222,10 @@ SCRIPT = textwrap.dedent("""
     stream = WeightStream(cfg, tiny_state(cfg, 0), seed=0, random_init=False, const_reset=False,
                           device=torch.device("cpu"), dtype=torch.float32)
     engine = TorchEngine(stream, [list(range(1000, 1000 + int(sys.argv[2])))], noff=False)
+    with open("/proc/self/status") as status:
+        before = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     try:
-        drive(engine, int(sys.argv[3]), "e.npy", "g.npy")
+        drive(engine, int(sys.argv[3]), "e.npy", "g.npy", staging=int(sys.argv[4]))
     except OSError as error:
         print("OSError:", error)
         sys.exit(3)
@@ -231,14 +233,14 @@ SCRIPT = textwrap.dedent("""
     # parent's resident memory at fork time, which Linux carries across execve.
     with open("/proc/self/status") as status:
         peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    print("peak_rss_bytes", peak * 1024)
+    print("peak_rss_bytes", peak * 1024, "grown_bytes", (peak - before) * 1024)
 """)
 
 
-def run_script(tmp_path, limit, length, iterations):
+def run_script(tmp_path, limit, length, iterations, staging=STAGING_BYTES):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
-    return subprocess.run([sys.executable, str(script), str(limit), str(length), str(iterations)],
+    return subprocess.run([sys.executable, str(script), str(limit), str(length), str(iterations), str(staging)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
@@ -253,26 +255,28 @@ def test_write_failure_mid_run_is_reported(tmp_path):
     assert "OSError: cannot write" in result.stdout and "g.npy: File too large" in result.stdout
 
 
-def test_peak_memory_stays_far_below_the_matrix_file(tmp_path):
-    """A 2 GiB err2 file written through 2 x 128 MiB of staging: the whole process (torch
-    included) peaks under 1 GiB, half the file (issue 3's bound)."""
-    length, iterations = 512, 1040
-    result = run_script(tmp_path, limit=0, length=length, iterations=iterations)
+def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):
+    """A 2 GiB err2 file written through a staging budget of 256 MiB (two slots of 128 MiB,
+    17 chunks): the process grows by no more than the budget and the writer's 16 MiB piece,
+    and the file holds every step."""
+    length, iterations, budget = 512, 1040, 256 << 20
+    result = run_script(tmp_path, limit=0, length=length, iterations=iterations, staging=budget)
     assert result.returncode == 0, result.stderr
     size = (tmp_path / "g.npy").stat().st_size
-    assert size > 2 << 30
-    peak = int(result.stdout.split("peak_rss_bytes")[1])
-    assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+    assert size > 8 * budget
+    grown = int(result.stdout.split("grown_bytes")[1])
+    assert grown < budget + (48 << 20), f"grew {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
     gram = np.load(tmp_path / "g.npy", mmap_mode="r")
     assert gram.shape == (1, length, length, CFG.n_layer * iterations)
     assert np.isfinite(gram[0, :, :, -1]).all() and np.isfinite(gram[0, 100, :, :]).all()
 
 
-def test_chunk_size_keeps_staging_bounded():
-    assert chunk_iterations(1, 12, 27, True) == 256
-    assert chunk_iterations(1, 48, 1024, True) == 1
+def test_chunks_hold_the_whole_run_when_it_fits_else_two_slots_within_the_budget():
     per_iteration = 4 * 8 * 12 * (2 + 256 * 256)
-    assert chunk_iterations(8, 12, 256, True) * per_iteration <= 128 << 20
+    assert chunk_iterations(8, 12, 256, True, 50, 50 * per_iteration) == 50  # one slot, one chunk
+    assert chunk_iterations(8, 12, 256, True, 51, 50 * per_iteration) == 25  # two slots of 25
+    assert chunk_iterations(1, 48, 1024, True, 2000, 1 << 20) == 1  # at least one iteration
+    assert chunk_iterations(1, 12, 27, False, 2000) == 2000
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

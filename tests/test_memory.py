@@ -12,7 +12,8 @@ import torch
 import gpt2fast
 from gpt2fast import validation
 from gpt2fast.errors import InputError
-from gpt2fast.memory import consensus_memory
+from gpt2fast.driver import STAGING_BYTES
+from gpt2fast.memory import consensus_memory, staging_budget
 from gpt2fast.weights import parameter_count
 from tiny_models import tiny_config
 
@@ -23,16 +24,21 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def test_the_floor_counts_each_part_where_it_lives():
     lengths = [3, 5]  # rows 8, P 2, T 5
     activations = 4 * 8 * 6 * 128
-    staging = 2 * 256 * 4 * 2 * 2 * 2  # two slots of 256 iterations, err only
-    assert consensus_memory(CFG, lengths, 1000, False, "torch", CPU, 4) == {"host": activations + staging}
-    assert consensus_memory(CFG, lengths, 10, False, "torch", CPU, 4) == {"host": activations + 10 * 4 * 2 * 2 * 2}
+    per_iteration, per_iteration_gram = 4 * 2 * 2 * 2, 4 * 2 * 2 * (2 + 25)
+    assert consensus_memory(CFG, lengths, 1000, False, "torch", CPU, 4) == {"host": activations + 1000 * per_iteration}
+    staging = 100 * per_iteration  # two slots of 50 iterations
+    assert consensus_memory(CFG, lengths, 1000, False, "torch", CPU, 4, staging) == {"host": activations + staging}
     gram = 2 * 25
-    staging_gram = 2 * 256 * 4 * 2 * 2 * (2 + 25)
     assert consensus_memory(CFG, lengths, 1000, True, "torch", CPU, 4) == {
-        "host": activations + 4 * gram + staging_gram}
+        "host": activations + 4 * gram + 1000 * per_iteration_gram}
     states = 2 * 2 * 5 * 128
     assert consensus_memory(CFG, lengths, 1000, True, "triton", CUDA, 2) == {
-        "host": staging_gram, "device": 2 * 8 * 6 * 128 + 4 * gram + 2 * states + 4 * 2 * gram}
+        "host": 1000 * per_iteration_gram, "device": 2 * 8 * 6 * 128 + 4 * gram + 2 * states + 4 * 2 * gram}
+
+
+def test_staging_takes_at_most_half_a_memory_budget():
+    assert staging_budget(64 << 20) == 32 << 20
+    assert staging_budget() <= STAGING_BYTES and staging_budget(1 << 50) == staging_budget()
 
 
 MEASURE = textwrap.dedent("""
