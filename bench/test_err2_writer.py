@@ -1,0 +1,117 @@
+"""err2 at the disk's speed: the C++ writer against large sequential writes of the same bytes.
+
+Writer cases (T = 256, N = 2048 and T = 1024, N = 128, L = 2: 1 GiB of err2 each): the
+driver runs an engine whose iteration only fills its staging rows (a tiny model's iteration
+costs a few ms at these T; this one costs none, so the time is the writer's: the NaN-filled
+file, the transposes, the writes, the final fsync). The baseline writes the same byte count
+in 8 MiB blocks to the same directory and fsyncs. "speed-up" in the ratio table is then the
+writer's share of the disk's sequential speed (target >= 0.70); the summary line gives both
+in MB/s and the peak resident memory the writer added.
+
+Whole-run case: the tiny model, one prompt of 511 tokens, N = 512 (err2 1.07 GB), through
+the CLI, with and without --matrixerror (target: with at most 2x without, ratio >= 0.5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2fast.driver import drive
+
+WRITER_CASES = [(256, 2048), (1024, 128)]
+LAYERS = 2
+
+
+class FillingEngine:
+    """One prompt of ``length`` tokens whose every iteration writes constants into its rows."""
+
+    backend = "synthetic"
+
+    def __init__(self, length: int):
+        self.n_prompts, self.n_layer, self.length = 1, LAYERS, length
+
+    def iteration(self, index: int, err: torch.Tensor, gram: torch.Tensor | None) -> None:
+        err.fill_(index)
+        if gram is not None:
+            gram.fill_(index * 1e-3)
+
+    def capture_iteration(self, wants_gram: bool, n_iterations: int) -> None:
+        return None
+
+
+def sequential_write(path, nbytes: int) -> None:
+    block = np.full(2 << 20, np.nan, np.float32).tobytes()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        written = 0
+        while written < nbytes:
+            written += os.write(fd, block[: min(len(block), nbytes - written)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+
+
+@pytest.mark.parametrize("role", ["baseline", "gpt2fast"])
+@pytest.mark.parametrize("length,iterations", WRITER_CASES)
+def test_err2_writer(benchmark, tmp_path, length, iterations, role):
+    nbytes = 4 * length * length * LAYERS * iterations
+    benchmark.group = f"err2 writer: T={length}, N={iterations}, L={LAYERS} ({nbytes / 2**30:.2f} GiB)"
+    benchmark.extra_info["role"] = role
+    before = resident_bytes()
+
+    def run() -> None:
+        if role == "baseline":
+            sequential_write(tmp_path / "seq.bin", nbytes)
+        else:
+            drive(FillingEngine(length), iterations, tmp_path / "e.npy", tmp_path / "g.npy")
+        for name in ("seq.bin", "g.npy"):
+            (tmp_path / name).unlink(missing_ok=True)
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    rate = nbytes / benchmark.stats.stats.median / 1e6
+    grown = (resident_bytes() - before) / 2**20
+    benchmark.extra_info["summary"] = (f"{benchmark.group}, {'sequential writes' if role == 'baseline' else 'writer'}:"
+                                       f" {rate:.0f} MB/s" + ("" if role == "baseline" else f", peak +{grown:.0f} MiB"))
+
+
+@pytest.mark.parametrize("role", ["baseline", "gpt2fast"])
+def test_whole_run_with_err2(benchmark, tiny_checkpoint_dir, tmp_path, role):
+    prompt = " ".join(["word"] * 511)
+    flags = ["--weights", str(tiny_checkpoint_dir), "--backend", "torch", "--size", "512", "--prompt", prompt]
+    if role == "gpt2fast":
+        flags += ["--matrixerror", "m"]
+    benchmark.group = "whole run: tiny model, T=511, N=512, without / with --matrixerror (1.07 GB)"
+    benchmark.extra_info["role"] = role
+    walls = []
+
+    def run() -> None:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gpt2fast", *flags], check=True, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True)
+        walls.append(time.perf_counter() - started)
+        (tmp_path / "m.npy").unlink(missing_ok=True)
+
+    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    benchmark.extra_info["summary"] = (f"{benchmark.group}: {'without' if role == 'baseline' else 'with'} "
+                                       f"{min(walls):.1f} s")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint_dir(tmp_path_factory):
+    from tiny_models import tiny_config, tiny_state, write_hf_safetensors
+
+    directory = tmp_path_factory.mktemp("tiny")
+    write_hf_safetensors(directory, tiny_config(), tiny_state(tiny_config(), 7))
+    return directory
