@@ -163,7 +163,7 @@ def consensus(
             second_signal_exits=second_signal_exits, model=model, backend=backend, savefile=savefile,
             matrixerror=matrixerror, on_decode=on_decode, size=size, seed=seed, decode=decode, device=device,
             dtype=dtype, memory_budget=memory_budget, distributed=team.distributed, matrix_every=matrix_every,
-            matrix_dtype=matrix_dtype)
+            matrix_dtype=matrix_dtype, plan=plan)
         sources.append(prompt_source(prompts, prompts_file, random_prompt, random_prompts, checked[1], label))
         # before anything heavy: the prompts and the files' sizes with the sizes known so far
         return *checked, expected_config(weights, model, label)
@@ -218,12 +218,12 @@ def consensus(
 def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, matrix, progress,
                               second_signal_exits, model, backend, savefile, matrixerror, on_decode, size, seed,
                               decode, device, dtype, memory_budget, distributed: bool, matrix_every=1,
-                              matrix_dtype="float32") -> tuple:
+                              matrix_dtype="float32", plan=False) -> tuple:
     """``consensus``'s arguments checked (everything but the prompts and the weights) and
     resolved: (size, seed, decode, device, backend, err_path, gram_path, memory_budget,
     matrix_format)."""
     check_options(label, dict(noff=noff, random_init=random_init, const_reset=const_reset, matrix=matrix,
-                              progress=progress, second_signal_exits=second_signal_exits),
+                              progress=progress, second_signal_exits=second_signal_exits, plan=plan),
                   dict(model=(model, (None, *PRESETS)), backend=(backend, BACKENDS)),
                   dict(savefile=savefile, matrixerror=matrixerror), dict(on_decode=on_decode))
     check_values(label, size=size, seed=seed)
@@ -232,6 +232,8 @@ def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, m
     device_ = resolve_device(device, dtype, label)
     backend = resolve_backend(backend, device_, dtype, label)
     err_path, gram_path = check_outputs(savefile, matrixerror, label)
+    if distributed and plan:
+        raise InputError(f"{label('plan')} describes a run of one process: run it without torchrun")
     if distributed and (err_path is None or (matrix and gram_path is None)):
         raise InputError(f"under torchrun every rank writes its rows of the files: give {label('savefile')}"
                          f"{' and ' + label('matrixerror') if matrix else ''}")

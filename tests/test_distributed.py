@@ -155,6 +155,8 @@ def test_results_in_memory_are_refused_under_torchrun():
         check_consensus_arguments(parameter, matrix=False, savefile=None, matrixerror=None, **common)
     with pytest.raises(InputError, match="give savefile and matrixerror$"):
         check_consensus_arguments(parameter, matrix=True, savefile="E", matrixerror=None, **common)
+    with pytest.raises(InputError, match="plan describes a run of one process: run it without torchrun"):
+        check_consensus_arguments(parameter, matrix=False, savefile="E", matrixerror=None, plan=True, **common)
 
 
 @settings(max_examples=200, deadline=None)
