@@ -415,14 +415,14 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
     lengths = [len(tokens) for tokens in token_lists]
     n_prompts, length, steps = len(lengths), max(lengths), cfg.n_layer * size
     wants_gram = matrix or gram_path is not None
-    _, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
-    plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
-        cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging_budget(memory_budget)), budget)
     every, matrix_dtype = matrix_format
     gram_bytes = npy_bytes((n_prompts, length, length, -(-steps // every)), MATRIX_DTYPES[matrix_dtype])
     if matrix and gram_path is None and gram_bytes > available_memory(torch.device("cpu")) // 2:
         raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
                          f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
+    _, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
+    plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
+        cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging_budget(memory_budget)), budget)
     scratch = Path(tempfile.gettempdir())
     planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
     if wants_gram:
