@@ -21,6 +21,7 @@ import operator
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,10 +167,10 @@ def consensus(
             matrix_dtype=matrix_dtype, plan=plan)
         sources.append(prompt_source(prompts, prompts_file, random_prompt, random_prompts, checked[1], label))
         # before anything heavy: the prompts and the files' sizes with the sizes known so far
-        return *checked, expected_config(weights, model, label)
+        return *checked, expected_config(weights, model, label), uuid.uuid4().hex
 
     (size, seed, decode, device_, backend, err_path, gram_path, memory_budget, matrix_format,
-     expected) = team.decide(check_arguments)
+     expected, run_id) = team.decide(check_arguments)
     device_ = team.device(device_)
     place = (backend, device_, storage_dtype(dtype))
     read = []  # rank 0's prompts as given, for a second check once the weights tell their sizes
@@ -206,7 +207,7 @@ def consensus(
                 err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
                 show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
                 second_signal_exits=second_signal_exits, team=team, memory_budget=memory_budget,
-                matrix_format=matrix_format,
+                matrix_format=matrix_format, run_id=run_id,
             )
             promoted = meta["status"] != "failed"
             err = read_array(err_file if promoted else partial_path(err_file), keep_mapped=err_path is not None)

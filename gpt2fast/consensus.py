@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def run_consensus(
     team: Team | None = None,
     memory_budget: int | None = None,
     matrix_format: tuple[int, str] = (1, "float32"),
+    run_id: str | None = None,
 ) -> tuple[dict, int]:
     """Run every prompt through N iterations and write the files.
 
@@ -76,7 +78,8 @@ def run_consensus(
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
     each of this rank's prompts, with that prompt's T_p argmax ids. Returns the final
     metadata (also written beside each array) and the exit status: 0, 128 + signal after a
-    stop, 1 when another rank failed.
+    stop, 1 when another rank failed. run_id: the same on every rank (rank 0's; default a
+    new one), written into the metadata (``run_status``).
     """
     team = team or Team()
     cfg = weights.config
@@ -94,7 +97,8 @@ def run_consensus(
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
-                                      layout, err_path, gram_path, scratch, shares, memory_budget, staging),
+                                      layout, err_path, gram_path, scratch, shares, memory_budget, staging,
+                                      run_id or uuid.uuid4().hex),
                        targets, [path for path in targets if path not in scratch], team.rank)
     if team.leader:
         for path in targets:
@@ -121,13 +125,12 @@ def run_consensus(
                     bar.set_description(f"consensus, batch {number + 1}/{len(batches)}")
                 done_before = bar.n
                 record["status"] = "running"
+                status.record(mine)
                 completed = run_batch(stream, batch, token_lists, flags, dtype, backend, err_path, gram_path, layout,
                                       staging, on_decode, mine["decoded"], stop, lambda done: (
-                                          bar.update(done_before + done - bar.n), status.watch(stop)))
+                                          bar.update(done_before + done - bar.n), status.watch(stop, mine)))
                 record.update(status="complete" if completed == flags.iterations else "interrupted",
                               iterations_completed=completed)
-                if number + 1 < len(batches) and not stop.requested:
-                    status.record(mine)
             mine.update(status="interrupted" if stop.requested else "complete")
             mine["timings"].update(finished=now(), run_s=round(time.perf_counter() - started, 3))
             status.record(mine)
@@ -138,7 +141,7 @@ def run_consensus(
                 record["status"] = "failed"
         mine.update(status="failed", error=str(error) or type(error).__name__)
         mine["timings"].update(finished=now(), run_s=round(time.perf_counter() - started, 3))
-        with contextlib.suppress(OSError):  # a full disk may refuse this too: report the run's error
+        with contextlib.suppress(OSError):  # a full disk, files not made yet or gone: report the run's error
             status.record(mine)
         raise
     exit_status = stop.exit_status() or (0 if meta["status"] != "failed" else 1)
@@ -176,7 +179,7 @@ def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[st
 def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],
                    flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileLayout,
                    err_path: Path, gram_path: Path | None, scratch: tuple[Path, ...], shares: list[list[int]],
-                   memory_budget: int | None, staging: int) -> dict:
+                   memory_budget: int | None, staging: int, run_id: str) -> dict:
     """The metadata as the run starts: every rank "starting" with its share of the prompts."""
     steps = weights.config.n_layer * flags.iterations
 
@@ -196,7 +199,7 @@ def start_metadata(weights: Weights, model_name: str, texts: list[str], token_li
         files=files,
     )
     meta["flags"].update(matrix_every=layout.gram_every, matrix_dtype=layout.gram_dtype)
-    meta.update(pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, staging_bytes=staging,
+    meta.update(run_id=run_id, pid=os.getpid(), world_size=len(shares), memory_budget=memory_budget, staging_bytes=staging,
                 decoded=[],
                 ranks=[{"rank": rank, "status": "starting", "prompts": share, "batches": [], "decoded": [],
                         "timings": {}} for rank, share in enumerate(shares)])

@@ -17,10 +17,12 @@ slowest rank).
 The rewrite that ends the last rank moves the files into place (``outputs.promote``),
 unless the run failed: then they stay at their partial names. A rank that ends early
 (interrupted, failed) stops the others: they look at the records between iterations
-(``RunStatus.watch``) and stop as after Ctrl-C. A rank that has ended waits for the others
-(``RunStatus.settle``); once a stop was requested (Ctrl-C, a peer, or torchrun stopping the
-job because a rank died), it waits at most ``LOST_AFTER`` seconds, then records the silent
-ranks as failed, with how far their rows of the err file got.
+(``RunStatus.watch``) and stop as after Ctrl-C; running ranks also show a heartbeat there.
+A rank that has ended waits for the others (``RunStatus.settle``); once a stop was requested
+(Ctrl-C, a peer, or torchrun stopping the job because a rank died), a rank that has not
+ended and whose heartbeat stood still for ``LOST_AFTER`` seconds is recorded as failed, with
+how far its rows of the files got. Every record carries the run's ``run_id``: a rank left
+over from a job that ended never writes into the metadata of a later run on the same names.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ENDED = ("complete", "interrupted", "failed")
 LOST_AFTER = 15.0  # seconds a stopping rank waits for the others' records (torchrun kills after 30)
 POLL_SECONDS = 0.5
 WATCH_SECONDS = 2.0  # a running rank looks at the others' records this often (between iterations)
+HEARTBEAT_SECONDS = 5.0  # and shows it is alive this often (its record's heartbeat)
 
 
 def summarise(meta: dict) -> None:
@@ -87,7 +90,7 @@ class RunStatus:
         self.meta, self.targets, self.rank = meta, targets, rank
         self.files = [metadata_path(partial_path(target)) for target in with_metadata]
         self.finals = [metadata_path(target) for target in with_metadata]
-        self.watched = -math.inf
+        self.watched = self.beaten = -math.inf
 
     def publish(self) -> None:
         """Write the metadata as it starts (rank 0, once the files exist)."""
@@ -97,13 +100,13 @@ class RunStatus:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run's lock and the latest metadata in ``self.meta``."""
+        """Hold the run's lock and the latest metadata in ``self.meta``. FileNotFoundError
+        (an OSError) when the run's partial array is not there (not made yet, or moved into
+        place), StaleRun when the metadata there is another run's (this job is over)."""
         if not self.files:
             yield
             return
-        # O_CREAT: a rank may record (a failure) before rank 0 has made the array, which
-        # then truncates the same file; none records after the run's last record moved it
-        fd = os.open(partial_path(self.targets[0]), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(partial_path(self.targets[0]), os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self.meta = self.read()
@@ -112,10 +115,18 @@ class RunStatus:
             os.close(fd)
 
     def read(self) -> dict:
-        """The metadata on the disk: the partial file, or the final one once promoted."""
+        """This run's metadata on the disk: the partial file, or the final one once promoted
+        (StaleRun when what is there belongs to another run)."""
         for path in (self.files[0], self.finals[0]):
-            with contextlib.suppress(FileNotFoundError):
-                return json.loads(path.read_text())
+            try:
+                meta = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            if meta.get("run_id") != self.meta["run_id"]:
+                if path == self.finals[0]:
+                    break  # an earlier run's results: this run's metadata is gone
+                raise StaleRun(f"{path} now belongs to another run")
+            return meta
         raise FileNotFoundError(f"the metadata of this run ({self.files[0]}) is gone")
 
     def record(self, mine: dict) -> None:
@@ -139,51 +150,84 @@ class RunStatus:
             for target in self.targets:
                 promote(partial_path(target), target, with_metadata=target in with_metadata)
 
-    def watch(self, stop: StopRequest) -> None:
-        """Ask this rank to stop (``StopRequest.request_by_peer``) once another rank has
-        ended early (interrupted or failed); reads the metadata at most every WATCH_SECONDS."""
+    def settled(self, meta: dict) -> bool:
+        """Whether every rank has ended and the files are where they stay (moved into place
+        unless the run failed)."""
+        if not all(rank["status"] in ENDED for rank in meta["ranks"]):
+            return False
+        return meta["status"] == "failed" or not self.files or not partial_path(self.targets[0]).exists()
+
+    def watch(self, stop: StopRequest, mine: dict) -> None:
+        """Between iterations: ask this rank to stop (``StopRequest.request_by_peer``) once
+        another rank has ended early (interrupted or failed), and show it is alive
+        (``mine["heartbeat"]``, rewritten every HEARTBEAT_SECONDS); reads the metadata at
+        most every WATCH_SECONDS."""
         if not self.files or len(self.meta["ranks"]) == 1 or stop.requested:
             return
-        if time.monotonic() < self.watched + WATCH_SECONDS:
+        now = time.monotonic()
+        if now < self.watched + WATCH_SECONDS:
             return
-        self.watched = time.monotonic()
+        self.watched = now
         with contextlib.suppress(OSError, ValueError):  # between a rename and a read: look again later
             if any(rank["status"] in ("interrupted", "failed") for rank in self.read()["ranks"]):
                 stop.request_by_peer()
+                return
+            if now >= self.beaten + HEARTBEAT_SECONDS:
+                self.beaten = now
+                mine["heartbeat"] = mine.get("heartbeat", 0) + 1
+                self.record(mine)
 
     def settle(self, stop: StopRequest) -> dict:
-        """Wait until every rank has ended (at once for a team of one), then return the
-        metadata; after a stop request, ranks silent for LOST_AFTER seconds are failed."""
-        deadline = None
+        """Wait until the run has settled (at once for a team of one), then return its
+        metadata. Once a stop was requested, a rank that has not ended and whose heartbeat
+        has not changed for LOST_AFTER seconds is recorded as failed (``record_lost``)."""
+        seen: dict[int, tuple[object, float]] = {}  # rank -> (its heartbeat, when it last changed)
         while True:
             meta = self.read() if self.files else self.meta
-            if all(rank["status"] in ENDED for rank in meta["ranks"]):
+            if self.settled(meta):
                 self.meta = meta
                 return meta
-            if stop.requested and deadline is None:
-                deadline = time.monotonic() + LOST_AFTER
-            if deadline is not None and time.monotonic() > deadline:
-                self.record_lost()
+            now = time.monotonic()
+            for rank in meta["ranks"]:
+                beat = (rank["status"], rank.get("heartbeat"))
+                if seen.get(rank["rank"], (None, 0.0))[0] != beat:
+                    seen[rank["rank"]] = (beat, now)
+            silent = [number for number, (beat, since) in seen.items()
+                      if beat[0] not in ENDED and now - since > LOST_AFTER]
+            if stop.requested and silent:
+                self.record_lost(silent)
                 continue
             time.sleep(POLL_SECONDS)
 
-    def record_lost(self) -> None:
-        """Fail the ranks that have not ended, with how far their rows got in the err file."""
+    def record_lost(self, silent: list[int]) -> None:
+        """Fail the ``silent`` ranks that have still not ended; their running batch gets the
+        iterations its rows hold in every file (err, and err2 where recorded)."""
         with self.locked():
-            err = np.load(partial_path(self.targets[0]), mmap_mode="r")
-            n_layer = self.meta["model"]["n_layer"]
+            files = [np.load(partial_path(target), mmap_mode="r") for target in self.targets]
+            n_layer, every = self.meta["model"]["n_layer"], self.meta["flags"].get("matrix_every", 1)
             for rank in self.meta["ranks"]:
-                if rank["status"] in ENDED:
+                if rank["rank"] not in silent or rank["status"] in ENDED:
                     continue
                 rank.update(status="failed", error="the rank ended without a word (killed?); its iterations are "
-                                                  "counted from its rows of the err file")
+                                                  "counted from its rows of the files")
                 for batch in rank["batches"]:
+                    if batch["status"] != "running":
+                        continue
                     batch.update(status="failed", iterations_completed=min(
-                        (written_steps(err[prompt]) // n_layer for prompt in batch["prompts"]), default=0))
+                        (written_iterations(array[prompt], n_layer, every) for array in files
+                         for prompt in batch["prompts"]), default=0))
             self.rewrite()
 
 
-def written_steps(rows: np.ndarray) -> int:
-    """Steps before the first NaN of a prompt's err rows (L·N, 2)."""
-    missing = np.flatnonzero(np.isnan(np.asarray(rows[:, 0])))
-    return int(missing[0]) if missing.size else rows.shape[0]
+class StaleRun(OSError):
+    """The files this rank was writing belong to another run now (its job ended without it)."""
+
+
+def written_iterations(rows: np.ndarray, n_layer: int, every: int) -> int:
+    """Iterations a prompt's rows hold before their first NaN: err rows (L·N, 2) or err2
+    rows (T, T, ceil(L·N / every)) (cell (0, 0), every ``every``-th step)."""
+    series = np.asarray(rows[:, 0] if rows.ndim == 2 else rows[0, 0])
+    missing = np.flatnonzero(np.isnan(series))
+    entries = int(missing[0]) if missing.size else series.shape[0]
+    steps = entries if rows.ndim == 2 else entries * every
+    return steps // n_layer
