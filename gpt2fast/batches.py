@@ -36,7 +36,7 @@ def plan_batches(indices: list[int], lengths: list[int], needs: Needs, budget: d
             place = next(place for place, count in needed.items() if count > budget[place])
             raise InputError(f"refusing to start: one prompt of {lengths[index]} tokens needs at least "
                              f"{format_bytes(needed[place])} of {place} memory on this model, and "
-                             f"{format_bytes(budget[place])} is available for it; run it without err2, "
-                             f"shorter, or with a larger memory budget")
+                             f"{format_bytes(budget[place])} is available for it; run a shorter prompt, "
+                             f"without err2 where it is recorded, or with a larger memory budget")
         batches.append([index])
     return batches

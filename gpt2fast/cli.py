@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .api import consensus, generate, warn
 from .backends import BACKENDS
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
-from .distributed import PeerRefused, environment
+from .distributed import PeerRefused, RankError, environment, leader_process
 from .errors import InputError
 from .memory import is_out_of_memory
 from .plan import RunPlan
@@ -119,9 +119,12 @@ def terminal_prompts(generating: bool) -> list[str]:
 
 
 def print_decoded(encoding, iteration: int, prompt: int, token_ids: list[int]) -> None:
-    """The original's decode output, two lines per prompt and decode iteration."""
-    tqdm.write(f"Decoded output for prompt {prompt + 1}, iteration {iteration}:", file=sys.stdout)
-    tqdm.write(f"> {encoding.decode(token_ids)}", file=sys.stdout)
+    """The original's decode output, two lines per prompt and decode iteration, written and
+    flushed at once (under torchrun several ranks share the terminal)."""
+    with tqdm.external_write_mode(file=sys.stdout):
+        sys.stdout.write(f"Decoded output for prompt {prompt + 1}, iteration {iteration}:\n"
+                         f"> {encoding.decode(token_ids)}\n")
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except PeerRefused:  # under torchrun: rank 0 printed why
         return EXIT_USAGE
     except InputError as error:
+        if not (leader_process() or isinstance(error, RankError)):  # rank 0 prints what every rank found
+            return EXIT_USAGE
         message = " ".join(str(error).split())
         print(f"gpt2fast: error: {message}", file=sys.stderr)
         return EXIT_USAGE
@@ -192,7 +197,7 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
     outcome = "done" if meta["complete"] else f"INTERRUPTED after {done} of {size} iterations (rest is NaN)"
     batches = sum(len(rank["batches"]) for rank in meta["ranks"])
     spread = f" on {meta['world_size']} ranks" if meta["world_size"] > 1 else ""
-    spread += f" in {batches} batches" if batches > 1 else ""
+    spread += f" in {batches} batches" if batches > meta["world_size"] else ""
     warn(f"gpt2fast: {outcome}: wrote {written} + metadata; "
          f"{done} iterations{spread} in {meta['timings']['run_s']:.1f} s ({meta['timings']['steps_per_s']} steps/s)")
     return result.exit_status

@@ -37,6 +37,19 @@ class PeerRefused(InputError):
     """Rank 0 refused the run (and printed why); the other ranks end with this, silently."""
 
 
+class RankError(InputError):
+    """A refusal of this rank alone (its device), printed by the rank that found it."""
+
+
+def leader_process() -> bool:
+    """Whether this process reports for its job: not a torchrun rank other than 0 (never
+    raises, even for an environment ``environment`` refuses)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
 @dataclass
 class Team:
     """This process's place in the job: rank of world_size, local_rank on its machine."""
@@ -92,7 +105,7 @@ class Team:
         if device.type != "cuda" or not self.distributed:
             return device
         if self.local_rank >= torch.cuda.device_count():
-            raise InputError(f"rank {self.rank} is local rank {self.local_rank}, but this machine has "
+            raise RankError(f"rank {self.rank} is local rank {self.local_rank}, but this machine has "
                              f"{torch.cuda.device_count()} CUDA devices: start at most that many processes per node")
         return torch.device("cuda", self.local_rank)
 
@@ -122,7 +135,13 @@ def join() -> Team:
     waiting up to PATIENCE at each meeting) when it has more than one rank."""
     team = environment()
     if team.distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size, timeout=PATIENCE)
+        try:
+            torch.distributed.init_process_group("gloo", rank=team.rank, world_size=team.world_size,
+                                                 timeout=PATIENCE)
+        except (ValueError, RuntimeError) as error:
+            raise InputError(f"WORLD_SIZE is {team.world_size}, but this process is not part of a torchrun job "
+                             f"({' '.join(str(error).split())[:200]}): start it with torchrun, or unset "
+                             f"WORLD_SIZE") from None
     return team
 
 

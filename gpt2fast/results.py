@@ -36,6 +36,8 @@ class PromptSummary:
 def summarise_prompts(err: np.ndarray, band: tuple[float, float] = (10.0, 90.0)) -> PromptSummary:
     """The ``PromptSummary`` of err (P, L·N, 2); prompts a stopped run did not reach at a
     step (NaN) are left out there."""
+    if not 0.0 <= band[0] < band[1] <= 100.0:
+        raise ValueError(f"band must be two percentiles, low < high, in [0, 100]; got {band}")
     values = np.asarray(err, dtype=np.float64)
     with warnings.catch_warnings():  # steps no prompt reached: NaN, as documented
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -139,12 +139,24 @@ def test_ctrl_c_stops_every_rank_and_keeps_what_they_computed(tiny_checkpoint, t
             assert np.isfinite(gram[prompt, 0, 0, steps - 1]) and np.isnan(gram[prompt, 0, 0, steps])
 
 
-def test_bad_input_under_torchrun_is_one_line_from_rank_0(tiny_checkpoint, tmp_path):
-    status, _, err = finished(torchrun(tiny_checkpoint, tmp_path, "--size", "0"))
+@pytest.mark.parametrize("flags,message", [
+    (["--size", "0"], "gpt2fast: error: --size must be at least 1, got 0"),
+    (["--size", "abc"], "gpt2fast: error: argument --size: invalid int value: 'abc'"),
+    (["--top-k", "0"], "gpt2fast: error: --top-k must be in [1, 50257], got 0")])
+def test_bad_input_under_torchrun_is_one_line_from_rank_0(tiny_checkpoint, tmp_path, flags, message):
+    status, _, err = finished(torchrun(tiny_checkpoint, tmp_path, *flags))
     assert status != 0
-    assert [line for line in err.splitlines() if "gpt2fast: error:" in line] == [
-        "gpt2fast: error: --size must be at least 1, got 0"]
+    assert [line for line in err.splitlines() if "gpt2fast: error:" in line] == [message]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_world_size_without_torchrun_is_one_line(tiny_checkpoint, tmp_path):
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", CUDA_VISIBLE_DEVICES="")
+    env.pop("MASTER_ADDR", None)
+    run = subprocess.run([sys.executable, "-m", "gpt2fast", "--weights", str(tiny_checkpoint), "--prompt", "x",
+                          "--size", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert run.stderr.startswith("gpt2fast: error: WORLD_SIZE is 2, but this process is not part of a torchrun job")
 
 
 def test_results_in_memory_are_refused_under_torchrun():

@@ -263,3 +263,5 @@ def test_the_summary_leaves_out_prompts_that_did_not_reach_a_step():
     np.testing.assert_allclose(summary.median[2], np.median(result.err[:, 2].astype(np.float64), axis=0))
     assert np.isnan(summary.mean[10:]).all() and np.isnan(summary.low[10:]).all()
     assert completed_steps(result.err) == 10
+    with pytest.raises(ValueError, match=r"band must be two percentiles, low < high, in \[0, 100\]"):
+        result.summary(band=(90.0, 10.0))
