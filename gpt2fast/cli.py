@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -18,6 +19,7 @@ from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL
 from .distributed import PeerRefused, RankError, environment, leader_process
 from .errors import InputError
 from .memory import is_out_of_memory
+from .outputs import metadata_path, partial_path
 from .plan import RunPlan
 from .precision import DTYPES
 from .prompts import read_prompts
@@ -189,8 +191,9 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
     if not environment().leader:  # under torchrun: rank 0 reports for the job
         return result.exit_status
     if meta["status"] == "failed":
+        partial = metadata_path(partial_path(Path(meta["files"]["err"]["path"])))
         print(f"gpt2fast: error: {' '.join(meta.get('error', 'a rank failed').split())} (the files keep their "
-              f"partial names; metadata {meta['files']['err']['path']} beside them)", file=sys.stderr)
+              f"partial names: {partial} says how far each rank got)", file=sys.stderr)
         return result.exit_status or EXIT_FAILURE
     written = ", ".join(f"{info['path']} {tuple(info['shape'])}" for info in meta["files"].values())
     done, size = meta["iterations_completed"], meta["flags"]["size"]

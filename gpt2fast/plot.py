@@ -66,7 +66,8 @@ def title(result: ConsensusResult, n_layer: int | None) -> str:
     meta = result.metadata
     steps = result.err.shape[1]
     done = completed_steps(result.err)
-    status = "" if done == steps else f" · interrupted after {done} of {steps} steps"
+    ended = "failed" if result.metadata is not None and result.metadata.get("status") == "failed" else "interrupted"
+    status = "" if done == steps else f" · {ended} after {done} of {steps} steps"
     if meta is None:
         layers = f"L={n_layer} (given)" if n_layer else "layers unknown"
         return f"no metadata (the original script's file?) · {steps} steps · {layers}{status}"
