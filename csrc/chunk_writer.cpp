@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <vector>
 #include <new>
 #include <stdexcept>
@@ -31,9 +32,9 @@ void AlignedFree::operator()(float* pointer) const { std::free(pointer); }
 
 ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
                          const std::string& gram_path)
-    : shape_(shape) {
+    : shape_(shape), gram_path_(gram_path) {
   err_file_ = std::make_unique<NpyFile>(err_path, shape.err_file_shape());
-  if (shape.with_gram) {
+  if (shape.with_gram && !shape.gram_at_write) {
     gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape(), shape.gram_element);
   }
   const int slots = shape.chunk_iterations < shape.n_iterations ? kSlots : 1;  // one chunk: one slot
@@ -146,7 +147,7 @@ void ChunkWriter::write_err_rows(const float* err, int64_t first, int64_t count,
 
 void ChunkWriter::write_chunk(const Job& job) {
   write_err_rows(err_[job.slot].get(), job.first, job.count, row_.get());
-  if (gram_file_) write_gram(job);
+  if (shape_.with_gram) write_gram(job);
 }
 
 void ChunkWriter::write_gram(const Job& job) {
@@ -158,9 +159,15 @@ void ChunkWriter::write_gram(const Job& job) {
   const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
   const int64_t count = end - first;
   if (count == 0) return;
-  const bool whole_rows = count == recorded;  // each cell's run is its whole file row
+  const bool pad = shape_.gram_at_write;  // the one chunk: whole rows, NaN after `count` steps
+  if (pad && !gram_file_) {
+    create_npy(gram_path_, shape_.gram_file_shape(), shape_.gram_element, false);
+    gram_file_ = std::make_unique<NpyFile>(gram_path_, shape_.gram_file_shape(), shape_.gram_element);
+  }
+  const bool whole_rows = pad || count == recorded;  // each cell's run is its whole file row
+  const int64_t stride = pad ? recorded : count;       // floats per cell in the piece
   // cells per piece: whole rows a of G where they are contiguous in the file, at least one cell
-  int64_t cells = std::max<int64_t>(1, kPieceFloats / count);
+  int64_t cells = std::max<int64_t>(1, kPieceFloats / stride);
   if (whole_rows && length != file_length) cells = std::max<int64_t>(1, cells / length) * length;
   cells = std::min(cells, matrix);
   const float* gram = gram_[job.slot].get();
@@ -181,10 +188,13 @@ void ChunkWriter::write_gram(const Job& job) {
         for (int64_t j0 = 0; j0 < count; j0 += kStepTile) {
           const int64_t step_tile = std::min(kStepTile, count - j0);
           for (int64_t cell = c0; cell < c0 + cell_tile; ++cell) {
-            float* target = piece + cell * count + j0;
+            float* target = piece + cell * stride + j0;
             for (int64_t j = 0; j < step_tile; ++j) target[j] = sources[static_cast<size_t>(j0 + j)][cell0 + cell];
           }
         }
+      }
+      for (int64_t cell = 0; cell < width && stride > count; ++cell) {
+        std::fill(piece + cell * stride + count, piece + (cell + 1) * stride, std::numeric_limits<float>::quiet_NaN());
       }
       if (whole_rows && length == file_length) {
         gram_file_->write((file_rows * file_length + cell0) * recorded, piece, width * recorded);

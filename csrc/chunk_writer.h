@@ -31,7 +31,8 @@ class ChunkWriter {
  public:
   static constexpr int kSlots = 2;
 
-  // Opens the files (create_npy made them). An empty gram_path means no err2 file.
+  // Opens the files (create_npy made them; err2 at its first write when shape.gram_at_write).
+  // An empty gram_path means no err2 file.
   ChunkWriter(const RunShape& shape, const std::string& err_path, const std::string& gram_path);
   ~ChunkWriter();
   ChunkWriter(const ChunkWriter&) = delete;
@@ -70,6 +71,7 @@ class ChunkWriter {
   void rethrow_failure();  // caller holds mutex_
 
   RunShape shape_;
+  std::string gram_path_;
   std::unique_ptr<NpyFile> err_file_;
   std::unique_ptr<NpyFile> gram_file_;
   HostBuffer err_[kSlots];

@@ -40,6 +40,10 @@ Element element_named(const std::string& dtype) {
 
 RunShape checked_shape(const RunShape& shape) {
   if (shape.gram_every < 1) throw std::invalid_argument("gram_every must be at least 1");
+  if (shape.gram_at_write && (shape.chunk_iterations < shape.n_iterations || shape.file_prompts != shape.n_prompts ||
+                              shape.file_length != shape.length)) {
+    throw std::invalid_argument("gram_at_write needs a run of one chunk that fills every row of the files");
+  }
   std::set<int64_t> seen;
   for (int64_t row : shape.rows) {
     if (row < 0 || row >= shape.file_prompts || !seen.insert(row).second) {
@@ -101,9 +105,10 @@ class Driver {
   Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
          int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path,
          double flush_seconds, const std::vector<int64_t>& rows, int64_t file_prompts, int64_t file_length,
-         int64_t gram_every, const std::string& gram_dtype)
+         int64_t gram_every, const std::string& gram_dtype, bool gram_at_write)
       : shape_{checked_shape({n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty(),
-                              rows, file_prompts, file_length, gram_every, element_named(gram_dtype)})},
+                              rows, file_prompts, file_length, gram_every, element_named(gram_dtype),
+                              gram_at_write})},
         writer_(shape_, err_path, gram_path),
         flush_interval_(std::chrono::duration<double>(flush_seconds)) {}
 
@@ -256,15 +261,15 @@ PYBIND11_MODULE(_driver, m) {
 
   py::class_<Driver>(m, "Driver")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double,
-                    const std::vector<int64_t>&, int64_t, int64_t, int64_t, const std::string&>(),
+                    const std::vector<int64_t>&, int64_t, int64_t, int64_t, const std::string&, bool>(),
            py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
            py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"), py::arg("flush_seconds"),
            py::arg("rows"), py::arg("file_prompts"), py::arg("file_length"), py::arg("gram_every") = 1,
-           py::arg("gram_dtype") = "float32",
+           py::arg("gram_dtype") = "float32", py::arg("gram_at_write") = false,
            "Open the output files (create_array made them: file_prompts rows of file_length tokens; err2 "
            "with G after steps 0, gram_every, ... as gram_dtype) and two staging slots; prompt p goes to "
-           "file row rows[p]. A slot is written when full or flush_seconds after its first iteration, "
-           "whichever comes first.")
+           "file row rows[p]; with gram_at_write (a run of one chunk) err2 is made at its one write. A slot is "
+           "written when full, at the end and at a stop; err also every flush_seconds.")
       .def("err_slot", [](py::object self, int slot) {
              Driver& driver = self.cast<Driver&>();
              const auto& s = driver.shape();

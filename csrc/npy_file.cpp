@@ -94,13 +94,20 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element) {
+void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element, bool fill) {
   const int64_t elements = element_count(shape), bytes = element_bytes(element);
   const std::string header = npy_header(shape, element);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw WriteError(errno_message("cannot create", path));
   try {
     write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
+    if (!fill) {
+      if (::ftruncate(fd, static_cast<off_t>(header.size()) + elements * bytes) != 0) {
+        throw WriteError(errno_message("cannot size", path));
+      }
+      ::close(fd);
+      return;
+    }
     const float nan = std::numeric_limits<float>::quiet_NaN();
     const uint16_t half_nan = float_to_half(nan);
     std::vector<char> nan_block(static_cast<size_t>(std::min(elements, kFillBlockElements) * bytes));

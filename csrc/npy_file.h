@@ -43,8 +43,10 @@ class NpyFile {
 };
 
 // Creates (or truncates) `path` as a C-order array of `shape`, every element NaN, flushed to
-// the disk. Throws WriteError.
-void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32);
+// the disk; without `fill`, only its header and its size (a sparse file, for a writer that
+// writes every element). Throws WriteError.
+void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32,
+                bool fill = true);
 
 // The .npy v1.0 header (magic, version, length, dict) padded to a multiple of 64 bytes.
 std::string npy_header(const std::vector<int64_t>& shape, Element element = Element::kFloat32);

@@ -24,6 +24,9 @@ struct RunShape {
   // err2 keeps G after steps 0, every, 2 * every, ... only, as gram_element.
   int64_t gram_every = 1;
   Element gram_element = Element::kFloat32;
+  // err2 is made at its one write (a run of one chunk holding every file row): whole rows,
+  // NaN past the last iteration of a stopped run; a killed run leaves no err2 file.
+  bool gram_at_write = false;
 
   int64_t steps() const { return n_layer * n_iterations; }
   // Floats one iteration adds to a chunk: err [P, L, 2] and G [P, L, T, T].

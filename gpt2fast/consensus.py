@@ -19,7 +19,7 @@ from .backends import make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileLayout, create_files, drive
+from .driver import FileLayout, chunk_iterations, create_files, drive
 from .interrupts import graceful_stop
 from .memory import available_memory, consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
@@ -93,7 +93,10 @@ def run_consensus(
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
         memory_budget_on(device, memory_budget))
-    layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format)
+    one_chunk = chunk_iterations(len(lengths), cfg.n_layer, max(lengths), wants_gram, flags.iterations,
+                                 staging) >= flags.iterations
+    layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format,
+                        gram_at_write=team.world_size == 1 and len(batches) == 1 and one_chunk)
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,

@@ -28,18 +28,22 @@ class FileLayout:
     """The run's files and where an engine's prompts sit in them: they hold ``prompts``
     prompts padded to ``length`` tokens (other batches, other ranks); the engine's prompt p
     is row rows[p]. err2 holds G after steps 0, gram_every, 2·gram_every, ... only (its last
-    axis has ceil(L·N / gram_every) entries), as ``gram_dtype`` (float32 or float16)."""
+    axis has ceil(L·N / gram_every) entries), as ``gram_dtype`` (float32 or float16). With
+    ``gram_at_write`` (a run of one chunk that holds every row) err2 is made by the writer at
+    its one write, whole rows, NaN past a stop: no NaN fill first, and a killed run leaves no
+    err2 file."""
 
     rows: tuple[int, ...]
     prompts: int
     length: int
     gram_every: int = 1
     gram_dtype: str = "float32"
+    gram_at_write: bool = False
 
     @classmethod
-    def whole(cls, engine) -> FileLayout:
+    def whole(cls, engine, gram_at_write: bool = False) -> FileLayout:
         """The files hold exactly the engine's prompts, in order, err2 every step in float32."""
-        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length)
+        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length, gram_at_write=gram_at_write)
 
     def gram_steps(self, steps: int) -> int:
         """Entries of err2's last axis for a run of ``steps`` steps."""
@@ -48,10 +52,10 @@ class FileLayout:
 
 def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, steps: int) -> None:
     """Create the run's arrays full of NaN: err (P, L·N, 2) float32 and, when ``gram_path``,
-    err2 (P, T, T, ceil(L·N / every)) as the layout says. Raises OSError when they cannot be
-    written."""
+    err2 (P, T, T, ceil(L·N / every)) as the layout says (unless the writer makes it:
+    ``gram_at_write``). Raises OSError when they cannot be written."""
     create_array(str(err_path), [layout.prompts, steps, 2])
-    if gram_path is not None:
+    if gram_path is not None and not layout.gram_at_write:
         create_array(str(gram_path), [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
                      layout.gram_dtype)
 
@@ -102,12 +106,12 @@ def drive(
     if chunk is None:
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram, n_iterations, staging)
     if place is None:
-        place = FileLayout.whole(engine)
+        place = FileLayout.whole(engine, gram_at_write=chunk >= n_iterations)
         create_files(err_path, gram_path, place, engine.n_layer * n_iterations)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
         str(err_path), str(gram_path) if wants_gram else "", flush_seconds, list(place.rows), place.prompts,
-        place.length, place.gram_every, place.gram_dtype,
+        place.length, place.gram_every, place.gram_dtype, place.gram_at_write,
     )
     if stop is not None:
         stop.on_request(driver.request_stop)

@@ -110,7 +110,8 @@ def test_err_only_run_writes_no_matrix_file(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), plain_loop(3)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_stop_request_ends_at_the_next_iteration(tmp_path):
+@pytest.mark.parametrize("chunk", [3, None])  # None: the whole run is one chunk, err2 made at its one write
+def test_stop_request_ends_at_the_next_iteration(tmp_path, chunk):
     stop = StopRequest()
 
     def progress(done):
@@ -118,7 +119,7 @@ def test_stop_request_ends_at_the_next_iteration(tmp_path):
             stop.request(2)
 
     done = drive(engine_for(), 50, tmp_path / "e.npy", tmp_path / "g.npy", on_progress=progress,
-                 stop=stop, chunk=3)
+                 stop=stop, chunk=chunk)
     assert done == 5
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
     want_err, want_gram, _ = plain_loop(5)
@@ -244,15 +245,17 @@ def run_script(tmp_path, limit, length, iterations, staging=STAGING_BYTES):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
-def test_write_failure_mid_run_is_reported(tmp_path):
-    """A file-size limit hit after the NaN fill, while chunks are being written."""
-    result = run_script(tmp_path, limit=0, length=16, iterations=3)
+@pytest.mark.parametrize("staging,verb", [(STAGING_BYTES, "size"), (4096, "write")])  # 4096: 1-iteration chunks
+def test_write_failure_mid_run_is_reported(tmp_path, staging, verb):
+    """A file-size limit hit by err2 mid-run: made at its one write (a run of one chunk), or
+    NaN-filled at the start and then written a chunk at a time (hit by the fill here)."""
+    result = run_script(tmp_path, limit=0, length=16, iterations=3, staging=staging)
     assert result.returncode == 0, result.stderr
     full_size = (tmp_path / "g.npy").stat().st_size
-    result = run_script(tmp_path, limit=full_size - 1, length=16, iterations=3)
+    result = run_script(tmp_path, limit=full_size - 1, length=16, iterations=3, staging=staging)
     assert result.returncode == 3, result.stderr
     assert "cannot create" not in result.stdout
-    assert "OSError: cannot write" in result.stdout and "g.npy: File too large" in result.stdout
+    assert f"OSError: cannot {verb}" in result.stdout and "g.npy: File too large" in result.stdout
 
 
 def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):
