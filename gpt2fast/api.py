@@ -323,11 +323,12 @@ def generate(
                 grown[index] = grow(make_generation(backend, stream, noff, size, dtype), token_lists[index],
                                     max_length=max_length, top_k=top_k, temperature=temperature,
                                     generator=torch.Generator().manual_seed(prompt_seed(seed, index)),
-                                    on_token=lambda: bar.update(1), stop=stop)
+                                    on_token=lambda: (bar.update(1), team.share_stop(stop)), stop=stop)
                 if on_text is not None and not team.distributed:
                     on_text(encoding.decode(grown[index]))
                 if stop.requested:
                     break
+            team.share_stop(stop)
             elapsed, produced = bar.format_dict["elapsed"], bar.n
         for part in team.gather(grown):  # every rank's prompts, once all have ended (only this one alone)
             grown.update(part)

@@ -15,21 +15,27 @@ torchrun (no WORLD_SIZE, or WORLD_SIZE 1) a run is a team of one and nothing of 
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
 import torch
+from torch.distributed import distributed_c10d
 
 from .errors import InputError
+from .interrupts import StopRequest
 
 # How long a rank waits for the others at a meeting (rank 0's checks and prompts, which may be
 # typed at the terminal; the files made; generation's texts, gathered when every rank is done).
 # A rank that dies ends the job at once instead: torchrun stops the others.
 PATIENCE = timedelta(days=7)
+STOP_KEY = "gpt2fast/stopped"  # set in the job's store by a generating rank asked to stop
+STOP_CHECK_SECONDS = 1.0
 Checked = TypeVar("Checked")
 
 
@@ -57,6 +63,8 @@ class Team:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    checked: float = field(default=-math.inf, repr=False, compare=False)  # ``share_stop``'s last look
+    told: bool = field(default=False, repr=False, compare=False)  # whether it told the others to stop
 
     @property
     def leader(self) -> bool:
@@ -94,6 +102,24 @@ class Team:
         everyone: list = [None] * self.world_size
         torch.distributed.all_gather_object(everyone, value)
         return everyone
+
+    def share_stop(self, stop: StopRequest) -> None:
+        """Between generated tokens and after the last: tell the other ranks once this one was
+        asked to stop (Ctrl-C, SIGTERM), and stop this one once another was
+        (``StopRequest.request_by_peer``), through the job's key-value store (looking at most
+        every STOP_CHECK_SECONDS)."""
+        if not self.distributed:
+            return
+        store = distributed_c10d._get_default_store()
+        if stop.requested:
+            if not stop.by_peer and not self.told:
+                store.set(STOP_KEY, str(self.rank))
+                self.told = True
+            return
+        if time.monotonic() >= self.checked + STOP_CHECK_SECONDS:
+            self.checked = time.monotonic()
+            if store.check([STOP_KEY]):
+                stop.request_by_peer()
 
     def barrier(self) -> None:
         """Wait until every rank got here (set-up only)."""

@@ -198,3 +198,31 @@ def test_generation_shares_prompts_and_prints_what_one_process_prints(tiny_check
                             capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert single.returncode == 0, single.stderr
     assert out == single.stdout and out.count("\n> ") + out.startswith("> ") == 5
+
+
+def test_a_generating_rank_stopped_stops_the_others(tiny_checkpoint, tmp_path):
+    """SIGTERM to rank 1 while both generate long texts: rank 0 stops within seconds too
+    (the job's store carries the stop), and rank 0 prints what both grew."""
+    job = torchrun(tiny_checkpoint, tmp_path, "--use-model", "1024", "--size", "40", prompts=PROMPTS[:4])
+    pids = wait_for(lambda: rank_pids(job.pid, 2))
+    time.sleep(3)
+    os.kill(pids[1], signal.SIGTERM)
+    stopped = time.monotonic()
+    status, out, err = finished(job, 120)
+    assert time.monotonic() - stopped < 30, err
+    assert status != 0 and out.count("> ") >= 2
+
+
+def rank_pids(launcher: int, ranks: int) -> list[int] | None:
+    """The ranks' pids (children of torchrun's launcher, in rank order), once all started."""
+    children = subprocess.run(["pgrep", "-P", str(launcher)], capture_output=True, text=True).stdout.split()
+    pids = []
+    for child in map(int, children):
+        try:
+            environ = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        rank = next((int(item.split(b"=")[1]) for item in environ if item.startswith(b"RANK=")), None)
+        if rank is not None:
+            pids.append((rank, child))
+    return [pid for _, pid in sorted(pids)] if len(pids) == ranks else None
