@@ -101,10 +101,11 @@ void create_npy(const std::string& path, const std::vector<int64_t>& shape, Elem
   if (fd < 0) throw WriteError(errno_message("cannot create", path));
   try {
     write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
+    // full size first: a process killed while filling leaves a file of the size its header says
+    if (::ftruncate(fd, static_cast<off_t>(header.size()) + elements * bytes) != 0) {
+      throw WriteError(errno_message("cannot size", path));
+    }
     if (!fill) {
-      if (::ftruncate(fd, static_cast<off_t>(header.size()) + elements * bytes) != 0) {
-        throw WriteError(errno_message("cannot size", path));
-      }
       ::close(fd);
       return;
     }

@@ -169,8 +169,9 @@ def consensus_figure(
     """The figure of ``result`` (see the module docstring).
 
     layers: L for files without metadata. iterations (row 2) and steps (row 3) default to
-    the first, middle and last completed ones; prompt picks the prompt of rows 2 and 3.
-    Raises ValueError for a choice outside the completed run.
+    the first, middle and last ones the chosen prompt completed (rows 2 and 3 are left out
+    for a prompt that completed none: a later batch of a stopped run); prompt picks the
+    prompt of rows 2 and 3. Raises ValueError for a choice outside what it completed.
     """
     n_layer = result.n_layer or layers
     done = completed_steps(result.err)
@@ -178,23 +179,24 @@ def consensus_figure(
         raise ValueError("the run completed no step: there is nothing to plot")
     if not 0 <= prompt < result.err.shape[0]:
         raise ValueError(f"prompt {prompt} is outside [0, {result.err.shape[0]})")
+    reached = completed_steps(result.err[prompt:prompt + 1])  # rows 2 and 3: the chosen prompt's steps
     if iterations is None and n_layer:
-        iterations = spread_choice(done // n_layer)
+        iterations = spread_choice(reached // n_layer)
     if iterations and not n_layer:
         raise ValueError("the within-iteration view needs the layer count, which a file without "
                          "metadata lacks: give layers (--layers L)")
     for iteration in iterations or ():
-        if not 0 <= iteration < done // n_layer:
-            raise ValueError(f"iteration {iteration} is not a completed iteration of this run")
-    with_matrices = result.err2 is not None
+        if not 0 <= iteration < reached // n_layer:
+            raise ValueError(f"iteration {iteration} is not an iteration prompt {prompt + 1} completed")
+    with_matrices = result.err2 is not None and (reached > 0 or steps is not None)
     if with_matrices:
-        recorded = result.err2_steps[result.err2_steps < done]  # every K-th step of a thinned err2
+        recorded = result.err2_steps[result.err2_steps < reached]  # every K-th step of a thinned err2
         steps = [int(recorded[i]) for i in spread_choice(len(recorded))] if steps is None else list(steps)
         if not 1 <= len(steps) <= MAX_HEATMAPS:
             raise ValueError(f"choose 1 to {MAX_HEATMAPS} steps for the heatmaps, got {len(steps)}")
         for step in steps:
-            if not 0 <= step < done:
-                raise ValueError(f"step {step} is outside the completed steps [0, {done})")
+            if not 0 <= step < reached:
+                raise ValueError(f"step {step} is outside the steps prompt {prompt + 1} completed [0, {reached})")
             if step not in recorded:
                 every = matrix_every(result.metadata)
                 raise ValueError(f"step {step} is not in err2, which holds every {every}th step (0, {every}, ...)")

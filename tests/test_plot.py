@@ -265,3 +265,19 @@ def test_the_summary_leaves_out_prompts_that_did_not_reach_a_step():
     assert completed_steps(result.err) == 10
     with pytest.raises(ValueError, match=r"band must be two percentiles, low < high, in \[0, 100\]"):
         result.summary(band=(90.0, 10.0))
+
+
+def test_rows_two_and_three_follow_the_chosen_prompt():
+    """A stopped run of batches: prompt 1 (a later batch) reached 3 steps, prompt 0 all 12.
+    Its within-iteration view and heatmaps come from its own steps, none from after them;
+    a prompt that reached none leaves them out."""
+    result = synthetic()
+    result.err[1, 3:] = np.nan
+    result.err2[1, ..., 3:] = np.nan
+    figure = consensus_figure(result, prompt=1)
+    assert [int(t.get_text().split()[3]) for t in (image.axes.title for image in images(figure))] == [0, 1, 2]
+    assert [line.get_label() for line in figure.axes[2].get_lines()] == []  # no whole iteration (L = 4)
+    with pytest.raises(ValueError, match=r"step 5 is outside the steps prompt 2 completed \[0, 3\)"):
+        consensus_figure(result, prompt=1, steps=[5])
+    result.err[1] = np.nan
+    assert images(consensus_figure(result, prompt=1)) == []
