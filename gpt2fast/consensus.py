@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -21,11 +20,12 @@ from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
 from .driver import FileLayout, chunk_iterations, create_files, drive
 from .interrupts import graceful_stop
-from .memory import available_memory, consensus_memory, staging_budget
+from .memory import consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
 from .outputs import clear_partial, partial_path
 from .precision import matmul_precision, storage_dtype
 from .run_status import RunStatus
+from .validation import batch_budget
 from .weight_stream import WeightStream
 from .weights import Weights
 
@@ -92,7 +92,7 @@ def run_consensus(
     staging = staging_budget(memory_budget)
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
-        memory_budget_on(device, memory_budget))
+        batch_budget(device, memory_budget))  # the weights are loaded: what is free now
     one_chunk = chunk_iterations(len(lengths), cfg.n_layer, max(lengths), wants_gram, flags.iterations,
                                  staging) >= flags.iterations
     layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format,
@@ -170,13 +170,6 @@ def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int
                  decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
                  on_progress=on_progress, stop=stop, place=dataclasses.replace(layout, rows=tuple(batch)),
                  staging=staging)
-
-
-def memory_budget_on(device: torch.device, memory_budget: int | None) -> dict[str, int]:
-    """Bytes a run's batches may hold per place (host, and the device when it is a GPU):
-    what is free now (the weights are loaded), within ``memory_budget`` when given."""
-    places = {"host": torch.device("cpu")} | ({"device": device} if device.type == "cuda" else {})
-    return {place: min(available_memory(where), memory_budget or math.inf) for place, where in places.items()}
 
 
 def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],

@@ -132,9 +132,10 @@ def plan_run(cfg: ModelConfig, prompts: Prompts, size: int, err_path: Path | Non
                                      matrix_dtype, MATRIX_DTYPES[matrix_dtype]))
     weights, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
 
+    staging = staging_budget(memory_budget)
+
     def needs(batch: list[int]) -> dict[str, int]:
-        return consensus_memory(cfg, batch, size, wants_gram, backend, device, storage.itemsize,
-                                staging_budget(memory_budget))
+        return consensus_memory(cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging)
 
     unlimited = {place: math.inf for place in budget}
     batches = plan_batches(list(range(len(lengths))), lengths, needs, budget if refusal is None else unlimited)

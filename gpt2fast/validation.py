@@ -385,6 +385,16 @@ def check_generation_fits(prompts: Prompts, cfg: ModelConfig, max_length: int, s
     return token_lists
 
 
+def batch_budget(device: torch.device, memory_budget: int | None, weights: dict[str, int] | None = None) -> dict[str, int]:
+    """Bytes the prompts' batches may hold per place (host, and the device when it is a
+    GPU): what is free less ``weights`` (bytes per place still to be taken), within
+    ``memory_budget`` when given."""
+    places = {"host": torch.device("cpu")} | ({"device": device} if device.type == "cuda" else {})
+    weights = weights or {}
+    return {place: max(0, min(available_memory(where) - weights.get(place, 0), memory_budget or math.inf))
+            for place, where in places.items()}
+
+
 def memory_for_batches(cfg: ModelConfig, device: torch.device, storage: torch.dtype, weights_to_load: bool,
                        memory_budget: int | None) -> tuple[dict[str, int], dict[str, int]]:
     """(the weights' bytes, the bytes the prompts' batches may take) per place: host, and the
@@ -392,12 +402,9 @@ def memory_for_batches(cfg: ModelConfig, device: torch.device, storage: torch.dt
     be loaded (float32), on a GPU always; the batches get what is free besides, within
     ``memory_budget``."""
     weights = {"host": 4 * parameter_count(cfg) if weights_to_load else 0}
-    places = {"host": torch.device("cpu")}
     if device.type == "cuda":
-        weights["device"], places["device"] = storage.itemsize * parameter_count(cfg), device
-    budget = {place: max(0, min(available_memory(where) - weights[place], memory_budget or math.inf))
-              for place, where in places.items()}
-    return weights, budget
+        weights["device"] = storage.itemsize * parameter_count(cfg)
+    return weights, batch_budget(device, memory_budget, weights)
 
 
 def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, err_path: Path | None,
@@ -421,8 +428,9 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
         raise InputError(f"matrix=True keeps err2 in memory, and it needs {format_bytes(gram_bytes)}: more than "
                          f"half the free memory; pass matrixerror=PATH to stream it to a file instead")
     _, budget = memory_for_batches(cfg, device, storage, weights_to_load, memory_budget)
+    staging = staging_budget(memory_budget)
     plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
-        cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging_budget(memory_budget)), budget)
+        cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging), budget)
     scratch = Path(tempfile.gettempdir())
     planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
     if wants_gram:
