@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <limits>
-#include <vector>
 #include <new>
 #include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <sys/mman.h>
 
 #include "errors.h"
 
@@ -14,15 +18,23 @@ namespace gpt2fast {
 namespace {
 
 constexpr size_t kPageBytes = 4096;
-constexpr int64_t kPieceFloats = 4 << 20;  // err2 is transposed and written 16 MiB at a time
+constexpr size_t kHugePageBytes = 2 << 20;
+constexpr int64_t kPieceFloats = 1 << 20;  // err2 is transposed and written 4 MiB at a time (in cache)
 constexpr int64_t kStepTile = 16;          // steps gathered per pass: one cache line per cell
-constexpr int64_t kCellTile = 64;          // cells whose rows of the piece are filled together
+constexpr int64_t kCellTile = 256;         // cells read per step and pass: 1 KiB, 16 lines
 
+// Page-aligned memory; buffers of a huge page or more are aligned to it and asked to be backed
+// by huge pages (the first touch of a 1 GiB slot then costs 512 faults instead of 262144).
 HostBuffer allocate_floats(int64_t count) {
   if (count == 0) return HostBuffer(nullptr);
-  size_t bytes = (static_cast<size_t>(count) * 4 + kPageBytes - 1) / kPageBytes * kPageBytes;
+  const size_t wanted = static_cast<size_t>(count) * 4;
+  const size_t align = wanted >= kHugePageBytes ? kHugePageBytes : kPageBytes;
+  const size_t bytes = (wanted + align - 1) / align * align;
   void* pointer = nullptr;
-  if (::posix_memalign(&pointer, kPageBytes, bytes) != 0) throw std::bad_alloc();
+  if (::posix_memalign(&pointer, align, bytes) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (align == kHugePageBytes) ::madvise(pointer, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
   return HostBuffer(static_cast<float*>(pointer));
 }
 
@@ -45,7 +57,9 @@ ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
   row_ = allocate_floats(shape.chunk_iterations * shape.n_layer * 2);
   if (shape.with_gram) {
     const int64_t matrix = shape.length * shape.length;
-    piece_ = allocate_floats(std::min(kPieceFloats, matrix * shape.chunk_iterations * shape.n_layer) + matrix);
+    for (HostBuffer& piece : pieces_) {
+      piece = allocate_floats(std::min(kPieceFloats, matrix * shape.chunk_iterations * shape.n_layer) + matrix);
+    }
   }
   thread_ = std::thread([this] { run(); });
 }
@@ -150,66 +164,138 @@ void ChunkWriter::write_chunk(const Job& job) {
   if (shape_.with_gram) write_gram(job);
 }
 
+namespace {
+
+// One chunk's err2: the recorded steps it holds (slot positions) and how its pieces map onto
+// the file. Piece i covers cells [cell0, cell0 + width) of prompt i / per_prompt.
+struct GramChunk {
+  const RunShape& shape;
+  const float* gram;        // the slot: [c, P, L, T, T]
+  int64_t first_step;       // run step of the slot's first row
+  int64_t first;            // index of the first recorded step in the chunk
+  int64_t count;            // recorded steps in the chunk
+  bool pad;                 // the one chunk: whole rows, NaN after `count` steps
+  bool whole_rows;          // each cell's run is its whole file row
+  int64_t stride;           // floats per cell in a piece
+  int64_t cells;            // cells per piece
+  int64_t per_prompt;       // pieces per prompt
+
+  int64_t matrix() const { return shape.length * shape.length; }
+
+  // Where recorded step first + j of prompt p lies in the slot.
+  const float* source(int64_t p, int64_t j) const {
+    const int64_t local = (first + j) * shape.gram_every - first_step, layers = shape.n_layer;
+    return gram + ((local / layers * shape.n_prompts + p) * layers + local % layers) * matrix();
+  }
+
+  // piece[cell][j] = G_j[cell0 + cell], in tiles of kCellTile cells x kStepTile steps
+  // transposed through a tile in L1: each step's cells are read as whole cache lines at once,
+  // then each cell's steps are written as one line (the matrices lie a power of two apart, so
+  // reading the steps cell by cell would thrash the caches' sets).
+  void transpose(const std::vector<const float*>& sources, int64_t cell0, int64_t width, float* piece) const {
+    alignas(64) float tile[kCellTile * kStepTile];
+    for (int64_t c0 = 0; c0 < width; c0 += kCellTile) {
+      const int64_t cell_tile = std::min(kCellTile, width - c0);
+      for (int64_t j0 = 0; j0 < count; j0 += kStepTile) {
+        const int64_t step_tile = std::min(kStepTile, count - j0);
+        for (int64_t j = 0; j < step_tile; ++j) {
+          const float* from = sources[static_cast<size_t>(j0 + j)] + cell0 + c0;
+          if (j0 + kStepTile + j < count) {  // the next pass's lines: each step's run is too short to prefetch itself
+            const float* next = sources[static_cast<size_t>(j0 + kStepTile + j)] + cell0 + c0;
+            for (int64_t line = 0; line < cell_tile; line += 16) __builtin_prefetch(next + line);
+          }
+          for (int64_t cell = 0; cell < cell_tile; ++cell) tile[cell * kStepTile + j] = from[cell];
+        }
+        for (int64_t cell = 0; cell < cell_tile; ++cell) {
+          std::copy_n(tile + cell * kStepTile, step_tile, piece + (c0 + cell) * stride + j0);
+        }
+      }
+    }
+    for (int64_t cell = 0; cell < width && stride > count; ++cell) {
+      std::fill(piece + cell * stride + count, piece + (cell + 1) * stride, std::numeric_limits<float>::quiet_NaN());
+    }
+  }
+
+  // Writes piece `piece` (cells [cell0, cell0 + width) of prompt p) to its places in `file`.
+  void write(NpyFile& file, int64_t p, int64_t cell0, int64_t width, const float* piece) const {
+    const int64_t length = shape.length, file_length = shape.file_length, recorded = shape.gram_steps();
+    const int64_t file_rows = shape.rows[static_cast<size_t>(p)] * file_length;  // file row of cell (0, 0)
+    if (whole_rows && length == file_length) {
+      file.write((file_rows * file_length + cell0) * recorded, piece, width * recorded);
+    } else if (whole_rows) {
+      for (int64_t a = cell0 / length; a < (cell0 + width) / length; ++a) {
+        file.write((file_rows + a) * file_length * recorded, piece + (a * length - cell0) * recorded,
+                   length * recorded);
+      }
+    } else {
+      for (int64_t cell = cell0; cell < cell0 + width; ++cell) {
+        file.write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
+                   piece + (cell - cell0) * count, count);
+      }
+    }
+  }
+
+  // Transposes and writes pieces worker, worker + workers, ... through the buffer `piece`.
+  void write_pieces(NpyFile& file, int64_t worker, int64_t workers, float* piece) const {
+    std::vector<const float*> sources(static_cast<size_t>(count));
+    int64_t sources_of = -1;
+    for (int64_t i = worker; i < shape.n_prompts * per_prompt; i += workers) {
+      const int64_t p = i / per_prompt, cell0 = i % per_prompt * cells;
+      if (p != sources_of) {
+        for (int64_t j = 0; j < count; ++j) sources[static_cast<size_t>(j)] = source(p, j);
+        sources_of = p;
+      }
+      const int64_t width = std::min(cells, matrix() - cell0);
+      transpose(sources, cell0, width, piece);
+      write(file, p, cell0, width, piece);
+    }
+  }
+};
+
+}  // namespace
+
 void ChunkWriter::write_gram(const Job& job) {
-  const int64_t prompts = shape_.n_prompts, layers = shape_.n_layer, length = shape_.length;
-  const int64_t file_length = shape_.file_length, matrix = length * length;
+  const int64_t layers = shape_.n_layer, length = shape_.length, matrix = length * length;
   // The recorded steps j * every in [first_step, first_step + run_steps): j in [first, end).
   const int64_t first_step = job.first * layers, run_steps = job.count * layers;
   const int64_t every = shape_.gram_every, recorded = shape_.gram_steps();
   const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
   const int64_t count = end - first;
   if (count == 0) return;
-  const bool pad = shape_.gram_at_write;  // the one chunk: whole rows, NaN after `count` steps
+  const bool pad = shape_.gram_at_write;
   if (pad && !gram_file_) {
     create_npy(gram_path_, shape_.gram_file_shape(), shape_.gram_element, false);
     gram_file_ = std::make_unique<NpyFile>(gram_path_, shape_.gram_file_shape(), shape_.gram_element);
   }
-  const bool whole_rows = pad || count == recorded;  // each cell's run is its whole file row
-  const int64_t stride = pad ? recorded : count;       // floats per cell in the piece
+  const bool whole_rows = pad || count == recorded;
+  const int64_t stride = pad ? recorded : count;
   // cells per piece: whole rows a of G where they are contiguous in the file, at least one cell
   int64_t cells = std::max<int64_t>(1, kPieceFloats / stride);
-  if (whole_rows && length != file_length) cells = std::max<int64_t>(1, cells / length) * length;
+  if (whole_rows && length != shape_.file_length) cells = std::max<int64_t>(1, cells / length) * length;
   cells = std::min(cells, matrix);
-  const float* gram = gram_[job.slot].get();
-  float* piece = piece_.get();
-  std::vector<const float*> sources(static_cast<size_t>(count));
-  for (int64_t p = 0; p < prompts; ++p) {
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t local = (first + j) * every - first_step;  // step within the chunk
-      sources[static_cast<size_t>(j)] = gram + ((local / layers * prompts + p) * layers + local % layers) * matrix;
+  const GramChunk chunk{shape_, gram_[job.slot].get(), first_step, first, count, pad, whole_rows, stride, cells,
+                        (matrix + cells - 1) / cells};
+  // kWriteThreads threads take turns: one transposes its next piece while another's write runs
+  const int64_t workers = std::min<int64_t>(ChunkWriter::kWriteThreads, shape_.n_prompts * chunk.per_prompt);
+  std::vector<std::exception_ptr> failures(static_cast<size_t>(workers));
+  std::vector<std::thread> helpers;
+  for (int64_t worker = 0; worker < workers; ++worker) {
+    auto share = [&, worker] {
+      try {
+        chunk.write_pieces(*gram_file_, worker, workers, pieces_[worker].get());
+      } catch (...) {
+        failures[static_cast<size_t>(worker)] = std::current_exception();
+      }
+    };
+    if (worker + 1 < workers) {
+      helpers.emplace_back(share);
+    } else {
+      share();
     }
-    const int64_t file_rows = shape_.rows[p] * file_length;  // file row of cell (0, 0)
-    for (int64_t cell0 = 0; cell0 < matrix; cell0 += cells) {
-      const int64_t width = std::min(cells, matrix - cell0);
-      // piece[cell][j] = G_j[cell0 + cell], in tiles of kCellTile cells x kStepTile steps: each
-      // cell's row of the piece is written a cache line at a time, kCellTile rows at once
-      for (int64_t c0 = 0; c0 < width; c0 += kCellTile) {
-        const int64_t cell_tile = std::min(kCellTile, width - c0);
-        for (int64_t j0 = 0; j0 < count; j0 += kStepTile) {
-          const int64_t step_tile = std::min(kStepTile, count - j0);
-          for (int64_t cell = c0; cell < c0 + cell_tile; ++cell) {
-            float* target = piece + cell * stride + j0;
-            for (int64_t j = 0; j < step_tile; ++j) target[j] = sources[static_cast<size_t>(j0 + j)][cell0 + cell];
-          }
-        }
-      }
-      for (int64_t cell = 0; cell < width && stride > count; ++cell) {
-        std::fill(piece + cell * stride + count, piece + (cell + 1) * stride, std::numeric_limits<float>::quiet_NaN());
-      }
-      if (whole_rows && length == file_length) {
-        gram_file_->write((file_rows * file_length + cell0) * recorded, piece, width * recorded);
-      } else if (whole_rows) {
-        for (int64_t a = cell0 / length; a < (cell0 + width) / length; ++a) {
-          gram_file_->write((file_rows + a) * file_length * recorded, piece + (a * length - cell0) * recorded,
-                            length * recorded);
-        }
-      } else {
-        for (int64_t cell = cell0; cell < cell0 + width; ++cell) {
-          gram_file_->write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
-                            piece + (cell - cell0) * count, count);
-        }
-      }
-    }
+  }
+  for (std::thread& helper : helpers) helper.join();
+  for (const std::exception_ptr& failure : failures) {
+    if (failure) std::rethrow_exception(failure);
   }
 }
 

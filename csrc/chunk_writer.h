@@ -5,7 +5,8 @@
 // (P_f, T_f, T_f, L*N) (RunShape: the run's prompts may be some rows of a file padded to a
 // longer T), so the writer transposes each chunk: the run's row of err and every (p, a, b)
 // row of err2 receive one contiguous run of c*L steps, transposed in tiles into a piece of at
-// most 16 MiB at a time (a chunk of every step writes whole rows: one write per piece).
+// most 4 MiB at a time (a chunk of every step writes whole rows: one write per piece) by two
+// threads in turn, so that one transposes while the other's write copies into the page cache.
 #pragma once
 
 #include <condition_variable>
@@ -30,6 +31,7 @@ using HostBuffer = std::unique_ptr<float[], AlignedFree>;
 class ChunkWriter {
  public:
   static constexpr int kSlots = 2;
+  static constexpr int kWriteThreads = 2;  // threads that transpose and write a chunk's err2 pieces
 
   // Opens the files (create_npy made them; err2 at its first write when shape.gram_at_write).
   // An empty gram_path means no err2 file.
@@ -77,7 +79,8 @@ class ChunkWriter {
   HostBuffer err_[kSlots];
   HostBuffer gram_[kSlots];
   HostBuffer row_;    // one prompt's err rows of a chunk, gathered before they are written
-  HostBuffer piece_;  // part of one prompt's err2 of a chunk, cell-major [cells, steps of the chunk]
+  // parts of one prompt's err2 of a chunk, cell-major [cells, steps of the chunk], one per write thread
+  HostBuffer pieces_[kWriteThreads];
 
   std::mutex mutex_;
   std::condition_variable changed_;

@@ -157,9 +157,9 @@ void NpyFile::write(int64_t first, const float* values, int64_t count) {
     write_fully(fd_, reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4, path_);
     return;
   }
-  halves_.resize(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) halves_[static_cast<size_t>(i)] = float_to_half(values[i]);
-  write_fully(fd_, reinterpret_cast<const char*>(halves_.data()), count * 2, header_bytes_ + first * 2, path_);
+  std::vector<uint16_t> halves(static_cast<size_t>(count));  // per call: writers may share the file
+  for (int64_t i = 0; i < count; ++i) halves[static_cast<size_t>(i)] = float_to_half(values[i]);
+  write_fully(fd_, reinterpret_cast<const char*>(halves.data()), count * 2, header_bytes_ + first * 2, path_);
 }
 
 void NpyFile::close() {

@@ -25,7 +25,7 @@ class NpyFile {
   NpyFile& operator=(const NpyFile&) = delete;
 
   // Writes `count` values at flat element index `first` (C order), in the file's element
-  // type. Throws WriteError.
+  // type. Throws WriteError. Threads may write disjoint parts at once.
   void write(int64_t first, const float* values, int64_t count);
   // Flushes to the disk and closes; later writes are refused.
   void close();
@@ -39,7 +39,6 @@ class NpyFile {
   int fd_ = -1;
   int64_t header_bytes_ = 0;
   int64_t elements_ = 0;
-  std::vector<uint16_t> halves_;  // a float16 file's values, converted before writing
 };
 
 // Creates (or truncates) `path` as a C-order array of `shape`, every element NaN, flushed to

@@ -155,6 +155,51 @@ def test_prompts_land_at_their_rows_of_longer_files(tmp_path, n_iterations, chun
     assert np.isnan(err[[0, 2, 4]]).all() and np.isnan(gram[[0, 2, 4]]).all()
 
 
+class NoiseEngine:
+    """Two prompts of ``length`` tokens whose iteration i writes G_i = a fixed draw per i (and
+    err = i): the writer's layout at sizes the tiny model would take minutes to fill. With
+    ``constant``, one prompt whose G_i is i everywhere (the writer's speed and memory)."""
+
+    backend = "synthetic"
+
+    def __init__(self, length: int, constant: bool = False):
+        self.n_prompts, self.n_layer, self.length, self.constant = 1 if constant else 2, CFG.n_layer, length, constant
+
+    def grams(self, index: int) -> np.ndarray:
+        shape = (self.n_prompts, self.n_layer, self.length, self.length)
+        return np.random.default_rng(index).standard_normal(shape, np.float32)
+
+    def iteration(self, index: int, err: torch.Tensor, gram: torch.Tensor | None) -> None:
+        err.fill_(index)
+        if gram is not None and self.constant:
+            gram.fill_(index)
+        elif gram is not None:
+            gram.copy_(torch.from_numpy(self.grams(index)))
+
+    def capture_iteration(self, wants_gram: bool, n_iterations: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("length,file_length,chunk", [(64, 64, 150), (64, 67, 150), (128, 128, 40), (128, 131, 40)])
+def test_err2_pieces_and_chunks_hold_a_numpy_transpose(tmp_path, length, file_length, chunk):
+    """The writer transposes a chunk in pieces of 2**20 floats shared by its two threads: runs
+    whose chunk (one of 150 iterations: whole rows; chunks of 40: a run per cell) spans
+    several pieces per prompt, in files of the run's T and of a longer one, hold exactly
+    NumPy's transpose of the staged matrices, every piece and chunk boundary included."""
+    engine, iterations = NoiseEngine(length), 150
+    steps = iterations * engine.n_layer
+    place = FileLayout((1, 0), 2, file_length, gram_at_write=chunk >= iterations and file_length == length)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, steps)
+    assert length * length * (chunk * engine.n_layer if chunk < iterations else steps) > 2**20  # pieces per prompt >= 2
+    assert drive(engine, iterations, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == iterations
+    staged = np.stack([engine.grams(i) for i in range(iterations)])  # [N, P, L, T, T]
+    want = staged.transpose(1, 3, 4, 0, 2).reshape(2, length, length, steps)
+    gram = np.load(tmp_path / "g.npy", mmap_mode="r")
+    np.testing.assert_array_equal(gram[1, :length, :length], want[0])
+    np.testing.assert_array_equal(gram[0, :length, :length], want[1])
+    assert np.isnan(gram[:, length:]).all() and np.isnan(gram[:, :, length:]).all()
+
+
 @pytest.mark.parametrize("every,chunk", [(1, 3), (3, 2), (4, 3), (5, 1), (6, 7), (15, 2), (100, 4)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_thinned_err2_holds_every_kth_step(tmp_path, every, chunk, dtype):
@@ -210,19 +255,13 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
 SCRIPT = textwrap.dedent("""
     import resource, signal, sys
     sys.path.insert(0, {tests!r})
-    import torch
-    from gpt2fast.backends.torch_backend import TorchEngine
     from gpt2fast.driver import drive
-    from gpt2fast.weight_stream import WeightStream
-    from tiny_models import tiny_config, tiny_state
+    from test_driver import NoiseEngine
     limit = int(sys.argv[1])
     if limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    cfg = tiny_config()
-    stream = WeightStream(cfg, tiny_state(cfg, 0), seed=0, random_init=False, const_reset=False,
-                          device=torch.device("cpu"), dtype=torch.float32)
-    engine = TorchEngine(stream, [list(range(1000, 1000 + int(sys.argv[2])))], noff=False)
+    engine = NoiseEngine(int(sys.argv[2]), constant=True)
     with open("/proc/self/status") as status:
         before = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     try:
@@ -260,7 +299,7 @@ def test_write_failure_is_reported(tmp_path, staging):
 
 def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):
     """A 2 GiB err2 file written through a staging budget of 256 MiB (two slots of 128 MiB,
-    17 chunks): the process grows by no more than the budget and the writer's 16 MiB piece,
+    17 chunks): the process grows by no more than the budget and the writer's two 4 MiB pieces,
     and the file holds every step."""
     length, iterations, budget = 512, 1040, 256 << 20
     result = run_script(tmp_path, limit=0, length=length, iterations=iterations, staging=budget)
