@@ -1,6 +1,7 @@
 #include "chunk_writer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <limits>
@@ -17,6 +18,7 @@ namespace gpt2fast {
 
 namespace {
 
+constexpr char kWritingSuffix[] = ".tmp";  // err2 made at its one write lies here until complete
 constexpr size_t kPageBytes = 4096;
 constexpr size_t kHugePageBytes = 2 << 20;
 constexpr int64_t kPieceFloats = 1 << 20;  // err2 is transposed and written 4 MiB at a time (in cache)
@@ -103,9 +105,18 @@ void ChunkWriter::finish() {
   changed_.notify_all();
   if (thread_.joinable()) thread_.join();
   finished_ = true;
-  rethrow_failure();
-  err_file_->close();
-  if (gram_file_) gram_file_->close();
+  try {
+    rethrow_failure();
+    err_file_->close();
+    if (gram_file_) gram_file_->close();
+    if (gram_file_ && shape_.gram_at_write &&
+        std::rename((gram_path_ + kWritingSuffix).c_str(), gram_path_.c_str()) != 0) {
+      throw WriteError(errno_message("cannot rename to", gram_path_));
+    }
+  } catch (...) {
+    if (shape_.gram_at_write) std::remove((gram_path_ + kWritingSuffix).c_str());  // incomplete: of no use
+    throw;
+  }
 }
 
 void ChunkWriter::run() {
@@ -263,9 +274,9 @@ void ChunkWriter::write_gram(const Job& job) {
   const int64_t count = end - first;
   if (count == 0) return;
   const bool pad = shape_.gram_at_write;
-  if (pad && !gram_file_) {
-    create_npy(gram_path_, shape_.gram_file_shape(), shape_.gram_element, false);
-    gram_file_ = std::make_unique<NpyFile>(gram_path_, shape_.gram_file_shape(), shape_.gram_element);
+  if (pad && !gram_file_) {  // under a temporary name until complete (finish renames it)
+    create_npy(gram_path_ + kWritingSuffix, shape_.gram_file_shape(), shape_.gram_element, false);
+    gram_file_ = std::make_unique<NpyFile>(gram_path_ + kWritingSuffix, shape_.gram_file_shape(), shape_.gram_element);
   }
   const bool whole_rows = pad || count == recorded;
   const int64_t stride = pad ? recorded : count;

@@ -51,6 +51,8 @@ class ChunkWriter {
   // not null the writer first waits for that CUDA event (the copies into the slot).
   void submit(int slot, int64_t first, int64_t count, CUevent ready, CUcontext context);
   // Writes everything queued and closes the files; rethrows a writer failure. Idempotent.
+  // err2 made at its one write is written under gram_path + ".tmp" and renamed to gram_path
+  // here, once complete and flushed (removed instead after a failure).
   void finish();
   // Writes err (not err2) of iterations [first, first + count) of `slot` now, from the
   // calling thread: a slot still filling keeps its err on the disk every few seconds.

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -168,8 +169,7 @@ class Driver {
   }
 
   void finish() {
-    py::gil_scoped_release release;
-    writer_.finish();
+    while_handling_signals([&] { writer_.finish(); });
   }
 
  private:
@@ -208,10 +208,7 @@ class Driver {
         slot ^= static_cast<int>(chunk < shape_.n_iterations);  // a run of one chunk has one slot
         chunk_start = completed;
         flushed = now;
-        if (completed < shape_.n_iterations && !stopping) {
-          py::gil_scoped_release release;
-          writer_.acquire(slot);
-        }
+        if (completed < shape_.n_iterations && !stopping) while_handling_signals([&] { writer_.acquire(slot); });
       } else if (now - flushed >= flush_interval_) {
         if (staging != nullptr) {
           const CudaApi& api = cuda_api();
@@ -227,15 +224,43 @@ class Driver {
     return completed;
   }
 
+  // Runs `wait` (a wait for the writer: seconds or minutes for a large err2) on another
+  // thread, running Python's signal handlers every 100 ms meanwhile: a Ctrl-C is heard while
+  // the writer works (the first asks for a stop, a second ends the process at once).
+  template <typename Wait>
+  static void while_handling_signals(Wait&& wait) {
+    std::future<void> done;
+    {
+      py::gil_scoped_release release;
+      done = std::async(std::launch::async, std::forward<Wait>(wait));
+    }
+    for (;;) {
+      {
+        py::gil_scoped_release release;
+        if (done.wait_for(std::chrono::milliseconds(100)) == std::future_status::ready) break;
+      }
+      if (PyErr_CheckSignals() != 0) {
+        py::error_already_set raised;  // a handler raised (KeyboardInterrupt): after the wait ends
+        {
+          py::gil_scoped_release release;
+          done.wait();
+        }
+        throw raised;
+      }
+    }
+    done.get();
+  }
+
   // Waits for every queued copy and write that uses the pinned slots.
   void drain(const CudaApi& api, CUstream stream) {
     api.cuStreamSynchronize(stream);
-    py::gil_scoped_release release;
-    try {
-      for (int slot = 0; slot < ChunkWriter::kSlots; ++slot) writer_.acquire(slot);
-    } catch (const WriteError&) {
-      // Reported by finish(); here only the waiting matters.
-    }
+    while_handling_signals([&] {
+      try {
+        for (int slot = 0; slot < ChunkWriter::kSlots; ++slot) writer_.acquire(slot);
+      } catch (const WriteError&) {
+        // Reported by finish(); here only the waiting matters.
+      }
+    });
   }
 
   RunShape shape_;

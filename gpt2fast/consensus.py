@@ -134,7 +134,9 @@ def run_consensus(
                                           bar.update(done_before + done - bar.n), status.watch(stop, mine)))
                 record.update(status="complete" if completed == flags.iterations else "interrupted",
                               iterations_completed=completed)
-            mine.update(status="interrupted" if stop.requested else "complete")
+            # a stop heard after the last iteration (while the writer finished) stopped nothing
+            stopped = any(record["status"] != "complete" for record in mine["batches"])
+            mine.update(status="interrupted" if stopped else "complete")
             mine["timings"].update(finished=now(), run_s=round(time.perf_counter() - started, 3))
             status.record(mine)
             meta = status.settle(stop)
@@ -147,7 +149,7 @@ def run_consensus(
         with contextlib.suppress(OSError):  # a full disk, files not made yet or gone: report the run's error
             status.record(mine)
         raise
-    exit_status = stop.exit_status() or (0 if meta["status"] != "failed" else 1)
+    exit_status = {"complete": 0, "interrupted": stop.exit_status(), "failed": 1}[meta["status"]]
     return meta, exit_status
 
 

@@ -100,15 +100,16 @@ def open_lock(target: Path) -> int:
 
 
 def temporary_path(path: Path) -> Path:
-    """Where ``write_json_atomic`` writes before its rename: ``Eplot.json`` -> ``Eplot.json.tmp``."""
+    """Where a file is written before its rename: ``Eplot.json`` -> ``Eplot.json.tmp``
+    (``write_json_atomic``; the C++ writer's err2 of a one-chunk run, until complete)."""
     return path.with_name(path.name + ".tmp")
 
 
-def partial_files(target: Path) -> tuple[Path, Path, Path]:
+def partial_files(target: Path) -> tuple[Path, Path, Path, Path]:
     """Every name a run writes ``target`` under until it ends: the partial array, its
-    metadata, and that metadata's temporary file."""
+    metadata, and the temporary files of both."""
     partial_json = metadata_path(partial_path(target))
-    return partial_path(target), partial_json, temporary_path(partial_json)
+    return partial_path(target), temporary_path(partial_path(target)), partial_json, temporary_path(partial_json)
 
 
 def clear_partial(target: Path) -> None:
@@ -149,13 +150,12 @@ def check_disk_space(planned: dict[Path, int]) -> None:
 
     planned maps each output path to its size in bytes. The run writes partial files beside
     the outputs, so an existing output still takes its space until the run ends; a partial
-    file a killed run left there counts as free (the run replaces it).
+    array (or its temporary) a killed run left there counts as free (the run removes it).
     """
     by_device: dict[int, tuple[Path, int]] = {}
     for path, size in planned.items():
         directory = path.parent.resolve()
-        leftover = partial_path(path)
-        reclaimed = leftover.stat().st_size if leftover.exists() else 0
+        reclaimed = sum(leftover.stat().st_size for leftover in partial_files(path)[:2] if leftover.is_file())
         device = os.stat(directory).st_dev
         anchor, total = by_device.get(device, (directory, 0))
         by_device[device] = (anchor, total + size - reclaimed)

@@ -242,8 +242,9 @@ def test_slots_are_views_of_the_staging_memory(tmp_path):
 
 
 def test_full_disk_is_a_clear_error(tmp_path):
-    (tmp_path / "g.npy").symlink_to("/dev/full")
-    with pytest.raises(OSError, match=r"cannot write .*g\.npy: No space left on device"):
+    """A run of one chunk writes err2 under its temporary name (renamed when complete)."""
+    (tmp_path / "g.npy.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"cannot write .*g\.npy\.tmp: No space left on device"):
         drive(engine_for(), 2, tmp_path / "e.npy", tmp_path / "g.npy")
 
 
@@ -294,7 +295,8 @@ def test_write_failure_is_reported(tmp_path, staging):
     result = run_script(tmp_path, limit=full_size - 1, length=16, iterations=3, staging=staging)
     assert result.returncode == 3, result.stderr
     assert "cannot create" not in result.stdout
-    assert "OSError: cannot size g.npy: File too large" in result.stdout
+    name = "g.npy.tmp" if staging == STAGING_BYTES else "g.npy"  # one chunk: its temporary name
+    assert f"OSError: cannot size {name}: File too large" in result.stdout
 
 
 def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):

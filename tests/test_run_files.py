@@ -23,10 +23,10 @@ from gpt2fast.outputs import exclusive_outputs, is_locked, lock_path
 LONG_RUN = 200_000  # iterations of the tiny model: far more than the tests wait for
 
 
-def start_cli(checkpoint: Path, folder: Path, *flags: str) -> subprocess.Popen:
+def start_cli(checkpoint: Path, folder: Path, *flags: str, prompt: str = "a b c") -> subprocess.Popen:
     """``python -m gpt2fast`` on the tiny checkpoint in ``folder`` (CPU, torch backend)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, "-m", "gpt2fast", "--weights", str(checkpoint), "--prompt", "a b c",
+    return subprocess.Popen([sys.executable, "-m", "gpt2fast", "--weights", str(checkpoint), "--prompt", prompt,
                              "--backend", "torch", *flags], cwd=folder, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -64,6 +64,34 @@ def test_a_killed_run_leaves_the_earlier_results_and_recognisable_partial_ones(t
     assert start_cli(tiny_checkpoint, tmp_path, "--size", "2").wait(timeout=300) == 0  # the lock is free
     assert np.load(tmp_path / "Eplot.npy").shape == (1, 4, 2)
     assert not (tmp_path / "Eplot.partial.npy").exists() and not lock_path(tmp_path / "Eplot.npy").exists()
+
+
+def test_ctrl_c_while_err2_is_written_after_the_last_iteration(tiny_checkpoint, tmp_path):
+    """err2 of one chunk (T = 256, N = 1024: 0.5 GB) is written after the last iteration,
+    under ``m.partial.npy.tmp`` until complete. A Ctrl-C then has nothing left to stop: the
+    run completes (status 0, "complete"). A second Ctrl-C ends the process at once: err2
+    exists only under the temporary name, the earlier m.npy is untouched, and the next run
+    removes the temporary."""
+    flags = ("--size", "1024", "--matrixerror", "m")
+    temporary, prompt = tmp_path / "m.partial.npy.tmp", " ".join(["word"] * 256)
+    for signals in (1, 2):
+        run = start_cli(tiny_checkpoint, tmp_path, *flags, prompt=prompt)
+        wait_for(temporary.exists)
+        for _ in range(signals):
+            run.send_signal(signal.SIGINT)
+            time.sleep(0.3)  # the first signal's handler runs within 0.1 s, while the writer works
+        status = run.wait(timeout=120)
+        if signals == 1:
+            assert status == 0, run.stderr.read()
+            assert json.loads((tmp_path / "m.json").read_text())["status"] == "complete"
+            assert np.isfinite(np.load(tmp_path / "m.npy", mmap_mode="r")[0, :, :, -1]).all()
+            earlier = os.stat(tmp_path / "m.npy").st_ino
+        else:
+            assert status == -signal.SIGINT
+            assert temporary.exists() and not (tmp_path / "m.partial.npy").exists()
+            assert os.stat(tmp_path / "m.npy").st_ino == earlier
+    assert start_cli(tiny_checkpoint, tmp_path, "--size", "2", "--matrixerror", "m").wait(timeout=300) == 0
+    assert not temporary.exists() and np.load(tmp_path / "m.npy").shape == (1, 3, 3, 4)
 
 
 def test_a_second_run_on_the_same_outputs_is_refused_at_once(tiny_checkpoint, tmp_path, capsys, monkeypatch):
