@@ -300,10 +300,10 @@ def test_write_failure_is_reported(tmp_path, staging):
 
 
 def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):
-    """A 2 GiB err2 file written through a staging budget of 256 MiB (two slots of 128 MiB,
+    """A 545 MB err2 file written through a staging budget of 64 MiB (two slots of 32 MiB,
     17 chunks): the process grows by no more than the budget and the writer's two 4 MiB pieces,
     and the file holds every step."""
-    length, iterations, budget = 512, 1040, 256 << 20
+    length, iterations, budget = 128, 4160, 64 << 20
     result = run_script(tmp_path, limit=0, length=length, iterations=iterations, staging=budget)
     assert result.returncode == 0, result.stderr
     size = (tmp_path / "g.npy").stat().st_size
