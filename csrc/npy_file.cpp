@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -97,7 +98,10 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element, bool fill) {
   const int64_t elements = element_count(shape), bytes = element_bytes(element);
   const std::string header = npy_header(shape, element);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // a filled file appears at `path` only once every element is NaN (killed while filling, a
+  // run leaves path + ".tmp", which the next run removes; never zeros that read as values)
+  const std::string made = fill ? path + ".tmp" : path;
+  const int fd = ::open(made.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw WriteError(errno_message("cannot create", path));
   try {
     write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
@@ -122,9 +126,11 @@ void create_npy(const std::string& path, const std::vector<int64_t>& shape, Elem
     }
   } catch (...) {
     ::close(fd);
+    ::unlink(made.c_str());
     throw;
   }
   flush_and_close(fd, path);
+  if (std::rename(made.c_str(), path.c_str()) != 0) throw WriteError(errno_message("cannot rename to", path));
 }
 
 NpyFile::NpyFile(const std::string& path, const std::vector<int64_t>& shape, Element element)

@@ -41,9 +41,9 @@ class NpyFile {
   int64_t elements_ = 0;
 };
 
-// Creates (or truncates) `path` as a C-order array of `shape`, every element NaN, flushed to
-// the disk; without `fill`, only its header and its size (a sparse file, for a writer that
-// writes every element). Throws WriteError.
+// Creates (or replaces) `path` as a C-order array of `shape`, every element NaN, flushed to
+// the disk (filled under path + ".tmp", then renamed); without `fill`, only its header and
+// its size (a sparse file, for a writer that writes every element). Throws WriteError.
 void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32,
                 bool fill = true);
 
