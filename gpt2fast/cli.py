@@ -17,7 +17,7 @@ from .api import consensus, generate, warn
 from .backends import BACKENDS
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, DEFAULT_PROMPT, PRESETS
 from .distributed import PeerRefused, RankError, environment, leader_process
-from .errors import InputError
+from .errors import InputError, OneLineParser
 from .memory import is_out_of_memory
 from .outputs import metadata_path, partial_path
 from .plan import RunPlan
@@ -29,13 +29,6 @@ from .tokenizer import gpt2_encoding
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are a single line and exit status 2."""
-
-    def error(self, message: str):
-        raise InputError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

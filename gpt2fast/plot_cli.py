@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from .validation import check_writable
-from .cli import OneLineParser
-from .errors import InputError
+from .errors import InputError, OneLineParser
 from .outputs import npy_path
 from .plot import consensus_figure
 from .results import load_result
