@@ -9,7 +9,8 @@ import torch
 
 from gpt2fast.backends.torch_backend import TorchEngine
 from gpt2fast.config import DEFAULT_PROMPT, PRESETS
-from gpt2fast.driver import chunk_iterations, drive
+from gpt2fast.driver import drive
+from gpt2fast.memory import chunk_iterations
 from gpt2fast.tokenizer import gpt2_encoding
 from gpt2fast.weight_stream import WeightStream
 from gpt2fast.weights import random_state

@@ -18,9 +18,9 @@ from .backends import make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileLayout, chunk_iterations, create_files, drive
+from .driver import FileLayout, create_files, drive
 from .interrupts import graceful_stop
-from .memory import consensus_memory, staging_budget
+from .memory import chunk_iterations, consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
 from .outputs import clear_partial, partial_path
 from .precision import matmul_precision, storage_dtype

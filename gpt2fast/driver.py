@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ._driver import Driver, create_array
+from .backends.engine import Engine
 from .interrupts import StopRequest
+from .memory import STAGING_BYTES, chunk_iterations
 
-STAGING_BYTES = 2 << 30  # the staging slots' default bound (``memory.staging_budget``)
 FLUSH_SECONDS = 5.0  # a filling slot's err reaches the disk at least this often
 
 
@@ -60,24 +61,8 @@ def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, ste
                      layout.gram_dtype)
 
 
-def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool, n_iterations: int,
-                     staging: int = STAGING_BYTES) -> int:
-    """Iterations per staging slot within ``staging`` bytes: all N in one slot when they fit,
-    else as many as fit in each of two slots (one filling while the other is written), at
-    least 1.
-
-    Larger slots mean longer contiguous runs per err2 row, hence fewer and larger writes
-    (each chunk writes one run of c·L floats to each of the P·T² rows; a run of one chunk
-    writes whole rows, sequentially).
-    """
-    per_iteration = 4 * n_prompts * n_layer * (2 + (length * length if wants_gram else 0))
-    if n_iterations * per_iteration <= staging:
-        return n_iterations
-    return max(1, min(n_iterations, staging // (2 * per_iteration)))
-
-
 def drive(
-    engine,
+    engine: Engine,
     n_iterations: int,
     err_path: Path,
     gram_path: Path | None,

@@ -10,7 +10,7 @@ engine's dtype (4 bytes fp32, 2 bf16):
     Triton states L · P · T · C    every block's output (``TritonEngine.states``)
     Gram          P · T²  (float32) formed by the metric when err2 is recorded
     graph buffer  P · L · T² (float32) the CUDA graph's err2 output, on the GPU
-    staging       2 slots of ``driver.chunk_iterations`` iterations within the staging
+    staging       2 slots of ``chunk_iterations`` iterations within the staging
                   budget (float32, host; one slot when the run fits in it)
 """
 
@@ -23,7 +23,24 @@ import resource
 import torch
 
 from .config import ModelConfig
-from .driver import STAGING_BYTES, chunk_iterations
+
+STAGING_BYTES = 2 << 30  # the staging slots' default bound (``staging_budget``)
+
+
+def chunk_iterations(n_prompts: int, n_layer: int, length: int, wants_gram: bool, n_iterations: int,
+                     staging: int = STAGING_BYTES) -> int:
+    """Iterations per staging slot within ``staging`` bytes: all N in one slot when they fit,
+    else as many as fit in each of two slots (one filling while the other is written), at
+    least 1.
+
+    Larger slots mean longer contiguous runs per err2 row, hence fewer and larger writes
+    (each chunk writes one run of c·L floats to each of the P·T² rows; a run of one chunk
+    writes whole rows, sequentially).
+    """
+    per_iteration = 4 * n_prompts * n_layer * (2 + (length * length if wants_gram else 0))
+    if n_iterations * per_iteration <= staging:
+        return n_iterations
+    return max(1, min(n_iterations, staging // (2 * per_iteration)))
 
 
 def staging_budget(memory_budget: int | None = None) -> int:

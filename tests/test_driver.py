@@ -14,7 +14,8 @@ import torch
 
 from gpt2fast import _driver
 from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.driver import STAGING_BYTES, FileLayout, chunk_iterations, create_files, drive
+from gpt2fast.driver import FileLayout, create_files, drive
+from gpt2fast.memory import STAGING_BYTES, chunk_iterations
 from gpt2fast.interrupts import StopRequest
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state

@@ -12,7 +12,7 @@ import torch
 import gpt2fast
 from gpt2fast import validation
 from gpt2fast.errors import InputError
-from gpt2fast.driver import STAGING_BYTES
+from gpt2fast.memory import STAGING_BYTES
 from gpt2fast.memory import consensus_memory, staging_budget
 from gpt2fast.weights import parameter_count
 from tiny_models import tiny_config

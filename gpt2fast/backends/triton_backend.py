@@ -33,7 +33,7 @@ from ..model import BlockParams, layer_norm
 from ..philox import mix_key
 from ..weight_stream import DRAW_DOMAIN, WTE_STREAM, WeightStream, linear_stream
 from ..weights import LINEAR_NAMES
-from .torch_backend import MIN_GRAPH_REPLAYS, CapturedIteration, capture_in_place, pad_prompts
+from .engine import MIN_GRAPH_REPLAYS, CapturedIteration, capture_in_place, pad_prompts
 
 Drawn = tuple[int, int, Step] | None
 # Stored weights through skinny_linear (False: through ln_linear / linear_residual, the fused
