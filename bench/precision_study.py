@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from gpt2fast.config import PRESETS
-from gpt2fast.kernels.dot_precision import PRECISIONS
+from gpt2fast.kernels.checks import PRECISIONS
 from gpt2fast.weights import linear_shapes
 
 ROWS = 27

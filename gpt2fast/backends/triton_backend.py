@@ -24,6 +24,7 @@ from functools import partial
 import torch
 
 from ..kernels.attention import causal_attention, decode_attention
+from ..kernels.checks import STORAGE_DTYPES
 from ..kernels.consensus_metric import consensus_metric
 from ..kernels.embedding import embed
 from ..kernels.linear import Step, StepInMemory, linear_residual, ln_linear
@@ -148,7 +149,7 @@ def apply_block(
 
 def check_dtype(stream: WeightStream) -> torch.dtype:
     """The dtype of the stream's weights, which the Triton backend's activations share."""
-    if stream.wte.dtype not in (torch.float32, torch.bfloat16):
+    if stream.wte.dtype not in STORAGE_DTYPES:
         raise ValueError(f"the Triton backend runs float32 or bfloat16 weights, not {stream.wte.dtype}")
     return stream.wte.dtype
 
@@ -158,7 +159,7 @@ class TritonEngine:
     that move them: ``states`` [L, P, T, C] holds each block's output of the last iteration,
     and x = states[L − 1] [P, T, C] is the iteration's input and output.
 
-    Same interface as ``TorchEngine``; ``precision`` is one of ``dot_precision.PRECISIONS``
+    Same interface as ``TorchEngine``; ``precision`` is one of ``checks.PRECISIONS``
     (``"ieee"``: faithful fp32).
     """
 

@@ -19,7 +19,7 @@ prompt p, head h. It keeps the running row maximum, row sum and un-normalised ou
 flash-attention online softmax while it walks the key blocks 0 .. min(end of its query
 block, T_p); key blocks above the diagonal and query blocks at or past T_p are never
 visited. Both products are ``tl.dot`` with IEEE fp32 inputs by default (``precision``: one
-of ``dot_precision.PRECISIONS``). Tile choice (``causal_config``): prompts up to 128 tokens use
+of ``checks.PRECISIONS``). Tile choice (``causal_config``): prompts up to 128 tokens use
 16×32 tiles (16 query rows, 32 keys; 4 warps) so a 27-token prompt still spreads over 2·H
 programs; longer ones use 64×32 tiles with 8 warps, which read each key/value block once per
 64 queries and give 16·P·H programs at T = 1024. IEEE fp32 ``tl.dot`` runs as FMAs with each
@@ -76,10 +76,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import merge_heads, split_heads
 from .dependent_launch import launch_options, pdl
-from .dot_precision import check_precision
+from .checks import STORAGE_DTYPES, check_one_device, check_precision
 
 HEAD_DIM = 64
-DTYPES = (torch.float32, torch.bfloat16)
 SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
 CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
     "short": (16, 32, 4),
@@ -168,7 +167,7 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
     Rows t < T_p hold the attention output, rows t ≥ T_p zeros.
     """
     check_precision(precision)
-    if qkv.dim() != 3 or qkv.dtype not in DTYPES or not qkv.is_contiguous():
+    if qkv.dim() != 3 or qkv.dtype not in STORAGE_DTYPES or not qkv.is_contiguous():
         raise ValueError(f"qkv must be a contiguous float32 or bfloat16 [P, T, 3C], got {qkv.dtype} {tuple(qkv.shape)}")
     n_prompts, length, three_width = qkv.shape
     if n_head <= 0 or three_width != 3 * n_head * HEAD_DIM:
@@ -179,8 +178,7 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
     if out.shape != (n_prompts, length, width) or out.dtype != qkv.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {qkv.dtype} {(n_prompts, length, width)}, "
                          f"got {out.dtype} {tuple(out.shape)}")
-    if len({qkv.device, lengths.device, out.device}) != 1:
-        raise ValueError("qkv, lengths and out must be on one device")
+    check_one_device("qkv, lengths and out", qkv, lengths, out)
     if n_prompts and length:
         block_m, block_n, num_warps = causal_config(length)
         grid = (triton.cdiv(length, block_m), n_prompts * n_head)
@@ -292,10 +290,9 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
     if out.shape != q.shape:
         raise ValueError(f"out must be {tuple(q.shape)}, got {tuple(out.shape)}")
     tensors = (q, cache_k, cache_v, out)
-    if q.dtype not in DTYPES or any(t.dtype != q.dtype or not t.is_contiguous() for t in tensors):
+    if q.dtype not in STORAGE_DTYPES or any(t.dtype != q.dtype or not t.is_contiguous() for t in tensors):
         raise ValueError("q, cache_k, cache_v and out must be contiguous, all float32 or all bfloat16")
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError("q, cache_k, cache_v and out must be on one device")
+    check_one_device("q, cache_k, cache_v and out", *tensors)
     capacity = cache_k.shape[1]
     if not 1 <= length <= capacity:
         raise ValueError(f"length must be in [1, {capacity}] (the cache capacity), got {length}")

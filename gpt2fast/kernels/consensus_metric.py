@@ -44,7 +44,7 @@ import triton.language as tl
 
 from ..metrics import consensus_metrics
 from ..model import LAYERNORM_EPS
-from .dot_precision import check_precision
+from .checks import STORAGE_DTYPES, check_one_device, check_precision
 
 MAX_C = 2048
 FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
@@ -257,7 +257,7 @@ def _layered(x: torch.Tensor, err_out: torch.Tensor, gram_out: torch.Tensor | No
 
 def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths: torch.Tensor,
            err_out: torch.Tensor, gram_out: torch.Tensor | None, precision: str) -> None:
-    if x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16) or not x.is_contiguous():
+    if x.dim() != 4 or x.dtype not in STORAGE_DTYPES or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous float32 or bfloat16 [P, T, C] or [L, P, T, C] tensor, "
                          f"got {x.dtype} {tuple(x.shape)}")
     layers, n_prompts, length, width = x.shape
@@ -278,8 +278,7 @@ def _check(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor, lengths:
         raise ValueError(f"gram_out must be a float32 [{n_prompts}, {layers}, {length}, {length}] tensor "
                          f"(no layer axis for one layer), got {gram_out.dtype} {tuple(gram_out.shape)}")
     tensors = [x, ln_f_w, ln_f_b, lengths, err_out] + ([] if gram_out is None else [gram_out])
-    if any(tensor.device != x.device for tensor in tensors):
-        raise ValueError("x, ln_f_w, ln_f_b, lengths, err_out and gram_out must share a device")
+    check_one_device("x, ln_f_w, ln_f_b, lengths, err_out and gram_out", *tensors)
     check_precision(precision)
 
 
@@ -293,7 +292,7 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
     (not checked: that would need a host sync); err_out [P, L, 2] ([P, 2]) float32, any
     strides (e.g. the driver's ``err_slot[row]``); gram_out None or [P, L, T, T] ([P, T, T])
     float32, any strides, NaN outside each prompt's block. ``precision`` is the ``tl.dot``
-    input precision, one of ``dot_precision.PRECISIONS``: "ieee" (exact fp32, default),
+    input precision, one of ``checks.PRECISIONS``: "ieee" (exact fp32, default),
     "tf32x3" or "tf32" (~3e-4 relative error in G). Allocates two float32 scratch buffers,
     [L, P, T, C] and [L·P, tiles, 2], and at small T the slices of G [L·P, S, T', T'], with
     ``torch.empty``.

@@ -27,11 +27,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import STORAGE_DTYPES, check_one_device
+
 from ..model import embed as embed_reference  # noqa: F401  (re-exported as this kernel's reference)
 
 BLOCK_C = 256  # with NUM_WARPS = 2: four contiguous floats (one 16-byte load) per thread
 NUM_WARPS = 2
-DTYPES = (torch.float32, torch.bfloat16)
 
 
 @triton.jit
@@ -59,13 +60,13 @@ def embed(tokens: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, out: torch
     """Write ``wte[tokens] + wpe[start : start + T]`` into ``out`` [P, T, C]; returns ``out``.
 
     tokens [P, T] int64; wte [V, C], wpe [n_positions, C], out [P, T, C] of one dtype in
-    ``DTYPES``; all contiguous and on one device; 0 <= start and start + T <= n_positions. Token ids are
+    ``STORAGE_DTYPES``; all contiguous and on one device; 0 <= start and start + T <= n_positions. Token ids are
     checked to lie in [0, V) only for CPU tensors (see the module docstring).
     """
     if tokens.dim() != 2 or tokens.dtype != torch.int64:
         raise ValueError(f"tokens must be int64 [P, T], got {tokens.dtype} {tuple(tokens.shape)}")
     for name, tensor in (("wte", wte), ("wpe", wpe)):
-        if tensor.dim() != 2 or tensor.dtype not in DTYPES:
+        if tensor.dim() != 2 or tensor.dtype not in STORAGE_DTYPES:
             raise ValueError(f"{name} must be float32 or bfloat16 [rows, C], got {tensor.dtype} {tuple(tensor.shape)}")
     n_prompts, length = tokens.shape
     n_vocab, n_embd = wte.shape
@@ -76,8 +77,7 @@ def embed(tokens: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, out: torch
         raise ValueError(f"out must be {wte.dtype} {shape} like wte and wpe, got {out.dtype} {tuple(out.shape)}")
     if not all(t.is_contiguous() for t in (tokens, wte, wpe, out)):
         raise ValueError("tokens, wte, wpe and out must be contiguous")
-    if len({t.device for t in (tokens, wte, wpe, out)}) != 1:
-        raise ValueError("tokens, wte, wpe and out must be on one device")
+    check_one_device("tokens, wte, wpe and out", tokens, wte, wpe, out)
     if start < 0 or start + length > wpe.shape[0]:
         raise ValueError(f"positions {start}..{start + length - 1} are outside wpe's {wpe.shape[0]} rows")
     if tokens.device.type == "cpu" and tokens.numel() and not (

@@ -19,7 +19,7 @@ layout W [N, K] = [out, in], row-major.
 Dtypes: x, W, b, γ, β, residual and out all float32, or all bfloat16 (LayerNorm, accumulation
 and epilogue in fp32; LN(x) is rounded to bf16 before the product, as PyTorch's bf16 layer_norm
 output is, and out once at the store). fp32 dots are IEEE by default (``precision``: one of
-``dot_precision.PRECISIONS``, "tf32x3" and "tf32" on the tensor cores); bf16 operands are
+``checks.PRECISIONS``, "tf32x3" and "tf32" on the tensor cores); bf16 operands are
 upcast and multiplied as TF32, which holds every bf16 value exactly: exact products on the
 tensor cores (and the interpreter, which cannot multiply bf16 matrices, computes the same).
 
@@ -75,7 +75,7 @@ import triton.language as tl
 from ..model import LAYERNORM_EPS, layer_norm
 from ..philox import MAX_ELEMENTS, check_range
 from .counter_normal import counter_normal
-from .dot_precision import check_precision
+from .checks import STORAGE_DTYPES, check_precision, check_tensor, overlap
 
 # The FMA path of an IEEE fp32 tl.dot holds a thread's rows and columns of both operands over
 # all of BLOCK_K in registers, so BLOCK_K stays at 16-32 (64 spills at BLOCK_M = 64). Drawn
@@ -104,7 +104,6 @@ CPU_SM_COUNT = 132  # an H100's; the interpreter plans as on one
 FINISH_BLOCK_M = 16
 FINISH_BLOCK_N = 128
 FINISH_NUM_WARPS = 4
-DTYPES = (torch.float32, torch.bfloat16)
 
 INIT_STD: tl.constexpr = tl.constexpr(0.02)  # gpt2fast.weights.INIT_STD, the drawn weights' std
 EPS: tl.constexpr = tl.constexpr(LAYERNORM_EPS)
@@ -258,7 +257,7 @@ class StepInMemory:
     offset: int
 
     def check(self, device: torch.device) -> None:
-        _check_tensor("iteration", self.iteration, (1,), torch.int64, device)
+        check_tensor("iteration", self.iteration, (1,), torch.int64, device)
         check_range("per_iteration", self.per_iteration, 2**32)
         check_range("step offset", self.offset, 2**32)
 
@@ -299,20 +298,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
-    if t.dtype != dtype or tuple(t.shape) != shape or t.device != device or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {dtype} tensor of shape {shape} on {device}, "
-                         f"got {t.dtype} {tuple(t.shape)} on {t.device} (contiguous: {t.is_contiguous()})")
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the memory of contiguous tensors a and b intersects."""
-    a_start, b_start = a.data_ptr(), b.data_ptr()
-    a_end = a_start + a.numel() * a.element_size()
-    b_end = b_start + b.numel() * b.element_size()
-    return a.device == b.device and a_start < b_end and b_start < a_end
-
-
 def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, config):
     """Check the arguments of ln_linear / linear_residual, then launch (and finish a split K)."""
     if x.dim() != 2 or out.dim() != 2:
@@ -320,23 +305,23 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
     (m, k), n = x.shape, out.shape[1]
     dtype, device = x.dtype, x.device
     iteration, per_iteration = None, 0
-    if dtype not in DTYPES:
+    if dtype not in STORAGE_DTYPES:
         raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
     check_precision(precision)
-    _check_tensor("x", x, (m, k), dtype, device)
-    _check_tensor("out", out, (m, n), dtype, device)
+    check_tensor("x", x, (m, k), dtype, device)
+    check_tensor("out", out, (m, n), dtype, device)
     if ln is not None:
-        _check_tensor("ln_w", ln[0], (k,), dtype, device)
-        _check_tensor("ln_b", ln[1], (k,), dtype, device)
+        check_tensor("ln_w", ln[0], (k,), dtype, device)
+        check_tensor("ln_b", ln[1], (k,), dtype, device)
     if residual is not None:
-        _check_tensor("residual", residual, (m, n), dtype, device)
-        if residual.data_ptr() != out.data_ptr() and _overlap(residual, out):
+        check_tensor("residual", residual, (m, n), dtype, device)
+        if residual.data_ptr() != out.data_ptr() and overlap(residual, out):
             raise ValueError("residual must be out itself or not overlap it")
     if drawn is None:
         if weight is None or bias is None:
             raise ValueError("weight and bias are required unless drawn is given")
-        _check_tensor("weight", weight, (n, k), dtype, device)
-        _check_tensor("bias", bias, (n,), dtype, device)
+        check_tensor("weight", weight, (n, k), dtype, device)
+        check_tensor("bias", bias, (n,), dtype, device)
         key = stream = step = 0
     else:
         key, stream, step = drawn
@@ -349,7 +334,7 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
         check_range("weight elements", n * k, MAX_ELEMENTS + 1)
         weight = bias = x  # not read: W is generated and b = 0
     inputs = [x, *(ln or ()), *((weight, bias) if drawn is None else ())]
-    if any(_overlap(out, t) for t in inputs):
+    if any(overlap(out, t) for t in inputs):
         raise ValueError("out must not overlap x, the weights or the LayerNorm parameters")
     configs = CONFIGS if drawn is None else DRAWN_CONFIGS
     if config is not None and not any(config is c for c in configs):
@@ -402,7 +387,7 @@ def ln_linear(
     float32 or all bfloat16; LayerNorm eps 1e-5. ``drawn = (key, stream, step)`` generates
     weight in-kernel as 0.02 · counter_normal(key, stream, step, n·K + k) with bias 0 (weight
     and bias are then ignored and may be None); ``step`` may be a ``StepInMemory``.
-    ``precision``: one of ``dot_precision.PRECISIONS``. ``config``: one of CONFIGS
+    ``precision``: one of ``checks.PRECISIONS``. ``config``: one of CONFIGS
     (DRAWN_CONFIGS if drawn) to use instead of the autotuner's choice (CUDA) or
     DEFAULT_CONFIG / DEFAULT_DRAWN_CONFIG (CPU).
     """

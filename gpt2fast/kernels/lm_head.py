@@ -67,9 +67,8 @@ from ..philox import counter_normal as counter_normal_vector
 from ..philox import check_range
 from ..weights import INIT_STD
 from .counter_normal import counter_normal
-from .dot_precision import check_precision
+from .checks import STORAGE_DTYPES, check_one_device, check_precision
 
-DTYPES = (torch.float32, torch.bfloat16)
 ARGMAX_BLOCK_V = 64
 ARGMAX_BLOCK_K = 16  # tl.dot needs K >= 16 (Triton 3.6 refuses 8); see ARGMAX_WARPS for spills
 ARGMAX_WARPS = {16: 8, 32: 8, 64: 8}  # BLOCK_M -> num_warps: no spills on sm_80, sm_90
@@ -196,7 +195,7 @@ def logits_kernel(y_ptr, wte_ptr, out_ptr, n_vocab, key: tl.uint64, stream: tl.u
 def check_head_arguments(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, out_shape: tuple,
                          out_dtype: torch.dtype, precision: str, drawn) -> tuple[int, int, int]:
     """Shared checks of both launchers; returns (key, stream, step) (zeros when not drawn)."""
-    if y.dtype not in DTYPES or wte.dtype != y.dtype or wte.dim() != 2:
+    if y.dtype not in STORAGE_DTYPES or wte.dtype != y.dtype or wte.dim() != 2:
         raise ValueError(f"y and wte [V, C] must both be float32 or both bfloat16, "
                          f"got {y.dtype}, {wte.dtype} {tuple(wte.shape)}")
     if wte.shape[0] == 0 or wte.shape[1] == 0 or y.shape[-1] != wte.shape[1]:
@@ -205,8 +204,7 @@ def check_head_arguments(y: torch.Tensor, wte: torch.Tensor, out: torch.Tensor, 
         raise ValueError(f"out must be {out_dtype} {out_shape}, got {out.dtype} {tuple(out.shape)}")
     if not (y.is_contiguous() and out.is_contiguous() and (drawn is not None or wte.is_contiguous())):
         raise ValueError("y, out and (unless drawn) wte must be contiguous")
-    if len({t.device for t in (y, wte, out)}) != 1:
-        raise ValueError("y, wte and out must be on one device")
+    check_one_device("y, wte and out", y, wte, out)
     check_precision(precision)
     if drawn is None:
         return NO_DRAW
@@ -239,7 +237,7 @@ def lm_head_argmax(y: torch.Tensor, wte: torch.Tensor, out_ids: torch.Tensor, *,
 
     y [M, C] (ln_f-normalised rows) and wte [V, C] (only its shape and dtype when
     ``drawn`` = (key < 2**64, stream < 2**32, step < 2**64) is given), both float32 or both
-    bfloat16; contiguous, one device. precision: one of ``dot_precision.PRECISIONS``
+    bfloat16; contiguous, one device. precision: one of ``checks.PRECISIONS``
     (tensor-core modes ignored when drawn, see ``argmax_config``; bf16 values always run
     as TF32, which multiplies them exactly).
     Allocates float32 and int32 partials [splits, M], splits <= TARGET_PROGRAMS.

@@ -75,10 +75,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import LAYERNORM_EPS
 from .dependent_launch import launch_options, pdl
-from .dot_precision import check_precision
-from .linear import _check_tensor, _overlap, _sm_count, block_m, chan_merge, finish_tile
+from .checks import STORAGE_DTYPES, check_precision, check_tensor, overlap
+from .linear import _sm_count, block_m, chan_merge, finish_tile
 
-DTYPES = (torch.float32, torch.bfloat16)
 BLOCK_N = 64  # weight rows per tile: wgmma's M (one warpgroup of 4 warps)
 BLOCK_K = {torch.float32: 32, torch.bfloat16: 64}  # 8 KB of weights per stage either way
 # fp32 "ieee" multiplies on the FMA units, each thread holding its rows and columns of a K
@@ -339,26 +338,26 @@ def skinny_linear(
         raise ValueError(f"x and out must be matrices, got {tuple(x.shape)} and {tuple(out.shape)}")
     (m, k), n = x.shape, out.shape[1]
     dtype, device = x.dtype, x.device
-    if dtype not in DTYPES:
+    if dtype not in STORAGE_DTYPES:
         raise ValueError(f"x must be float32 or bfloat16, got {dtype}")
     check_precision(precision)
-    _check_tensor("x", x, (m, k), dtype, device)
-    _check_tensor("weight", weight, (n, k), dtype, device)
-    _check_tensor("bias", bias, (n,), dtype, device)
-    _check_tensor("out", out, (m, n), dtype, device)
+    check_tensor("x", x, (m, k), dtype, device)
+    check_tensor("weight", weight, (n, k), dtype, device)
+    check_tensor("bias", bias, (n,), dtype, device)
+    check_tensor("out", out, (m, n), dtype, device)
     if residual is not None:
-        _check_tensor("residual", residual, (m, n), dtype, device)
-        if residual.data_ptr() != out.data_ptr() and _overlap(residual, out):
+        check_tensor("residual", residual, (m, n), dtype, device)
+        if residual.data_ptr() != out.data_ptr() and overlap(residual, out):
             raise ValueError("residual must be out itself or not overlap it")
-    if any(_overlap(out, t) for t in (x, weight, bias)):
+    if any(overlap(out, t) for t in (x, weight, bias)):
         raise ValueError("out must not overlap x, weight or bias")
     if ln_w is not None:
-        _check_tensor("ln_w", ln_w, (k,), dtype, device)
-        _check_tensor("ln_b", ln_b, (k,), dtype, device)
-        _check_tensor("ln_stats", ln_stats, stats_shape(m, k), torch.float32, device)
+        check_tensor("ln_w", ln_w, (k,), dtype, device)
+        check_tensor("ln_b", ln_b, (k,), dtype, device)
+        check_tensor("ln_stats", ln_stats, stats_shape(m, k), torch.float32, device)
     if stats is not None:
-        _check_tensor("stats", stats, stats_shape(m, n), torch.float32, device)
-        if any(_overlap(stats, t) for t in (x, weight, bias, out) + ((ln_stats,) if ln_stats is not None else ())):
+        check_tensor("stats", stats, stats_shape(m, n), torch.float32, device)
+        if any(overlap(stats, t) for t in (x, weight, bias, out) + ((ln_stats,) if ln_stats is not None else ())):
             raise ValueError("stats must not overlap the other arguments")
     if m == 0 or n == 0:
         return out
@@ -401,14 +400,14 @@ def stats_shape(rows: int, cols: int) -> tuple[int, int, int]:
 def layer_norm_stats(x: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
     """Per-tile statistics of x [M, K] (fp32 or bf16) into ``stats`` fp32 ``stats_shape(M, K)``
     (fresh when None), as a residual skinny_linear call writes them: for an LN whose x no GEMM wrote."""
-    if x.dim() != 2 or x.dtype not in DTYPES:
+    if x.dim() != 2 or x.dtype not in STORAGE_DTYPES:
         raise ValueError(f"x must be a float32 or bfloat16 matrix, got {x.dtype} {tuple(x.shape)}")
     m, k = x.shape
-    _check_tensor("x", x, (m, k), x.dtype, x.device)
+    check_tensor("x", x, (m, k), x.dtype, x.device)
     if stats is None:
         stats = torch.empty(stats_shape(m, k), dtype=torch.float32, device=x.device)
-    _check_tensor("stats", stats, stats_shape(m, k), torch.float32, x.device)
-    if _overlap(stats, x):
+    check_tensor("stats", stats, stats_shape(m, k), torch.float32, x.device)
+    if overlap(stats, x):
         raise ValueError("stats must not overlap x")
     if m > 0 and k > 0:
         tile_m = block_m(m)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from aot import CAPABILITIES, AotSpec, check_compiles
-from gpt2fast.kernels.dot_precision import PRECISIONS
+from gpt2fast.kernels.checks import PRECISIONS
 from gpt2fast.kernels.attention import (
     CAUSAL_CONFIGS,
     COMBINE_NUM_WARPS,

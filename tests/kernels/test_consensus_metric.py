@@ -13,7 +13,7 @@ import torch
 
 from aot import AotSpec, check_compiles
 from gpt2fast.kernels import consensus_metric as metric_module
-from gpt2fast.kernels.dot_precision import PRECISIONS
+from gpt2fast.kernels.checks import PRECISIONS
 from gpt2fast.kernels.consensus_metric import (
     COMBINE_WARPS,
     FINALIZE_BLOCK,

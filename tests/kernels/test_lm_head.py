@@ -14,7 +14,7 @@ import torch
 from aot import AotSpec, check_compiles
 from gpt2fast import weight_stream
 from gpt2fast.kernels import lm_head
-from gpt2fast.kernels.dot_precision import PRECISIONS
+from gpt2fast.kernels.checks import PRECISIONS
 from gpt2fast.kernels.lm_head import (
     ARGMAX_BLOCK_K,
     ARGMAX_BLOCK_V,
