@@ -241,8 +241,10 @@ def test_a_prompt_function_is_called_only_once_everything_else_is_checked(tiny_c
         asked.append(True)
         return ["a b"]
 
-    for bad in ({"savefile": "no/such/dir/E"}, {"weights": tmp_path / "missing.safetensors"}, {"size": 0}):
-        with pytest.raises(InputError):
+    for bad, message in (({"savefile": "no/such/dir/E"}, "directory no/such/dir does not exist"),
+                         ({"weights": tmp_path / "missing.safetensors"}, "missing.safetensors: no such file"),
+                         ({"size": 0}, "size must be at least 1, got 0")):
+        with pytest.raises(InputError, match=message):
             gpt2fast.consensus(ask, **{"weights": tiny_checkpoint, "size": 1, "progress": False, **bad})
     assert asked == []
     assert gpt2fast.consensus(ask, weights=tiny_checkpoint, size=1, progress=False).err.shape[0] == 1

@@ -122,11 +122,14 @@ def test_counter_normal_shape_and_dtype():
 
 
 @pytest.mark.parametrize(
-    "args", [(-1, 0, 0, 4), (2**64, 0, 0, 4), (0, 2**32, 0, 4), (0, 0, -1, 4), (0, 0, 2**64, 4),
-             (0, 0, 0, 2**34 + 1)]
+    "args, message",
+    [((-1, 0, 0, 4), "key must be in .*got -1"), ((2**64, 0, 0, 4), "key must be in .*got 18446744073709551616"),
+     ((0, 2**32, 0, 4), "stream must be in .*got 4294967296"), ((0, 0, -1, 4), "step must be in .*got -1"),
+     ((0, 0, 2**64, 4), "step must be in .*got 18446744073709551616"),
+     ((0, 0, 0, 2**34 + 1), r"numel must be in \[0, 17179869185\), got 17179869185")]
 )
-def test_counter_normal_rejects_out_of_range_arguments(args):
-    with pytest.raises(ValueError):
+def test_counter_normal_rejects_out_of_range_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
         counter_normal(*args)
 
 

@@ -76,7 +76,7 @@ def test_vocabulary_size(enc):
 def test_endoftext_is_special(enc):
     assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
     assert enc.decode([50256]) == "<|endoftext|>"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="disallowed special token"):
         enc.encode("<|endoftext|>")
 
 

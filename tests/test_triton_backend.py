@@ -170,7 +170,7 @@ def test_iteration_index_from_a_tensor_needs_const_reset(device):
                           dtype=torch.float32)
     engine = TritonEngine(stream, PROMPTS, False)
     err = torch.empty(len(PROMPTS), CFG.n_layer, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an iteration index read at run time is for --const-reset runs only"):
         engine.iteration(torch.ones(1, dtype=torch.int64, device=device), err, None)
 
 

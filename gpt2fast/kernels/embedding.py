@@ -73,8 +73,10 @@ def embed(tokens: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, out: torch
     if wpe.shape[1] != n_embd or n_embd == 0:
         raise ValueError(f"wte {tuple(wte.shape)} and wpe {tuple(wpe.shape)} need the same width C > 0")
     shape = (n_prompts, length, n_embd)
-    if out.shape != shape or len({wte.dtype, wpe.dtype, out.dtype}) != 1:
-        raise ValueError(f"out must be {wte.dtype} {shape} like wte and wpe, got {out.dtype} {tuple(out.shape)}")
+    if out.shape != shape:
+        raise ValueError(f"out must be [P, T, C] = {shape}, got {tuple(out.shape)}")
+    if len({wte.dtype, wpe.dtype, out.dtype}) != 1:
+        raise ValueError(f"wte, wpe and out must share one dtype, got {wte.dtype}, {wpe.dtype}, {out.dtype}")
     if not all(t.is_contiguous() for t in (tokens, wte, wpe, out)):
         raise ValueError("tokens, wte, wpe and out must be contiguous")
     check_one_device("tokens, wte, wpe and out", tokens, wte, wpe, out)

@@ -168,27 +168,37 @@ def test_causal_of_nothing_launches_nothing():
 
 
 @pytest.mark.parametrize(
-    "qkv, lengths, out, n_head, precision",
+    "qkv, lengths, out, n_head, precision, message",
     [
         (torch.empty(2, 4, 3 * WIDTH, dtype=torch.float64), torch.ones(2, dtype=torch.int64),
-         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee",
+         r"qkv must be a contiguous float32 or bfloat16 .*torch.float64"),
         (torch.empty(2, 4, 6 * WIDTH)[..., ::2], torch.ones(2, dtype=torch.int64),
-         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), 3, "ieee"),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee",
+         r"qkv must be a contiguous .*got torch.float32"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), 3, "ieee",
+         r"3·n_head·64 = 576, got 384"),
         (torch.empty(2, 4, 3 * WIDTH + 3), torch.ones(2, dtype=torch.int64),
-         torch.empty(2, 4, WIDTH + 1), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int32), torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(3, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 5, WIDTH), N_HEAD, "ieee"),
+         torch.empty(2, 4, WIDTH + 1), N_HEAD, "ieee",
+         r"= 384, got 387"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int32), torch.empty(2, 4, WIDTH), N_HEAD, "ieee",
+         r"lengths must be int64 .*torch.int32"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(3, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "ieee",
+         r"lengths must be int64 \[2\], got torch.int64 \(3,\)"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 5, WIDTH), N_HEAD, "ieee",
+         r"out must be a contiguous torch.float32 \(2, 4, 128\), got torch.float32 \(2, 5, 128\)"),
         (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64),
-         torch.empty(2, WIDTH, 4).transpose(1, 2), N_HEAD, "ieee"),
-        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x2"),
+         torch.empty(2, WIDTH, 4).transpose(1, 2), N_HEAD, "ieee",
+         r"out must be a contiguous torch.float32 \(2, 4, 128\), got torch.float32 \(2, 4, 128\)"),
+        (torch.empty(2, 4, 3 * WIDTH), torch.ones(2, dtype=torch.int64), torch.empty(2, 4, WIDTH), N_HEAD, "tf32x2",
+         r"precision must be one of"),
         (torch.empty(2, 4, 3 * WIDTH, dtype=torch.bfloat16), torch.ones(2, dtype=torch.int64),
-         torch.empty(2, 4, WIDTH), N_HEAD, "ieee"),
+         torch.empty(2, 4, WIDTH), N_HEAD, "ieee",
+         r"out must be a contiguous torch.bfloat16"),
     ],
 )
-def test_causal_rejects_bad_arguments(qkv, lengths, out, n_head, precision):
-    with pytest.raises(ValueError):
+def test_causal_rejects_bad_arguments(qkv, lengths, out, n_head, precision, message):
+    with pytest.raises(ValueError, match=message):
         causal_attention(qkv, lengths, out, n_head=n_head, precision=precision)
 
 
@@ -243,25 +253,35 @@ def test_decode_split_covers_the_keys_in_whole_tiles():
 
 
 @pytest.mark.parametrize(
-    "q, cache_k, cache_v, length, out, precision",
+    "q, cache_k, cache_v, length, out, precision, message",
     [
-        (torch.empty(2, 32), torch.empty(2, 9, 32), torch.empty(2, 9, 32), 4, torch.empty(2, 32), "ieee"),
-        (torch.empty(2, 64), torch.empty(3, 9, 64), torch.empty(3, 9, 64), 4, torch.empty(2, 64), "ieee"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 8, 64), 4, torch.empty(2, 64), "ieee"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(1, 64), "ieee"),
+        (torch.empty(2, 32), torch.empty(2, 9, 32), torch.empty(2, 9, 32), 4, torch.empty(2, 32), "ieee",
+         r"q must be \[H, 64\]"),
+        (torch.empty(2, 64), torch.empty(3, 9, 64), torch.empty(3, 9, 64), 4, torch.empty(2, 64), "ieee",
+         r"cache_k and cache_v must both be \[2, capacity, 64\], got \(3, 9, 64\)"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 8, 64), 4, torch.empty(2, 64), "ieee",
+         r"got \(2, 9, 64\) and \(2, 8, 64\)"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(1, 64), "ieee",
+         r"out must be \(2, 64\), got \(1, 64\)"),
         (torch.empty(2, 64), torch.empty(2, 9, 64, dtype=torch.float64), torch.empty(2, 9, 64), 4,
-         torch.empty(2, 64), "ieee"),
+         torch.empty(2, 64), "ieee",
+         r"must be contiguous, all float32 or all bfloat16"),
         (torch.empty(2, 64), torch.empty(9, 2, 64).transpose(0, 1), torch.empty(2, 9, 64), 4,
-         torch.empty(2, 64), "ieee"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 0, torch.empty(2, 64), "ieee"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 10, torch.empty(2, 64), "ieee"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(2, 64), "fp16"),
+         torch.empty(2, 64), "ieee",
+         r"must be contiguous, all float32 or all bfloat16"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 0, torch.empty(2, 64), "ieee",
+         r"length must be in \[1, 9\] .*got 0"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 10, torch.empty(2, 64), "ieee",
+         r"length must be in \[1, 9\] .*got 10"),
+        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(2, 64), "fp16",
+         r"precision must be one of"),
         (torch.empty(2, 64, dtype=torch.bfloat16), torch.empty(2, 9, 64, dtype=torch.bfloat16),
-         torch.empty(2, 9, 64, dtype=torch.bfloat16), 4, torch.empty(2, 64), "ieee"),
+         torch.empty(2, 9, 64, dtype=torch.bfloat16), 4, torch.empty(2, 64), "ieee",
+         r"must be contiguous, all float32 or all bfloat16"),
     ],
 )
-def test_decode_rejects_bad_arguments(q, cache_k, cache_v, length, out, precision):
-    with pytest.raises(ValueError):
+def test_decode_rejects_bad_arguments(q, cache_k, cache_v, length, out, precision, message):
+    with pytest.raises(ValueError, match=message):
         decode_attention(q, cache_k, cache_v, length, out, precision=precision)
 
 

@@ -69,18 +69,18 @@ def test_fill_matches_reference(device, key, stream, step, numel):
 
 
 @pytest.mark.parametrize(
-    "out, key, stream, step",
+    "out, key, stream, step, message",
     [
-        (torch.empty(8, dtype=torch.float64), 0, 0, 0),
-        (torch.empty(4, 2), 0, 0, 0),
-        (torch.empty(16)[::2], 0, 0, 0),
-        (torch.empty(8), 2**64, 0, 0),
-        (torch.empty(8), 0, 2**32, 0),
-        (torch.empty(8), 0, 0, -1),
+        (torch.empty(8, dtype=torch.float64), 0, 0, 0, "out must be a contiguous float32 vector, got torch.float64"),
+        (torch.empty(4, 2), 0, 0, 0, r"out must be a contiguous float32 vector, got torch.float32 \(4, 2\)"),
+        (torch.empty(16)[::2], 0, 0, 0, r"out must be a contiguous float32 vector, got torch.float32 \(8,\)"),
+        (torch.empty(8), 2**64, 0, 0, r"key must be in \[0, 18446744073709551616\)"),
+        (torch.empty(8), 0, 2**32, 0, r"stream must be in \[0, 4294967296\)"),
+        (torch.empty(8), 0, 0, -1, "step must be in .*got -1"),
     ],
 )
-def test_fill_rejects_bad_arguments(out, key, stream, step):
-    with pytest.raises(ValueError):
+def test_fill_rejects_bad_arguments(out, key, stream, step, message):
+    with pytest.raises(ValueError, match=message):
         fill_counter_normal(out, key, stream, step)
 
 

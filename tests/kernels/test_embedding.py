@@ -102,34 +102,34 @@ def good_arguments(device="cpu") -> dict:
 
 
 @pytest.mark.parametrize(
-    "name, bad",
+    "name, bad, message",
     [
-        ("tokens", torch.zeros(1, 3, dtype=torch.int32)),
-        ("tokens", torch.zeros(3, dtype=torch.int64)),
-        ("tokens", torch.zeros(1, 6, dtype=torch.int64)[:, ::2]),
-        ("wte", torch.empty(9, 8, dtype=torch.float64)),
-        ("wte", torch.empty(8, 9).T),
-        ("wpe", torch.empty(16, 4)),
-        ("out", torch.empty(1, 3, 4)),
-        ("out", torch.empty(1, 3, 8, dtype=torch.float16)),
-        ("out", torch.empty(1, 3, 8, dtype=torch.bfloat16)),
-        ("wpe", torch.empty(16, 8, dtype=torch.bfloat16)),
-        ("start", 14),
-        ("start", -1),
+        ("tokens", torch.zeros(1, 3, dtype=torch.int32), "tokens must be int64 .* got torch.int32"),
+        ("tokens", torch.zeros(3, dtype=torch.int64), r"tokens must be int64 \[P, T\], got torch.int64 \(3,\)"),
+        ("tokens", torch.zeros(1, 6, dtype=torch.int64)[:, ::2], "must be contiguous"),
+        ("wte", torch.empty(9, 8, dtype=torch.float64), "wte must be float32 or bfloat16"),
+        ("wte", torch.empty(8, 9).T, "must be contiguous"),
+        ("wpe", torch.empty(16, 4), "need the same width"),
+        ("out", torch.empty(1, 3, 4), r"out must be \[P, T, C\] = \(1, 3, 8\)"),
+        ("out", torch.empty(1, 3, 8, dtype=torch.float16), "share one dtype, got .*torch.float16"),
+        ("out", torch.empty(1, 3, 8, dtype=torch.bfloat16), "share one dtype, got .*torch.bfloat16"),
+        ("wpe", torch.empty(16, 8, dtype=torch.bfloat16), "share one dtype, got .*torch.bfloat16"),
+        ("start", 14, "positions 14..16 are outside wpe's 16 rows"),
+        ("start", -1, "positions -1..1 are outside"),
     ],
 )
-def test_embed_rejects_bad_arguments(name, bad, device):
+def test_embed_rejects_bad_arguments(name, bad, message, device):
     """The checks run before any launch, so the bad call is made with CPU tensors."""
     embed(**good_arguments(device))
     arguments = good_arguments()
     arguments[name] = bad
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         embed(**arguments)
 
 
 def test_embed_rejects_zero_width():
     tokens = torch.zeros(1, 3, dtype=torch.int64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need the same width C > 0"):
         embed(tokens, torch.empty(9, 0), torch.empty(16, 0), torch.empty(1, 3, 0))
 
 

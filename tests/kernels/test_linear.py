@@ -266,35 +266,53 @@ def _bad_calls():
         return StepInMemory(torch.ones(size, dtype=dtype), 1, offset)
 
     return [
-        ("non-contiguous x", lambda: ln_linear(wide[:, ::2], lw, lb, w, b, out)),
-        ("transposed weight", lambda: linear_residual(x, w.t().contiguous().t(), b, res, out)),
-        ("float64 x", lambda: ln_linear(x.double(), lw, lb, w, b, out)),
-        ("float16 everything", lambda: linear_residual(x.half(), w.half(), b.half(), res.half(), out.half())),
-        ("weight of the wrong shape", lambda: ln_linear(x, lw, lb, w[:, :64].contiguous(), b, out)),
-        ("bias of the wrong length", lambda: ln_linear(x, lw, lb, w, b[:10].contiguous(), out)),
-        ("ln_w of the wrong length", lambda: ln_linear(x, lw[:64].contiguous(), lb, w, b, out)),
-        ("no LayerNorm", lambda: ln_linear(x, None, None, w, b, out)),
-        ("out of the wrong shape", lambda: ln_linear(x, lw, lb, w, b, torch.empty(rows, n + 1))),
-        ("x vector", lambda: ln_linear(x[0], lw, lb, w, b, out)),
-        ("mixed dtypes", lambda: ln_linear(x, lw.bfloat16(), lb, w, b, out)),
-        ("no weight", lambda: linear_residual(x, None, None, res, out)),
-        ("out overlapping x", lambda: linear_residual(x_in_shared, w, b, res, out_over_x)),
-        ("out overlapping the weight", lambda: ln_linear(x, lw, lb, w, b, w.view(-1)[: rows * n].view(rows, n))),
-        ("residual partly overlapping out", lambda: linear_residual(x, w, b, res_shifted, out_shared)),
-        ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x2")),
-        ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0))),
-        ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1))),
-        ("int32 step tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32)))),
-        ("step in a tensor of two", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(size=2)))),
-        ("negative step offset", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(offset=-1)))),
-        ("unknown config", lambda: ln_linear(x, lw, lb, w, b, out, config=object())),
-        ("drawn config for stored weights", lambda: ln_linear(x, lw, lb, w, b, out, config=DRAWN_CONFIGS[0])),
+        ("non-contiguous x", lambda: ln_linear(wide[:, ::2], lw, lb, w, b, out),
+         r"x must be a contiguous .*contiguous: False"),
+        ("transposed weight", lambda: linear_residual(x, w.t().contiguous().t(), b, res, out),
+         r"weight must be a contiguous .*contiguous: False"),
+        ("float64 x", lambda: ln_linear(x.double(), lw, lb, w, b, out),
+         r"x must be float32 or bfloat16, got torch.float64"),
+        ("float16 everything", lambda: linear_residual(x.half(), w.half(), b.half(), res.half(), out.half()),
+         r"x must be float32 or bfloat16, got torch.float16"),
+        ("weight of the wrong shape", lambda: ln_linear(x, lw, lb, w[:, :64].contiguous(), b, out),
+         r"weight must be .*shape \(384, 128\).*got torch.float32 \(384, 64\)"),
+        ("bias of the wrong length", lambda: ln_linear(x, lw, lb, w, b[:10].contiguous(), out),
+         r"bias must be .*shape \(384,\)"),
+        ("ln_w of the wrong length", lambda: ln_linear(x, lw[:64].contiguous(), lb, w, b, out),
+         r"ln_w must be .*shape \(128,\)"),
+        ("no LayerNorm", lambda: ln_linear(x, None, None, w, b, out), r"ln_w and ln_b are required"),
+        ("out of the wrong shape", lambda: ln_linear(x, lw, lb, w, b, torch.empty(rows, n + 1)),
+         r"weight must be .*shape \(385, 128\)"),
+        ("x vector", lambda: ln_linear(x[0], lw, lb, w, b, out), r"x and out must be matrices"),
+        ("mixed dtypes", lambda: ln_linear(x, lw.bfloat16(), lb, w, b, out),
+         r"ln_w must be a contiguous torch.float32 .*got torch.bfloat16"),
+        ("no weight", lambda: linear_residual(x, None, None, res, out),
+         r"weight and bias are required unless drawn is given"),
+        ("out overlapping x", lambda: linear_residual(x_in_shared, w, b, res, out_over_x), r"out must not overlap x"),
+        ("out overlapping the weight", lambda: ln_linear(x, lw, lb, w, b, w.view(-1)[: rows * n].view(rows, n)),
+         r"out must not overlap x"),
+        ("residual partly overlapping out", lambda: linear_residual(x, w, b, res_shifted, out_shared),
+         r"residual must be out itself or not overlap it"),
+        ("unknown precision", lambda: ln_linear(x, lw, lb, w, b, out, precision="tf32x2"), r"precision must be one of"),
+        ("stream out of range", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 2**32, 0)),
+         r"stream must be in \[0, 4294967296\)"),
+        ("negative step", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, -1)),
+         r"step must be in .*got -1"),
+        ("int32 step tensor", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(torch.int32))),
+         r"iteration must be a contiguous torch.int64 .*got torch.int32"),
+        ("step in a tensor of two", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(size=2))),
+         r"iteration must be .*got torch.int64 \(2,\)"),
+        ("negative step offset", lambda: ln_linear(x, lw, lb, None, None, out, drawn=(KEY, 0, in_memory(offset=-1))),
+         r"step offset must be in .*got -1"),
+        ("unknown config", lambda: ln_linear(x, lw, lb, w, b, out, config=object()), r"config must be one of CONFIGS"),
+        ("drawn config for stored weights", lambda: ln_linear(x, lw, lb, w, b, out, config=DRAWN_CONFIGS[0]),
+         r"config must be one of CONFIGS"),
     ]
 
 
-@pytest.mark.parametrize("name, call", _bad_calls(), ids=[name for name, _ in _bad_calls()])
-def test_rejects_bad_arguments(name, call):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("name, call, message", _bad_calls(), ids=[name for name, _, _ in _bad_calls()])
+def test_rejects_bad_arguments(name, call, message):
+    with pytest.raises(ValueError, match=message):
         call()
 
 

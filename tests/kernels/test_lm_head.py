@@ -272,52 +272,52 @@ def logits_arguments(device="cpu") -> dict:
 
 
 BAD_HEAD_ARGUMENTS = [
-    ("wte", torch.empty(7, 64)),
-    ("wte", torch.empty(7, WIDTH, dtype=torch.bfloat16)),
-    ("wte", torch.empty(0, WIDTH)),
-    ("wte", torch.empty(7, WIDTH, dtype=torch.float64)),
-    ("wte", torch.empty(WIDTH, 7).T),
-    ("precision", "tf32x2"),
-    ("drawn", (2**64, 0, 0)),
-    ("drawn", (0, 2**32, 0)),
-    ("drawn", (0, 0, -1)),
+    ("wte", torch.empty(7, 64), "need one width C > 0 and V > 0"),
+    ("wte", torch.empty(7, WIDTH, dtype=torch.bfloat16), "both bfloat16, got torch.float32, torch.bfloat16"),
+    ("wte", torch.empty(0, WIDTH), "need one width C > 0 and V > 0"),
+    ("wte", torch.empty(7, WIDTH, dtype=torch.float64), "both bfloat16, got torch.float32, torch.float64"),
+    ("wte", torch.empty(WIDTH, 7).T, r"y, out and \(unless drawn\) wte must be contiguous"),
+    ("precision", "tf32x2", "precision must be one of"),
+    ("drawn", (2**64, 0, 0), r"key must be in \[0, 18446744073709551616\)"),
+    ("drawn", (0, 2**32, 0), r"stream must be in \[0, 4294967296\)"),
+    ("drawn", (0, 0, -1), "step must be in .*got -1"),
 ]
 
 
 @pytest.mark.parametrize(
-    "name, bad",
+    "name, bad, message",
     [
         *BAD_HEAD_ARGUMENTS,
-        ("y", torch.empty(3, WIDTH, dtype=torch.float64)),
-        ("y", torch.empty(3, 2 * WIDTH)[:, ::2]),
-        ("y", torch.empty(WIDTH)),
-        ("out_ids", torch.empty(3, dtype=torch.int32)),
-        ("out_ids", torch.empty(4, dtype=torch.int64)),
+        ("y", torch.empty(3, WIDTH, dtype=torch.float64), "both bfloat16, got torch.float64, torch.float32"),
+        ("y", torch.empty(3, 2 * WIDTH)[:, ::2], "must be contiguous"),
+        ("y", torch.empty(WIDTH), r"y must be \[M, C\]"),
+        ("out_ids", torch.empty(3, dtype=torch.int32), r"out must be torch.int64 \(3,\), got torch.int32"),
+        ("out_ids", torch.empty(4, dtype=torch.int64), r"out must be torch.int64 \(3,\), got torch.int64 \(4,\)"),
     ],
 )
-def test_argmax_rejects_bad_arguments(name, bad, device):
+def test_argmax_rejects_bad_arguments(name, bad, message, device):
     """The checks run before any launch, so the bad call is made with CPU tensors."""
     lm_head_argmax(**ids_arguments(device))
     arguments = ids_arguments()
     arguments[name] = bad
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         lm_head_argmax(**arguments)
 
 
 @pytest.mark.parametrize(
-    "name, bad",
+    "name, bad, message",
     [
         *BAD_HEAD_ARGUMENTS,
-        ("y", torch.empty(2, WIDTH)),
-        ("out", torch.empty(7, dtype=torch.float64)),
-        ("out", torch.empty(8)),
+        ("y", torch.empty(2, WIDTH), r"y must be \[C\]"),
+        ("out", torch.empty(7, dtype=torch.float64), r"out must be torch.float32 \(7,\), got torch.float64"),
+        ("out", torch.empty(8), r"out must be torch.float32 \(7,\), got torch.float32 \(8,\)"),
     ],
 )
-def test_logits_reject_bad_arguments(name, bad, device):
+def test_logits_reject_bad_arguments(name, bad, message, device):
     lm_head_logits(**logits_arguments(device))
     arguments = logits_arguments()
     arguments[name] = bad
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         lm_head_logits(**arguments)
 
 
