@@ -115,12 +115,14 @@ def test_single_token_prompt_is_fully_aligned(tmp_path):
     np.testing.assert_allclose(gram, 1.0, rtol=1e-5)
 
 
-def test_long_run_stays_finite_and_bounded(tmp_path):
-    """Over many iterations the map is chaotic; compare behaviour, not values."""
+def test_long_run_stays_finite_bounded_and_on_the_reference(tmp_path):
+    """40 iterations (80 steps): the metrics stay in their ranges, and the tiny model's map has
+    not amplified float32's rounding yet (measured: 2.5e-7 relative at worst), so the whole run
+    is held to the reference at 1e-4, not only its behaviour."""
     flags = ConsensusFlags(iterations=40)
     err, _, _ = run_engine(flags, tmp_path, token_lists=PROMPTS[:1], with_gram=False)
     ref_err, _, _ = reference.consensus(CFG, STATE, PROMPTS[0], iterations=40)
     assert np.isfinite(err).all()
     assert (err[..., 0] >= 0).all() and (err[..., 0] <= 1 + 1e-5).all()
     assert (np.abs(err[..., 1]) <= 1 + 1e-5).all()
-    np.testing.assert_allclose(err[0, -12:].mean(0), ref_err[-12:].numpy().mean(0), atol=0.05)
+    np.testing.assert_allclose(err[0], ref_err.numpy(), rtol=1e-4)
