@@ -29,7 +29,7 @@ constexpr int64_t kCellTile = 256;         // cells read per step and pass: 1 Ki
 // by huge pages (the first touch of a 1 GiB slot then costs 512 faults instead of 262144).
 HostBuffer allocate_floats(int64_t count) {
   if (count == 0) return HostBuffer(nullptr);
-  const size_t wanted = static_cast<size_t>(count) * 4;
+  const size_t wanted = static_cast<size_t>(count) * sizeof(float);
   const size_t align = wanted >= kHugePageBytes ? kHugePageBytes : kPageBytes;
   const size_t bytes = (wanted + align - 1) / align * align;
   void* pointer = nullptr;

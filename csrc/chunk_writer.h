@@ -42,8 +42,8 @@ class ChunkWriter {
 
   float* err_slot(int slot) const { return err_[slot].get(); }
   float* gram_slot(int slot) const { return gram_[slot].get(); }
-  int64_t err_slot_bytes() const { return shape_.chunk_iterations * shape_.err_floats() * 4; }
-  int64_t gram_slot_bytes() const { return shape_.chunk_iterations * shape_.gram_floats() * 4; }
+  int64_t err_slot_bytes() const { return shape_.chunk_iterations * shape_.err_floats() * sizeof(float); }
+  int64_t gram_slot_bytes() const { return shape_.chunk_iterations * shape_.gram_floats() * sizeof(float); }
 
   // Blocks until `slot` is no longer being written out; rethrows a writer failure.
   void acquire(int slot);

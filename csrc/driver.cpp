@@ -70,7 +70,7 @@ class CudaStaging {
       pin(writer.gram_slot(slot), writer.gram_slot_bytes());
       api.check(api.cuEventCreate(&events_[slot], kEventDisableTiming), "cuEventCreate");
     }
-    pin(iteration_values.data(), static_cast<int64_t>(iteration_values.size() * 8));
+    pin(iteration_values.data(), static_cast<int64_t>(iteration_values.size() * sizeof(int64_t)));
   }
   ~CudaStaging() {
     for (void* pointer : pinned_) api_.cuMemHostUnregister(pointer);
@@ -139,7 +139,8 @@ class Driver {
     for (int64_t i = 0; i < shape_.n_iterations; ++i) iteration_values[static_cast<size_t>(i)] = i;
     auto cu_stream = reinterpret_cast<CUstream>(stream);
     CudaStaging staging(api, writer_, iteration_values, cu_stream);
-    const int64_t err_bytes = shape_.err_floats() * 4, gram_bytes = shape_.gram_floats() * 4;
+    const int64_t err_bytes = writer_.err_slot_bytes() / shape_.chunk_iterations,
+                  gram_bytes = writer_.gram_slot_bytes() / shape_.chunk_iterations;
     auto launch = [&](int64_t iteration, int slot, int64_t row) {
       if (iteration < first_graph_iteration) {
         step(iteration, slot, row);

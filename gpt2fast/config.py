@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 VOCAB_SIZE = 50257
 CONTEXT = 1024
-HEAD_DIM = 64
+HEAD_DIM = 64  # every GPT-2 size: n_embd = 64 · n_head
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,9 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..model import merge_heads, split_heads
 from .dependent_launch import launch_options, pdl
+from ..config import HEAD_DIM
 from .checks import STORAGE_DTYPES, check_one_device, check_precision
 
-HEAD_DIM = 64
 SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
 CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
     "short": (16, 32, 4),
