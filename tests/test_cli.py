@@ -165,7 +165,6 @@ def test_interrupt_leaves_valid_files(tiny_checkpoint, tmp_path, sig, status):
 
 def test_interactive_terminal_asks_like_the_original(tiny_checkpoint, tmp_path):
     """On a terminal the questions are printed and answered one per line; Enter ends."""
-    import os
     import pty
     import select
 
@@ -195,7 +194,6 @@ def test_interactive_terminal_asks_like_the_original(tiny_checkpoint, tmp_path):
 
 
 def test_ctrl_c_at_the_prompt_question_is_one_line_and_status_130(tiny_checkpoint, tmp_path):
-    import os
     import pty
     import select
     import signal

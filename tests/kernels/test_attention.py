@@ -252,37 +252,36 @@ def test_decode_split_covers_the_keys_in_whole_tiles():
     assert counts == set(range(1, MAX_SPLITS + 1))
 
 
+def decode_case(message: str, **changes) -> tuple[dict, str]:
+    """decode_attention's arguments for 2 heads and a 9-key cache, with ``changes``; the error expected."""
+    arguments = dict(q=torch.empty(2, 64), cache_k=torch.empty(2, 9, 64), cache_v=torch.empty(2, 9, 64), length=4,
+                     out=torch.empty(2, 64), precision="ieee")
+    return {**arguments, **changes}, message
+
+
 @pytest.mark.parametrize(
-    "q, cache_k, cache_v, length, out, precision, message",
+    "arguments, message",
     [
-        (torch.empty(2, 32), torch.empty(2, 9, 32), torch.empty(2, 9, 32), 4, torch.empty(2, 32), "ieee",
-         r"q must be \[H, 64\]"),
-        (torch.empty(2, 64), torch.empty(3, 9, 64), torch.empty(3, 9, 64), 4, torch.empty(2, 64), "ieee",
-         r"cache_k and cache_v must both be \[2, capacity, 64\], got \(3, 9, 64\)"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 8, 64), 4, torch.empty(2, 64), "ieee",
-         r"got \(2, 9, 64\) and \(2, 8, 64\)"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(1, 64), "ieee",
-         r"out must be \(2, 64\), got \(1, 64\)"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64, dtype=torch.float64), torch.empty(2, 9, 64), 4,
-         torch.empty(2, 64), "ieee",
-         r"must be contiguous, all float32 or all bfloat16"),
-        (torch.empty(2, 64), torch.empty(9, 2, 64).transpose(0, 1), torch.empty(2, 9, 64), 4,
-         torch.empty(2, 64), "ieee",
-         r"must be contiguous, all float32 or all bfloat16"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 0, torch.empty(2, 64), "ieee",
-         r"length must be in \[1, 9\] .*got 0"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 10, torch.empty(2, 64), "ieee",
-         r"length must be in \[1, 9\] .*got 10"),
-        (torch.empty(2, 64), torch.empty(2, 9, 64), torch.empty(2, 9, 64), 4, torch.empty(2, 64), "fp16",
-         r"precision must be one of"),
-        (torch.empty(2, 64, dtype=torch.bfloat16), torch.empty(2, 9, 64, dtype=torch.bfloat16),
-         torch.empty(2, 9, 64, dtype=torch.bfloat16), 4, torch.empty(2, 64), "ieee",
-         r"must be contiguous, all float32 or all bfloat16"),
+        decode_case(r"q must be \[H, 64\]", q=torch.empty(2, 32), cache_k=torch.empty(2, 9, 32),
+                    cache_v=torch.empty(2, 9, 32), out=torch.empty(2, 32)),
+        decode_case(r"cache_k and cache_v must both be \[2, capacity, 64\], got \(3, 9, 64\)",
+                    cache_k=torch.empty(3, 9, 64), cache_v=torch.empty(3, 9, 64)),
+        decode_case(r"got \(2, 9, 64\) and \(2, 8, 64\)", cache_v=torch.empty(2, 8, 64)),
+        decode_case(r"out must be \(2, 64\), got \(1, 64\)", out=torch.empty(1, 64)),
+        decode_case("must be contiguous, all float32 or all bfloat16",
+                    cache_k=torch.empty(2, 9, 64, dtype=torch.float64)),
+        decode_case("must be contiguous, all float32 or all bfloat16", cache_k=torch.empty(9, 2, 64).transpose(0, 1)),
+        decode_case(r"length must be in \[1, 9\] .*got 0", length=0),
+        decode_case(r"length must be in \[1, 9\] .*got 10", length=10),
+        decode_case("precision must be one of", precision="fp16"),
+        decode_case("must be contiguous, all float32 or all bfloat16", q=torch.empty(2, 64, dtype=torch.bfloat16),
+                    cache_k=torch.empty(2, 9, 64, dtype=torch.bfloat16),
+                    cache_v=torch.empty(2, 9, 64, dtype=torch.bfloat16)),
     ],
 )
-def test_decode_rejects_bad_arguments(q, cache_k, cache_v, length, out, precision, message):
+def test_decode_rejects_bad_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):
-        decode_attention(q, cache_k, cache_v, length, out, precision=precision)
+        decode_attention(**arguments)
 
 
 def test_attention_kernels_compile_ahead_of_time():
