@@ -12,9 +12,16 @@ and every backend can regenerate the same numbers:
 
 The weights "after step u" (what ``lm_head`` uses when decoding after step u) are those of
 step u + 1, because the original redrew right after each block.
+
+The Triton kernels draw redrawn weights themselves: ``step_weights`` and ``head_draw``
+resolve a step to the stored weights or an ``InKernelDraw`` (key, tensor stream, draw index,
+the index possibly read from device memory at run time: ``StepInMemory``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -158,3 +165,64 @@ class WeightStream:
             wte = drawn_tensor(self.seed, draw, WTE_STREAM, tuple(self.wte.shape), self.wte.device)
             self._kept_wte = (draw, wte.to(self.wte.dtype))
         return self._kept_wte[1]
+
+
+@dataclass(frozen=True)
+class StepInMemory:
+    """A draw the kernel reads when it runs: iteration[0] · per_iteration + offset.
+
+    iteration: int64 [1] on the kernel's device, rewritten between replays of a CUDA graph
+    (``gpt2fast.driver``'s iteration pointer), so that one captured iteration draws the
+    weights of whichever iteration it replays.
+    """
+
+    iteration: torch.Tensor
+    per_iteration: int
+    offset: int
+
+
+Step = int | StepInMemory
+
+
+class InKernelDraw(NamedTuple):
+    """A redraw a kernel generates instead of reading a stored weight: the weight stream's
+    key (the seed mixed with DRAW_DOMAIN), the tensor's stream (``linear_stream``,
+    WTE_STREAM) and the draw index ``step``."""
+
+    key: int
+    stream: int
+    step: Step
+
+
+def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, InKernelDraw | None]]:
+    """What the Triton kernels apply at step ``step``: the block and, per Linear, the
+    in-kernel draw that replaces its stored weight under --const-reset (None: the stored one)."""
+    draw = stream.draw_of(step)
+    if draw is None or draw == 0:
+        return stream.block(step), dict.fromkeys(LINEAR_NAMES)
+    return in_kernel_draws(stream, key, step % stream.cfg.n_layer, draw)
+
+
+def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tensor,
+                          layer: int) -> tuple[BlockParams, dict[str, InKernelDraw | None]]:
+    """``step_weights`` of block ``layer`` in an iteration >= 1 under --const-reset, whose
+    index the GEMM kernels read from ``iteration`` (int64 [1] on the device) when they run:
+    every Linear drawn at step iteration · L + layer."""
+    if not stream.const_reset:
+        raise ValueError("an iteration index read at run time is for --const-reset runs only")
+    return in_kernel_draws(stream, key, layer, StepInMemory(iteration, stream.cfg.n_layer, layer))
+
+
+def in_kernel_draws(stream: WeightStream, key: int, layer: int,
+                    draw: Step) -> tuple[BlockParams, dict[str, InKernelDraw | None]]:
+    """Block ``layer`` with every Linear drawn in-kernel at ``draw`` (its LayerNorms loaded)."""
+    draws = {name: InKernelDraw(key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
+    return stream.loaded[layer], draws
+
+
+def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, InKernelDraw | None]:
+    """``lm_head`` right after step ``step``: its stored weight, or its in-kernel draw."""
+    draw = stream.draw_of(step + 1)
+    if draw is None or draw == 0:
+        return stream.lm_head_after(step), None
+    return stream.wte, InKernelDraw(key, WTE_STREAM, draw)

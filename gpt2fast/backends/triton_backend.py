@@ -27,51 +27,17 @@ from ..kernels.attention import causal_attention, decode_attention
 from ..kernels.checks import STORAGE_DTYPES
 from ..kernels.consensus_metric import consensus_metric
 from ..kernels.embedding import embed
-from ..kernels.linear import Step, StepInMemory, linear_residual, ln_linear
+from ..kernels.linear import linear_residual, ln_linear
 from ..kernels.skinny_linear import layer_norm_stats, skinny_linear, stats_shape, ticket_count
 from ..kernels.lm_head import lm_head_argmax, lm_head_logits
 from ..model import BlockParams, layer_norm
 from ..philox import mix_key
-from ..weight_stream import DRAW_DOMAIN, WTE_STREAM, WeightStream, linear_stream
-from ..weights import LINEAR_NAMES
+from ..weight_stream import DRAW_DOMAIN, InKernelDraw, WeightStream, head_draw, replayed_step_weights, step_weights
 from .engine import MIN_GRAPH_REPLAYS, CapturedIteration, capture_in_place, pad_prompts
 
-Drawn = tuple[int, int, Step] | None
 # Stored weights through skinny_linear (False: through ln_linear / linear_residual, the fused
 # FMA-path kernels the engine used before; a switch for A/B measurements, bench/gpu_profile.py)
 SKINNY_GEMMS = True
-
-
-def step_weights(stream: WeightStream, key: int, step: int) -> tuple[BlockParams, dict[str, Drawn]]:
-    """The block of step ``step`` and, per Linear, the in-kernel draw (key, stream, draw)
-    that replaces its stored weight under --const-reset (None: use the stored one)."""
-    draw = stream.draw_of(step)
-    if draw is None or draw == 0:
-        return stream.block(step), dict.fromkeys(LINEAR_NAMES)
-    return in_kernel_draws(stream, key, step % stream.cfg.n_layer, draw)
-
-
-def replayed_step_weights(stream: WeightStream, key: int, iteration: torch.Tensor,
-                          layer: int) -> tuple[BlockParams, dict[str, Drawn]]:
-    """``step_weights`` of block ``layer`` in an iteration >= 1 under --const-reset, whose
-    index the GEMM kernels read from ``iteration`` (int64 [1] on the device) when they run:
-    every Linear drawn at step iteration · L + layer."""
-    if not stream.const_reset:
-        raise ValueError("an iteration index read at run time is for --const-reset runs only")
-    return in_kernel_draws(stream, key, layer, StepInMemory(iteration, stream.cfg.n_layer, layer))
-
-
-def in_kernel_draws(stream: WeightStream, key: int, layer: int, draw: Step) -> tuple[BlockParams, dict[str, Drawn]]:
-    """Block ``layer`` with every Linear drawn in-kernel at ``draw`` (its LayerNorms loaded)."""
-    return stream.loaded[layer], {name: (key, linear_stream(layer, name), draw) for name in LINEAR_NAMES}
-
-
-def head_draw(stream: WeightStream, key: int, step: int) -> tuple[torch.Tensor, Drawn]:
-    """``lm_head`` right after step ``step``: its stored weight, or its in-kernel draw."""
-    draw = stream.draw_of(step + 1)
-    if draw is None or draw == 0:
-        return stream.lm_head_after(step), None
-    return stream.wte, (key, WTE_STREAM, draw)
 
 
 @dataclass
@@ -105,7 +71,7 @@ def apply_block(
     x_in: torch.Tensor,
     x_out: torch.Tensor,
     p: BlockParams,
-    drawn: dict[str, Drawn],
+    drawn: dict[str, InKernelDraw | None],
     attend: Callable[[torch.Tensor, torch.Tensor], None],
     buffers: BlockBuffers,
     noff: bool,

@@ -65,7 +65,6 @@ interpreter) ``DEFAULT_CONFIG`` / ``DEFAULT_DRAWN_CONFIG`` is used. S comes from
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +73,7 @@ import triton.language as tl
 
 from ..model import LAYERNORM_EPS, layer_norm
 from ..philox import MAX_ELEMENTS, check_range
+from ..weight_stream import InKernelDraw, StepInMemory
 from .counter_normal import counter_normal
 from .checks import STORAGE_DTYPES, check_precision, check_tensor, overlap
 
@@ -243,28 +243,6 @@ def split_k_finish_kernel(part_ptr, b_ptr, res_ptr, out_ptr, M, N, splits,
     finish_tile(y, rows, cols, M, N, b_ptr, res_ptr, out_ptr, HAS_BIAS, GELU, RESIDUAL)
 
 
-@dataclass(frozen=True)
-class StepInMemory:
-    """A draw the kernel reads when it runs: iteration[0] · per_iteration + offset.
-
-    iteration: int64 [1] on the kernel's device, rewritten between replays of a CUDA graph
-    (``gpt2fast.driver``'s iteration pointer), so that one captured iteration draws the
-    weights of whichever iteration it replays.
-    """
-
-    iteration: torch.Tensor
-    per_iteration: int
-    offset: int
-
-    def check(self, device: torch.device) -> None:
-        check_tensor("iteration", self.iteration, (1,), torch.int64, device)
-        check_range("per_iteration", self.per_iteration, 2**32)
-        check_range("step offset", self.offset, 2**32)
-
-
-Step = int | StepInMemory
-
-
 def _autotuned(configs: list[triton.Config]):
     key = ["M", "N", "K", "k_per_split", "LN", "GELU", "RESIDUAL", "STEP_IN_MEMORY", "PARTIAL", "PRECISION"]
     return triton.autotune(configs=configs, key=key, restore_value=["out_ptr"])(fused_linear_kernel)
@@ -328,7 +306,9 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
         check_range("key", key, 2**64)
         check_range("stream", stream, 2**32)
         if isinstance(step, StepInMemory):
-            step.check(device)
+            check_tensor("iteration", step.iteration, (1,), torch.int64, device)
+            check_range("per_iteration", step.per_iteration, 2**32)
+            check_range("step offset", step.offset, 2**32)
             iteration, per_iteration, step = step.iteration, step.per_iteration, step.offset
         check_range("step", step, 2**64)
         check_range("weight elements", n * k, MAX_ELEMENTS + 1)
@@ -379,7 +359,7 @@ def _fused_linear(x, weight, bias, ln, residual, out, gelu, precision, drawn, co
 def ln_linear(
     x: torch.Tensor, ln_w: torch.Tensor | None, ln_b: torch.Tensor | None, weight: torch.Tensor | None,
     bias: torch.Tensor | None, out: torch.Tensor, *, gelu: bool = False, precision: str = "ieee",
-    drawn: tuple[int, int, Step] | None = None, config: triton.Config | None = None,
+    drawn: InKernelDraw | None = None, config: triton.Config | None = None,
 ) -> torch.Tensor:
     """out = act(LayerNorm(x) · weightᵀ + bias), act = tanh-GELU if ``gelu``; returns ``out``.
 
@@ -398,7 +378,7 @@ def ln_linear(
 
 def linear_residual(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, residual: torch.Tensor,
-    out: torch.Tensor, *, precision: str = "ieee", drawn: tuple[int, int, Step] | None = None,
+    out: torch.Tensor, *, precision: str = "ieee", drawn: InKernelDraw | None = None,
     config: triton.Config | None = None,
 ) -> torch.Tensor:
     """out = residual + x · weightᵀ + bias; returns ``out``, which may be ``residual`` itself.

@@ -26,7 +26,6 @@ from gpt2fast.kernels.linear import (
     FINISH_NUM_WARPS,
     K_ALIGN,
     MAX_SPLIT,
-    StepInMemory,
     block_m,
     linear_residual,
     linear_residual_reference,
@@ -34,6 +33,7 @@ from gpt2fast.kernels.linear import (
     ln_linear_reference,
     split_k,
 )
+from gpt2fast.weight_stream import StepInMemory
 
 ROWS = (1, 7, 27, 64, 130)
 BLOCK_MS = tuple(sorted({block_m(rows) for rows in range(1, 257)}))  # every BLOCK_M there is
