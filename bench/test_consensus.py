@@ -25,7 +25,7 @@ from gpt2fast import reference
 from gpt2fast.backends import cpu_packed, cpu_panels, make_engine, make_generation, resolve_backend
 from gpt2fast.config import DEFAULT_PROMPT, PRESETS
 from gpt2fast.driver import drive
-from gpt2fast.generate import generate
+from gpt2fast.generation import grow
 from gpt2fast.tokenizer import gpt2_encoding
 from gpt2fast.validation import parameter
 from gpt2fast.weight_stream import WeightStream
@@ -147,13 +147,13 @@ def test_generation(benchmark, ceilings, stream, state, role, iterations):
     if role == "gpt2fast":
         def run():
             runner = make_generation(backend(), stream, False, iterations, "fp32")
-            grown = generate(runner, prompt, max_length=MAX_LENGTH, top_k=10, temperature=1.0,
-                             generator=torch.Generator().manual_seed(0))
+            grown = grow(runner, prompt, max_length=MAX_LENGTH, top_k=10, temperature=1.0,
+                         generator=torch.Generator().manual_seed(0))
             assert len(grown) == MAX_LENGTH
 
         warm = make_generation(backend(), stream, False, iterations, "fp32")
-        generate(warm, prompt, max_length=len(prompt) + 2, top_k=10, temperature=1.0,
-                 generator=torch.Generator().manual_seed(0))
+        grow(warm, prompt, max_length=len(prompt) + 2, top_k=10, temperature=1.0,
+             generator=torch.Generator().manual_seed(0))
         prefill_bytes, prefill_flops = iteration_work(CFG, [len(prompt)], False)
         per_token = [token_work(CFG, iterations, context) for context in range(len(prompt), MAX_LENGTH)]
         work = (prefill_bytes * iterations + sum(b for b, _ in per_token),

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from .backends import BACKENDS, make_generation, resolve_backend
 from .config import DEFAULT_GENERATION_LENGTH, DEFAULT_ITERATIONS, DEFAULT_MODEL, PRESETS, ConsensusFlags, ModelConfig
-from .consensus import run_consensus
+from .consensus_run import run_on_this_rank
 from .distributed import join, shard_by_tokens
 from .errors import InputError
-from .generate import generate as grow
+from .generation import grow
 from .interrupts import graceful_stop
 from .outputs import exclusive_outputs, partial_path
 from .philox import mix_key
@@ -202,7 +202,7 @@ def consensus(
             scratch = Path(folder)
             err_file = err_path or scratch / "Eplot.npy"
             gram_file = gram_path or (scratch / "m.npy" if matrix else None)
-            meta, status = run_consensus(
+            meta, status = run_on_this_rank(
                 loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
                 err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
                 show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),

@@ -155,12 +155,12 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None:
         common["size"] = args.size
     if generating:
-        return run_generation(args, common)
+        return generation_command(args, common)
     check_values(flag, top_k=args.top_k, temperature=args.temperature)  # generation's, but wrong in any mode
-    return run_consensus_job(args, common)
+    return consensus_command(args, common)
 
 
-def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
+def consensus_command(args: argparse.Namespace, common: dict) -> int:
     """Run, print decodings as they come, and report where the files went."""
     encoding = gpt2_encoding()
     try:
@@ -199,7 +199,7 @@ def run_consensus_job(args: argparse.Namespace, common: dict) -> int:
     return result.exit_status
 
 
-def run_generation(args: argparse.Namespace, common: dict) -> int:
+def generation_command(args: argparse.Namespace, common: dict) -> int:
     """``--use-model``: grow each prompt to M tokens and print it as the original did; then
     note the consensus-only flags that were given (they have no effect here)."""
     result = generate(max_length=args.use_model, top_k=args.top_k, temperature=args.temperature,

@@ -215,7 +215,7 @@ def test_a_config_beyond_memory_is_refused_before_allocating(tmp_path):
 def test_a_temperature_that_overflows_the_logits_samples_the_most_likely_token():
     import torch
 
-    from gpt2fast.generate import sample_top_k
+    from gpt2fast.generation import sample_top_k
 
     logits = torch.tensor([0.5, 3.0, -2.0, 2.9])
     for temperature in (1e-300, 1e-45):

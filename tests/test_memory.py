@@ -45,7 +45,7 @@ MEASURE = textwrap.dedent("""
     import functools, resource, sys
     import gpt2fast
     from gpt2fast.api import load_weights
-    run = sys.modules["gpt2fast.consensus"]  # slots handed over when full only: the 5 s flush
+    run = sys.modules["gpt2fast.consensus_run"]  # slots handed over when full only: the 5 s flush
     run.drive = functools.partial(run.drive, flush_seconds=1e9)  # would leave a slow run's half-touched
     weights, _ = load_weights(sys.argv[1], None, 0)
     gpt2fast.consensus([[1, 2]], weights=load_weights(sys.argv[1], None, 0)[0], size=1, progress=False)

@@ -17,7 +17,7 @@ from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
 from gpt2fast.backends.triton_backend import TritonEngine, TritonGeneration
 from gpt2fast.config import ConsensusFlags
 from gpt2fast.driver import drive
-from gpt2fast.generate import generate
+from gpt2fast.generation import grow
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
 
@@ -107,14 +107,14 @@ def test_triton_generation_matches_torch_generation(number, device):
     noff, random_init, const_reset = FLAG_COMBINATIONS[number]
     iterations = 1 + number % 3
 
-    def grow(generation_class):
+    def grow_with(generation_class):
         stream = WeightStream(CFG, STATE, seed=number, random_init=random_init, const_reset=const_reset,
                               device=device, dtype=torch.float32)
-        return generate(generation_class(stream, noff, iterations), PROMPTS[0], max_length=9, top_k=1,
-                        temperature=1.0, generator=torch.Generator().manual_seed(0))
+        return grow(generation_class(stream, noff, iterations), PROMPTS[0], max_length=9, top_k=1,
+                    temperature=1.0, generator=torch.Generator().manual_seed(0))
 
-    grown = grow(TritonGeneration)
-    assert grown == grow(TorchGeneration)  # exact: top two logits >= 9e-3 of the largest apart
+    grown = grow_with(TritonGeneration)
+    assert grown == grow_with(TorchGeneration)  # exact: top two logits >= 9e-3 of the largest apart
     assert len(grown) == 9 and grown[: len(PROMPTS[0])] == PROMPTS[0]
 
 

@@ -45,7 +45,7 @@ statistics in each of the hundreds of programs sharing the rows.
 Logits: ``logits_kernel`` is a GEMV, one program per BLOCK_V rows of wte, each thread
 streaming contiguous 16-byte pieces of a row and accumulating elementwise products in
 float32 (IEEE FMAs on the CUDA cores; tensor cores would add nothing to a kernel that does
-2 FLOPs per 4 bytes read). Top-k sampling stays in PyTorch (``gpt2fast.generate.
+2 FLOPs per 4 bytes read). Top-k sampling stays in PyTorch (``gpt2fast.generation.
 sample_top_k``): the [V] logits are 200 kB, the softmax and ``torch.topk`` over them cost
 a few microseconds against the ~50-100 µs wte read, and the sampling needs the host's
 torch.Generator to stay the same random stream as the reference; a fused top-k kernel

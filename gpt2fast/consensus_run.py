@@ -41,7 +41,7 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def run_consensus(
+def run_on_this_rank(
     weights: Weights,
     model_name: str,
     texts: list[str],

@@ -38,7 +38,7 @@ def sample_top_k(
 
 
 @torch.no_grad()
-def generate(
+def grow(
     runner,
     tokens: list[int],
     *,

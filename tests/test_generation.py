@@ -10,7 +10,7 @@ from conftest import TINY_SEED
 from gpt2fast import reference
 from gpt2fast.api import prompt_seed
 from gpt2fast.backends.torch_backend import TorchGeneration
-from gpt2fast.generate import generate, sample_top_k
+from gpt2fast.generation import grow, sample_top_k
 from gpt2fast.memory import cache_bytes
 from gpt2fast.model import block, cached_block, embed
 from gpt2fast.weight_stream import WeightStream
@@ -62,7 +62,7 @@ def test_greedy_generation_matches_reference(iterations, noff, random_init, cons
         CFG, STATE, PROMPT, max_length=length, iterations=iterations, noff=noff,
         random_init=random_init, const_reset=const_reset, seed=4, top_k=1,
     )
-    got = generate(
+    got = grow(
         TorchGeneration(stream_for(random_init, const_reset, seed=4), noff, iterations), PROMPT,
         max_length=length, top_k=1, temperature=1.0, generator=torch.Generator().manual_seed(4),
     )
@@ -72,14 +72,14 @@ def test_greedy_generation_matches_reference(iterations, noff, random_init, cons
 
 def test_sampled_generation_matches_reference_for_a_seed():
     expected = reference.generate(CFG, STATE, PROMPT, max_length=10, seed=9, top_k=10, temperature=1.5)
-    got = generate(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=10, top_k=10,
-                   temperature=1.5, generator=torch.Generator().manual_seed(9))
+    got = grow(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=10, top_k=10,
+               temperature=1.5, generator=torch.Generator().manual_seed(9))
     assert got == expected
 
 
 def test_prompt_at_or_over_the_length_is_truncated():
-    assert generate(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=3, top_k=10,
-                    temperature=1.0, generator=torch.Generator()) == PROMPT[:3]
+    assert grow(TorchGeneration(stream_for(), False, 1), PROMPT, max_length=3, top_k=10,
+                temperature=1.0, generator=torch.Generator()) == PROMPT[:3]
 
 
 def test_top_k_restricts_samples():
