@@ -59,9 +59,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, skip_mlp: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noff: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        if not skip_mlp:
+        if not noff:
             x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -138,7 +138,7 @@ def forward(
     u = 0
     for i in range(iterations):
         for block in model.h:
-            x = block(x, skip_mlp=noff)
+            x = block(x, noff=noff)
             if const_reset:
                 model.redraw(seed, u + 1)
             y = model.ln_f(x)[0]
