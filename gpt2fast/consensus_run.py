@@ -18,7 +18,7 @@ from .backends import make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileLayout, create_files, drive
+from .driver import FileLayout, create_files, create_gram_file, drive
 from .interrupts import graceful_stop
 from .memory import chunk_iterations, consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
@@ -134,6 +134,8 @@ def run_on_this_rank(
                                           bar.update(done_before + done - bar.n), status.watch(stop, mine)))
                 record.update(status="complete" if completed == flags.iterations else "interrupted",
                               iterations_completed=completed)
+            if layout.gram_at_write and gram_path and not partial_path(gram_path).exists():
+                create_gram_file(partial_path(gram_path), layout, steps)  # stopped before the writer made it
             # a stop heard after the last iteration (while the writer finished) stopped nothing
             stopped = any(record["status"] != "complete" for record in mine["batches"])
             mine.update(status="interrupted" if stopped else "complete")

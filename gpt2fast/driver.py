@@ -57,8 +57,13 @@ def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, ste
     ``gram_at_write``). Raises OSError when they cannot be written."""
     create_array(str(err_path), [layout.prompts, steps, 2])
     if gram_path is not None and not layout.gram_at_write:
-        create_array(str(gram_path), [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
-                     layout.gram_dtype)
+        create_gram_file(gram_path, layout, steps)
+
+
+def create_gram_file(gram_path: Path, layout: FileLayout, steps: int) -> None:
+    """Create err2 full of NaN: (P, T, T, ceil(L·N / every)) as the layout says."""
+    create_array(str(gram_path), [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
+                 layout.gram_dtype)
 
 
 def drive(

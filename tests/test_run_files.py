@@ -94,6 +94,21 @@ def test_ctrl_c_while_err2_is_written_after_the_last_iteration(tiny_checkpoint, 
     assert not temporary.exists() and np.load(tmp_path / "m.npy").shape == (1, 3, 3, 4)
 
 
+def test_a_stop_before_the_first_iteration_leaves_err2_all_nan(tiny_checkpoint, tmp_path, monkeypatch):
+    """A run whose err2 fits in one chunk has the writer make err2; stopped before the engine
+    ran (Ctrl-C while the files were being made), it still gets an err2 of NaN and moves it
+    into place like err, with exit status 130."""
+    from gpt2fast.distributed import Team
+
+    monkeypatch.setattr(Team, "barrier", lambda team: os.kill(os.getpid(), signal.SIGINT))  # right after the files
+    result = gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=4, backend="torch", progress=False,
+                                savefile=tmp_path / "E", matrixerror=tmp_path / "m")
+    assert result.exit_status == 128 + signal.SIGINT and result.metadata["status"] == "interrupted"
+    assert result.metadata["ranks"][0]["batches"][0]["status"] == "pending"
+    assert result.err2.shape == (1, 3, 3, 8) and np.isnan(result.err2).all() and np.isnan(result.err).all()
+    assert not list(tmp_path.glob("*.partial.*")) and not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_second_run_on_the_same_outputs_is_refused_at_once(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     run = start_cli(tiny_checkpoint, tmp_path, "--size", str(LONG_RUN), "--matrixerror", "m")
     try:
