@@ -193,6 +193,28 @@ def test_interactive_terminal_asks_like_the_original(tiny_checkpoint, tmp_path):
     assert [p["text"] for p in meta["prompts"]] == ["a first prompt"]
 
 
+CTRL_C_WHILE_TORCH_LOADS = """
+import runpy, sys
+
+class CtrlC:  # the KeyboardInterrupt a Ctrl-C raises while torch is being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["gpt2fast", "--size", "1", "--prompt", "a"]
+runpy.run_module("gpt2fast", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_the_program_starts_is_one_line_and_status_130():
+    """The first second of ``python -m gpt2fast`` imports torch; the package itself does not
+    (its API loads on first use), so a Ctrl-C then is the CLI's one line, not a traceback."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_TORCH_LOADS], capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stderr.strip()) == (130, "gpt2fast: interrupted")
+
+
 def test_ctrl_c_at_the_prompt_question_is_one_line_and_status_130(tiny_checkpoint, tmp_path):
     import pty
     import select
