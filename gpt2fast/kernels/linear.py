@@ -36,24 +36,10 @@ workspace [S, M, N] and ``split_k_finish_kernel`` sums the S partials in a fixed
 before the same epilogue, so results are reproducible (no atomics). Each residual element is
 read and its output written by the same thread, so ``out`` may alias ``residual``.
 
-Performance model (H100 SXM: 3.35 TB/s HBM, 132 SMs, ~67 TFLOP/s fp32 FMA). At M ≤ 64 and
-K, N in 768..6400 each call streams W once (4·N·K bytes: 2.4 MB for gpt2's attn c_proj, 41 MB
-for gpt2-xl's c_fc, i.e. 0.7 µs and 12 µs at full bandwidth); x, the partials and out are
-small and L2-resident. Streaming at full bandwidth needs every SM busy and a few tiles in
-flight per SM (cp.async pipelining over num_stages): programs along N, and S chosen so that
-⌈N/64⌉ · ⌈M/BLOCK_M⌉ · S ≥ #SMs with K slices at least ``MIN_SPLIT_K`` wide (at M = 27:
-gpt2 c_attn, c_fc and attn c_proj S = 3, mlp c_proj S = 11; gpt2-xl c_attn and c_fc S = 2,
-attn c_proj and mlp c_proj S = 6). Caps:
-- IEEE fp32 dots run on the CUDA cores: BLOCK_M FMAs per weight element, i.e. BLOCK_M/2
-  flop/byte; full bandwidth needs 3.35e12 · 16 = 54 TFLOP/s at BLOCK_M = 32 (M = 27), near
-  the FMA peak (and the operands' shared-memory reads bind before it), so IEEE GEMMs are
-  FLOP-capped, at roughly half the bandwidth floor for M ≈ 27 and worse at M = 64; at
-  M ≤ 16 (BLOCK_M = 16, generation's single rows included) bandwidth binds.
-  ``precision="tf32x3"`` (float32's accuracy in three TF32 products), ``"tf32"`` or bf16
-  (which also halves the bytes) move the products to the tensor cores and remove that cap.
-- drawn weights read no W at all but cost a Philox4x32-10 and a Box-Muller per weight
-  element per M tile: integer/SFU-bound, a few times slower than streaming stored weights.
-- a call is a few µs at gpt2 sizes, so launch gaps matter: run the block as a CUDA graph.
+Why this tiling and where it falls short of the bandwidth (the H200 measured it at 3-4 % of
+the weight-bandwidth floor; the skinny GEMM replaced it for stored weights): bench/RESULTS.md,
+"The fused FMA-path GEMM: its design model".
+
 Autotuning: on CUDA, ``triton.autotune`` picks among ``CONFIGS`` (``DRAWN_CONFIGS`` for drawn
 weights; BLOCK_N, BLOCK_K, warps, stages) per (M, N, K, k_per_split, dtypes, variant flags),
 benchmarking on the first call of each (warm up before capturing a CUDA graph; during tuning
