@@ -18,7 +18,6 @@ namespace gpt2fast {
 
 namespace {
 
-constexpr char kWritingSuffix[] = ".tmp";  // err2 made at its one write lies here until complete
 constexpr size_t kPageBytes = 4096;
 constexpr size_t kHugePageBytes = 2 << 20;
 constexpr int64_t kPieceFloats = 1 << 20;  // err2 is transposed and written 4 MiB at a time (in cache)
@@ -110,11 +109,11 @@ void ChunkWriter::finish() {
     err_file_->close();
     if (gram_file_) gram_file_->close();
     if (gram_file_ && shape_.gram_at_write &&
-        std::rename((gram_path_ + kWritingSuffix).c_str(), gram_path_.c_str()) != 0) {
+        std::rename(writing_path(gram_path_).c_str(), gram_path_.c_str()) != 0) {
       throw WriteError(errno_message("cannot rename to", gram_path_));
     }
   } catch (...) {
-    if (shape_.gram_at_write) std::remove((gram_path_ + kWritingSuffix).c_str());  // incomplete: of no use
+    if (shape_.gram_at_write) std::remove(writing_path(gram_path_).c_str());  // incomplete: of no use
     throw;
   }
 }
@@ -185,9 +184,8 @@ struct GramChunk {
   int64_t first_step;       // run step of the slot's first row
   int64_t first;            // index of the first recorded step in the chunk
   int64_t count;            // recorded steps in the chunk
-  bool pad;                 // the one chunk: whole rows, NaN after `count` steps
   bool whole_rows;          // each cell's run is its whole file row
-  int64_t stride;           // floats per cell in a piece
+  int64_t stride;           // floats per cell in a piece (> count: NaN after `count` steps)
   int64_t cells;            // cells per piece
   int64_t per_prompt;       // pieces per prompt
 
@@ -275,8 +273,8 @@ void ChunkWriter::write_gram(const Job& job) {
   if (count == 0) return;
   const bool pad = shape_.gram_at_write;
   if (pad && !gram_file_) {  // under a temporary name until complete (finish renames it)
-    create_npy(gram_path_ + kWritingSuffix, shape_.gram_file_shape(), shape_.gram_element, false);
-    gram_file_ = std::make_unique<NpyFile>(gram_path_ + kWritingSuffix, shape_.gram_file_shape(), shape_.gram_element);
+    create_npy(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element, false);
+    gram_file_ = std::make_unique<NpyFile>(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element);
   }
   const bool whole_rows = pad || count == recorded;
   const int64_t stride = pad ? recorded : count;
@@ -284,7 +282,7 @@ void ChunkWriter::write_gram(const Job& job) {
   int64_t cells = std::max<int64_t>(1, kPieceFloats / stride);
   if (whole_rows && length != shape_.file_length) cells = std::max<int64_t>(1, cells / length) * length;
   cells = std::min(cells, matrix);
-  const GramChunk chunk{shape_, gram_[job.slot].get(), first_step, first, count, pad, whole_rows, stride, cells,
+  const GramChunk chunk{shape_, gram_[job.slot].get(), first_step, first, count, whole_rows, stride, cells,
                         (matrix + cells - 1) / cells};
   // kWriteThreads threads take turns: one transposes its next piece while another's write runs
   const int64_t workers = std::min<int64_t>(ChunkWriter::kWriteThreads, shape_.n_prompts * chunk.per_prompt);

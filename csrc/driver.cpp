@@ -139,8 +139,7 @@ class Driver {
     for (int64_t i = 0; i < shape_.n_iterations; ++i) iteration_values[static_cast<size_t>(i)] = i;
     auto cu_stream = reinterpret_cast<CUstream>(stream);
     CudaStaging staging(api, writer_, iteration_values, cu_stream);
-    const int64_t err_bytes = writer_.err_slot_bytes() / shape_.chunk_iterations,
-                  gram_bytes = writer_.gram_slot_bytes() / shape_.chunk_iterations;
+    const int64_t err_bytes = shape_.err_floats() * sizeof(float), gram_bytes = shape_.gram_floats() * sizeof(float);
     auto launch = [&](int64_t iteration, int slot, int64_t row) {
       if (iteration < first_graph_iteration) {
         step(iteration, slot, row);

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -23,6 +23,8 @@ constexpr int64_t kHeaderAlign = 64;
 std::string errno_message(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
 }
+
+std::string writing_path(const std::string& path) { return path + ".tmp"; }
 
 int element_bytes(Element element) { return element == Element::kFloat16 ? 2 : 4; }
 
@@ -99,13 +101,13 @@ void create_npy(const std::string& path, const std::vector<int64_t>& shape, Elem
   const int64_t elements = element_count(shape), bytes = element_bytes(element);
   const std::string header = npy_header(shape, element);
   // a filled file appears at `path` only once every element is NaN (killed while filling, a
-  // run leaves path + ".tmp", which the next run removes; never zeros that read as values)
-  const std::string made = fill ? path + ".tmp" : path;
+  // run leaves writing_path(path), which the next run removes; never zeros that read as values)
+  const std::string made = fill ? writing_path(path) : path;
   const int fd = ::open(made.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw WriteError(errno_message("cannot create", path));
   try {
     write_fully(fd, header.data(), static_cast<int64_t>(header.size()), 0, path);
-    // full size first: a process killed while filling leaves a file of the size its header says
+    // full size first: a full disk or a file-size limit is found before any filling
     if (::ftruncate(fd, static_cast<off_t>(header.size()) + elements * bytes) != 0) {
       throw WriteError(errno_message("cannot size", path));
     }
@@ -163,7 +165,8 @@ void NpyFile::write(int64_t first, const float* values, int64_t count) {
     write_fully(fd_, reinterpret_cast<const char*>(values), count * 4, header_bytes_ + first * 4, path_);
     return;
   }
-  std::vector<uint16_t> halves(static_cast<size_t>(count));  // per call: writers may share the file
+  thread_local std::vector<uint16_t> halves;  // per thread: writers may share the file
+  halves.resize(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i) halves[static_cast<size_t>(i)] = float_to_half(values[i]);
   write_fully(fd_, reinterpret_cast<const char*>(halves.data()), count * 2, header_bytes_ + first * 2, path_);
 }

@@ -42,10 +42,14 @@ class NpyFile {
 };
 
 // Creates (or replaces) `path` as a C-order array of `shape`, every element NaN, flushed to
-// the disk (filled under path + ".tmp", then renamed); without `fill`, only its header and
+// the disk (filled under writing_path(path), then renamed); without `fill`, only its header and
 // its size (a sparse file, for a writer that writes every element). Throws WriteError.
 void create_npy(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32,
                 bool fill = true);
+
+// Where a file is written until complete, then renamed to `path`: path + ".tmp" (the Python
+// side's outputs.temporary_path, which a run clears before it starts).
+std::string writing_path(const std::string& path);
 
 // The .npy v1.0 header (magic, version, length, dict) padded to a multiple of 64 bytes.
 std::string npy_header(const std::vector<int64_t>& shape, Element element = Element::kFloat32);
