@@ -56,12 +56,6 @@ ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
     gram_[slot] = allocate_floats(shape.chunk_iterations * shape.gram_floats());
   }
   row_ = allocate_floats(shape.chunk_iterations * shape.n_layer * 2);
-  if (shape.with_gram) {
-    const int64_t matrix = shape.length * shape.length;
-    for (HostBuffer& piece : pieces_) {
-      piece = allocate_floats(std::min(kPieceFloats, matrix * shape.chunk_iterations * shape.n_layer) + matrix);
-    }
-  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -106,6 +100,7 @@ void ChunkWriter::finish() {
   finished_ = true;
   try {
     rethrow_failure();
+    write_gram_tail();
     err_file_->close();
     if (gram_file_) gram_file_->close();
     if (gram_file_ && shape_.gram_at_write &&
@@ -185,7 +180,7 @@ struct GramChunk {
   int64_t first;            // index of the first recorded step in the chunk
   int64_t count;            // recorded steps in the chunk
   bool whole_rows;          // each cell's run is its whole file row
-  int64_t stride;           // floats per cell in a piece (> count: NaN after `count` steps)
+  int64_t stride;           // floats per cell in a piece and run (> count: NaN after `count` steps)
   int64_t cells;            // cells per piece
   int64_t per_prompt;       // pieces per prompt
 
@@ -239,7 +234,7 @@ struct GramChunk {
     } else {
       for (int64_t cell = cell0; cell < cell0 + width; ++cell) {
         file.write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
-                   piece + (cell - cell0) * count, count);
+                   piece + (cell - cell0) * stride, stride);
       }
     }
   }
@@ -264,26 +259,45 @@ struct GramChunk {
 }  // namespace
 
 void ChunkWriter::write_gram(const Job& job) {
-  const int64_t layers = shape_.n_layer, length = shape_.length, matrix = length * length;
+  const int64_t layers = shape_.n_layer;
   // The recorded steps j * every in [first_step, first_step + run_steps): j in [first, end).
   const int64_t first_step = job.first * layers, run_steps = job.count * layers;
   const int64_t every = shape_.gram_every, recorded = shape_.gram_steps();
   const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
-  const int64_t count = end - first;
-  if (count == 0) return;
-  const bool pad = shape_.gram_at_write;
-  if (pad && !gram_file_) {  // under a temporary name until complete (finish renames it)
+  if (end == first) return;
+  if (shape_.gram_at_write && !gram_file_) {  // under a temporary name until complete (finish renames it)
     create_npy(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element, false);
     gram_file_ = std::make_unique<NpyFile>(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element);
   }
-  const bool whole_rows = pad || count == recorded;
-  const int64_t stride = pad ? recorded : count;
+  // a run of one chunk made by the writer writes whole rows, NaN past a stop
+  const bool pad = shape_.gram_at_write && shape_.chunk_iterations >= shape_.n_iterations;
+  write_pieces(gram_[job.slot].get(), first_step, first, end - first, pad ? recorded : end - first);
+  gram_written_ = end;
+}
+
+void ChunkWriter::write_gram_tail() {
+  const int64_t recorded = shape_.gram_steps();
+  if (gram_file_ && shape_.gram_at_write && gram_written_ < recorded) {
+    write_pieces(nullptr, 0, gram_written_, 0, recorded - gram_written_);  // NaN over the steps a stop left out
+  }
+}
+
+void ChunkWriter::write_pieces(const float* gram, int64_t first_step, int64_t first, int64_t count,
+                               int64_t stride) {
+  const int64_t length = shape_.length, matrix = length * length;
+  const bool whole_rows = stride == shape_.gram_steps();
   // cells per piece: whole rows a of G where they are contiguous in the file, at least one cell
   int64_t cells = std::max<int64_t>(1, kPieceFloats / stride);
   if (whole_rows && length != shape_.file_length) cells = std::max<int64_t>(1, cells / length) * length;
   cells = std::min(cells, matrix);
-  const GramChunk chunk{shape_, gram_[job.slot].get(), first_step, first, count, whole_rows, stride, cells,
+  const GramChunk chunk{shape_, gram, first_step, first, count, whole_rows, stride, cells,
                         (matrix + cells - 1) / cells};
+  for (int worker = 0; worker < kWriteThreads; ++worker) {
+    if (piece_floats_[worker] < cells * stride) {
+      pieces_[worker] = allocate_floats(cells * stride);
+      piece_floats_[worker] = cells * stride;
+    }
+  }
   // kWriteThreads threads take turns: one transposes its next piece while another's write runs
   const int64_t workers = std::min<int64_t>(ChunkWriter::kWriteThreads, shape_.n_prompts * chunk.per_prompt);
   std::vector<std::exception_ptr> failures(static_cast<size_t>(workers));

@@ -33,7 +33,7 @@ class ChunkWriter {
   static constexpr int kSlots = 2;
   static constexpr int kWriteThreads = 2;  // threads that transpose and write a chunk's err2 pieces
 
-  // Opens the files (create_npy made them; err2 at its first write when shape.gram_at_write).
+  // Opens the files (create_npy made them; err2 at the first chunk when shape.gram_at_write).
   // An empty gram_path means no err2 file.
   ChunkWriter(const RunShape& shape, const std::string& err_path, const std::string& gram_path);
   ~ChunkWriter();
@@ -51,8 +51,9 @@ class ChunkWriter {
   // not null the writer first waits for that CUDA event (the copies into the slot).
   void submit(int slot, int64_t first, int64_t count, CUevent ready, CUcontext context);
   // Writes everything queued and closes the files; rethrows a writer failure. Idempotent.
-  // err2 made at its one write is written under gram_path + ".tmp" and renamed to gram_path
-  // here, once complete and flushed (removed instead after a failure).
+  // err2 the writer makes (shape.gram_at_write) is written under gram_path + ".tmp", its
+  // unwritten steps NaN-filled after a stop, and renamed to gram_path here, once complete and
+  // flushed (removed instead after a failure).
   void finish();
   // Writes err (not err2) of iterations [first, first + count) of `slot` now, from the
   // calling thread: a slot still filling keeps its err on the disk every few seconds.
@@ -70,6 +71,13 @@ class ChunkWriter {
   void run();
   void write_chunk(const Job& job);
   void write_gram(const Job& job);
+  // Writes NaN over the recorded steps past the last one written, in an err2 the writer makes
+  // (a stopped run's unwritten steps; its other chunks left them as holes).
+  void write_gram_tail();
+  // Transposes recorded steps [first, first + count) of `gram` (a slot whose first row is run
+  // step first_step) into pieces of `stride` floats per cell, NaN after `count`, and writes
+  // each cell's piece at its step `first` (whole rows when stride is every recorded step).
+  void write_pieces(const float* gram, int64_t first_step, int64_t first, int64_t count, int64_t stride);
   // Writes each prompt's err rows of iterations [first, first + count) of `err`, gathered in `row`.
   void write_err_rows(const float* err, int64_t first, int64_t count, float* row);
   void rethrow_failure();  // caller holds mutex_
@@ -83,6 +91,8 @@ class ChunkWriter {
   HostBuffer row_;    // one prompt's err rows of a chunk, gathered before they are written
   // parts of one prompt's err2 of a chunk, cell-major [cells, steps of the chunk], one per write thread
   HostBuffer pieces_[kWriteThreads];
+  int64_t piece_floats_[kWriteThreads] = {0, 0};  // their sizes, grown to the largest piece asked
+  int64_t gram_written_ = 0;                       // recorded steps [0, gram_written_) are in err2
 
   std::mutex mutex_;
   std::condition_variable changed_;

@@ -41,9 +41,8 @@ Element element_named(const std::string& dtype) {
 
 RunShape checked_shape(const RunShape& shape) {
   if (shape.gram_every < 1) throw std::invalid_argument("gram_every must be at least 1");
-  if (shape.gram_at_write && (shape.chunk_iterations < shape.n_iterations || shape.file_prompts != shape.n_prompts ||
-                              shape.file_length != shape.length)) {
-    throw std::invalid_argument("gram_at_write needs a run of one chunk that fills every row of the files");
+  if (shape.gram_at_write && (shape.file_prompts != shape.n_prompts || shape.file_length != shape.length)) {
+    throw std::invalid_argument("gram_at_write needs a run that fills every row of the files");
   }
   std::set<int64_t> seen;
   for (int64_t row : shape.rows) {
@@ -293,7 +292,8 @@ PYBIND11_MODULE(_driver, m) {
            py::arg("gram_dtype") = "float32", py::arg("gram_at_write") = false,
            "Open the output files (create_array made them: file_prompts rows of file_length tokens; err2 "
            "with G after steps 0, gram_every, ... as gram_dtype) and two staging slots; prompt p goes to "
-           "file row rows[p]; with gram_at_write (a run of one chunk) err2 is made at its one write. A slot is "
+           "file row rows[p]; with gram_at_write (a run holding every file row) the writer makes err2 under a "
+           "temporary name, renamed when complete. A slot is "
            "written when full, at the end and at a stop; err also every flush_seconds.")
       .def("err_slot", [](py::object self, int slot) {
              Driver& driver = self.cast<Driver&>();

@@ -24,8 +24,10 @@ struct RunShape {
   // err2 keeps G after steps 0, every, 2 * every, ... only, as gram_element.
   int64_t gram_every = 1;
   Element gram_element = Element::kFloat32;
-  // err2 is made at its one write (a run of one chunk holding every file row): whole rows,
-  // NaN past the last iteration of a stopped run; a killed run leaves no err2 file.
+  // The writer makes err2 (a run holding every file row), under writing_path until complete:
+  // one chunk writes whole rows, NaN past the last iteration of a stopped run; more chunks
+  // fill a sparse file run by run, then the unwritten steps of a stopped run with NaN. A
+  // killed run leaves no err2 file (only its temporary, cleared by the next run).
   bool gram_at_write = false;
 
   int64_t steps() const { return n_layer * n_iterations; }

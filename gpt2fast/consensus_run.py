@@ -93,10 +93,8 @@ def run_on_this_rank(
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
         batch_budget(device, memory_budget))  # the weights are loaded: what is free now
-    one_chunk = chunk_iterations(len(lengths), cfg.n_layer, max(lengths), wants_gram, flags.iterations,
-                                 staging) >= flags.iterations
     layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format,
-                        gram_at_write=team.world_size == 1 and len(batches) == 1 and one_chunk)
+                        gram_at_write=team.world_size == 1 and len(batches) == 1)
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,

@@ -30,9 +30,10 @@ class FileLayout:
     prompts padded to ``length`` tokens (other batches, other ranks); the engine's prompt p
     is row rows[p]. err2 holds G after steps 0, gram_every, 2·gram_every, ... only (its last
     axis has ceil(L·N / gram_every) entries), as ``gram_dtype`` (float32 or float16). With
-    ``gram_at_write`` (a run of one chunk that holds every row) err2 is made by the writer at
-    its one write, whole rows, NaN past a stop: no NaN fill first, and a killed run leaves no
-    err2 file."""
+    ``gram_at_write`` (a run that holds every row) the writer makes err2 under a temporary
+    name, renamed when complete: no NaN fill first (a run of one chunk writes whole rows; more
+    chunks fill a sparse file, and NaN over the steps a stop left out), and a killed run leaves
+    no err2 file."""
 
     rows: tuple[int, ...]
     prompts: int
@@ -42,9 +43,10 @@ class FileLayout:
     gram_at_write: bool = False
 
     @classmethod
-    def whole(cls, engine, gram_at_write: bool = False) -> FileLayout:
-        """The files hold exactly the engine's prompts, in order, err2 every step in float32."""
-        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length, gram_at_write=gram_at_write)
+    def whole(cls, engine) -> FileLayout:
+        """The files hold exactly the engine's prompts, in order, err2 every step in float32,
+        made by the writer."""
+        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length, gram_at_write=True)
 
     def gram_steps(self, steps: int) -> int:
         """Entries of err2's last axis for a run of ``steps`` steps."""
@@ -96,7 +98,7 @@ def drive(
     if chunk is None:
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram, n_iterations, staging)
     if place is None:
-        place = FileLayout.whole(engine, gram_at_write=chunk >= n_iterations)
+        place = FileLayout.whole(engine)
         create_files(err_path, gram_path, place, engine.n_layer * n_iterations)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),

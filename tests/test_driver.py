@@ -111,23 +111,34 @@ def test_err_only_run_writes_no_matrix_file(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), plain_loop(3)[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [3, None])  # None: the whole run is one chunk, err2 made at its one write
-def test_stop_request_ends_at_the_next_iteration(tmp_path, chunk):
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("chunk", [3, 5, None])  # None: the whole run is one chunk, err2 made at its one write
+def test_stop_request_ends_at_the_next_iteration(tmp_path, chunk, every, dtype):
+    """err2 the writer makes: one chunk writes whole rows, NaN past the stop; chunks of 3 (the
+    stop inside the second) and of 5 (the stop at a boundary) fill a sparse file and then
+    write NaN over the steps the stop left out, thinned and in float16 alike."""
     stop = StopRequest()
 
     def progress(done):
         if done == 5:
             stop.request(2)
 
-    done = drive(engine_for(), 50, tmp_path / "e.npy", tmp_path / "g.npy", on_progress=progress,
-                 stop=stop, chunk=chunk)
+    engine = engine_for()
+    place = FileLayout((0, 1), 2, engine.length, every, dtype, gram_at_write=True)
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, 50 * CFG.n_layer)
+    done = drive(engine, 50, tmp_path / "e.npy", tmp_path / "g.npy", on_progress=progress,
+                 stop=stop, chunk=chunk, place=place)
     assert done == 5
     err, gram = np.load(tmp_path / "e.npy"), np.load(tmp_path / "g.npy")
     want_err, want_gram, _ = plain_loop(5)
     steps = 5 * CFG.n_layer
+    recorded = -(-steps // every)
+    assert gram.shape == (2, 5, 5, -(-50 * CFG.n_layer // every)) and gram.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(err[:, :steps], want_err)
-    np.testing.assert_array_equal(gram[..., :steps], want_gram)
-    assert np.isnan(err[:, steps:]).all() and np.isnan(gram[..., steps:]).all()
+    np.testing.assert_array_equal(gram[..., :recorded], want_gram[..., ::every].astype(dtype))
+    assert np.isnan(err[:, steps:]).all() and np.isnan(gram[..., recorded:]).all()
+    assert not (tmp_path / "g.npy.tmp").exists()
 
 
 def test_files_hold_nan_before_any_iteration(tmp_path):
@@ -185,11 +196,12 @@ class NoiseEngine:
 def test_err2_pieces_and_chunks_hold_a_numpy_transpose(tmp_path, length, file_length, chunk):
     """The writer transposes a chunk in pieces of 2**20 floats shared by its two threads: runs
     whose chunk (one of 150 iterations: whole rows; chunks of 40: a run per cell) spans
-    several pieces per prompt, in files of the run's T and of a longer one, hold exactly
+    several pieces per prompt, in files of the run's T (err2 made by the writer: sparse, under
+    its temporary name) and of a longer one (NaN-filled first, as for batches), hold exactly
     NumPy's transpose of the staged matrices, every piece and chunk boundary included."""
     engine, iterations = NoiseEngine(length), 150
     steps = iterations * engine.n_layer
-    place = FileLayout((1, 0), 2, file_length, gram_at_write=chunk >= iterations and file_length == length)
+    place = FileLayout((1, 0), 2, file_length, gram_at_write=file_length == length)
     create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, steps)
     assert length * length * (chunk * engine.n_layer if chunk < iterations else steps) > 2**20  # pieces per prompt >= 2
     assert drive(engine, iterations, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == iterations
@@ -203,11 +215,13 @@ def test_err2_pieces_and_chunks_hold_a_numpy_transpose(tmp_path, length, file_le
 
 @pytest.mark.parametrize("every,chunk", [(1, 3), (3, 2), (4, 3), (5, 1), (6, 7), (15, 2), (100, 4)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_thinned_err2_holds_every_kth_step(tmp_path, every, chunk, dtype):
+@pytest.mark.parametrize("at_write", [False, True])
+def test_thinned_err2_holds_every_kth_step(tmp_path, every, chunk, dtype, at_write):
     """err2 with G after steps 0, K, 2K, ... only (K beyond L·N: step 0 alone), in float32 or
-    float16: a NumPy slice of the full array, across chunk boundaries (K·L's multiples and not)."""
+    float16: a NumPy slice of the full array, across chunk boundaries (K·L's multiples and not),
+    in a NaN-filled file and in one the writer makes."""
     steps = 7 * CFG.n_layer
-    place = FileLayout((0, 1), 2, 5, every, dtype)
+    place = FileLayout((0, 1), 2, 5, every, dtype, gram_at_write=at_write)
     create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, steps)
     assert drive(engine_for(), 7, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == 7
     want_err, want_gram, _ = plain_loop(7)
@@ -288,16 +302,17 @@ def run_script(tmp_path, limit, length, iterations, staging=STAGING_BYTES):
 
 @pytest.mark.parametrize("staging", [STAGING_BYTES, 4096])  # 4096: 1-iteration chunks
 def test_write_failure_is_reported(tmp_path, staging):
-    """A file-size limit hit by err2: made at its one write (a run of one chunk: mid-run), or
-    sized and NaN-filled at the start (1-iteration chunks): one clear OSError either way."""
+    """A file-size limit hit by err2, which the writer makes under its temporary name (whole
+    rows for a run of one chunk, a sparse file for 1-iteration chunks): one clear OSError
+    either way, the temporary removed and the earlier g.npy in place."""
     result = run_script(tmp_path, limit=0, length=16, iterations=3, staging=staging)
     assert result.returncode == 0, result.stderr
     full_size = (tmp_path / "g.npy").stat().st_size
     result = run_script(tmp_path, limit=full_size - 1, length=16, iterations=3, staging=staging)
     assert result.returncode == 3, result.stderr
     assert "cannot create" not in result.stdout
-    name = "g.npy.tmp" if staging == STAGING_BYTES else "g.npy"  # one chunk: its temporary name
-    assert f"OSError: cannot size {name}: File too large" in result.stdout
+    assert "OSError: cannot size g.npy.tmp: File too large" in result.stdout
+    assert not (tmp_path / "g.npy.tmp").exists() and (tmp_path / "g.npy").stat().st_size == full_size
 
 
 def test_memory_stays_within_the_staging_budget_for_a_larger_matrix_file(tmp_path):

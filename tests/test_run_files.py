@@ -94,6 +94,24 @@ def test_ctrl_c_while_err2_is_written_after_the_last_iteration(tiny_checkpoint, 
     assert not temporary.exists() and np.load(tmp_path / "m.npy").shape == (1, 3, 3, 4)
 
 
+def test_a_killed_run_of_several_chunks_leaves_err2_only_under_its_temporary_name(tiny_checkpoint, tmp_path):
+    """err2 larger than the staging (T = 64, N = 20000: 655 MB through a 32 MiB staging, ~500
+    iterations a chunk) is filled chunk by chunk as a sparse file under ``m.partial.npy.tmp``:
+    killed, the run leaves no ``m.partial.npy`` (its unwritten steps would read as zeros, not
+    NaN), the temporary holds the chunks written, and the next run removes it."""
+    temporary, prompt = tmp_path / "m.partial.npy.tmp", " ".join(["word"] * 64)
+    run = start_cli(tiny_checkpoint, tmp_path, "--size", "20000", "--matrixerror", "m", "--memory-budget", "64MiB",
+                    prompt=prompt)
+    wait_for(temporary.exists)
+    wait_for(lambda: np.load(temporary, mmap_mode="r")[0, 0, 0, 0] != 0)  # the first chunk's rows are going in
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert not (tmp_path / "m.partial.npy").exists() and not (tmp_path / "m.npy").exists()
+    assert np.load(temporary, mmap_mode="r").shape == (1, 64, 64, 40000)
+    assert start_cli(tiny_checkpoint, tmp_path, "--size", "2", "--matrixerror", "m").wait(timeout=300) == 0
+    assert not temporary.exists() and np.load(tmp_path / "m.npy").shape == (1, 3, 3, 4)
+
+
 def test_a_stop_before_the_first_iteration_leaves_err2_all_nan(tiny_checkpoint, tmp_path, monkeypatch):
     """A run whose err2 fits in one chunk has the writer make err2; stopped before the engine
     ran (Ctrl-C while the files were being made), it still gets an err2 of NaN and moves it
