@@ -231,6 +231,37 @@ def test_thinned_err2_holds_every_kth_step(tmp_path, every, chunk, dtype, at_wri
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), want_err)
 
 
+class StepEngine:
+    """One prompt of 2 tokens, 64 layers, whose every G entry after step s is s (exact in
+    float32 up to 2**24): rows longer than the writer's 2**20-float pieces."""
+
+    backend = "synthetic"
+    n_prompts, n_layer, length = 1, 64, 2
+
+    def iteration(self, index: int, err: torch.Tensor, gram: torch.Tensor | None) -> None:
+        err.fill_(index)
+        gram.copy_(torch.arange(index * 64, index * 64 + 64, dtype=torch.float32).view(1, 64, 1, 1).expand_as(gram))
+
+    def capture_iteration(self, wants_gram: bool, n_iterations: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("chunk", [None, 11000])
+def test_rows_longer_than_a_piece(tmp_path, chunk):
+    """1.92 million steps per row (one chunk: whole rows of one cell per piece; chunks of 11000
+    iterations and a stop: each chunk's runs, then the NaN tail) exceed the 2**20 floats of a
+    piece (and the 6 MiB its allocation rounds to): the pieces grow to hold them."""
+    stop = StopRequest()
+    done = drive(StepEngine(), 30000, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, stop=stop,
+                 on_progress=lambda done: done == 29000 and stop.request(2))
+    assert done == 29000
+    gram = np.load(tmp_path / "g.npy")
+    assert gram.shape == (1, 2, 2, 1_920_000)
+    written = np.arange(1_856_000, dtype=np.float32)
+    np.testing.assert_array_equal(gram[..., :1_856_000], np.broadcast_to(written, (1, 2, 2, 1_856_000)))
+    assert np.isnan(gram[..., 1_856_000:]).all()
+
+
 @pytest.mark.parametrize("rows,file_prompts,file_length,message", [
     ([0, 0], 2, 5, "distinct rows"), ([0, 2], 2, 5, "distinct rows"), ([0], 2, 5, "one file row per prompt"),
     ([0, 1], 2, 4, "file_length must be >= length")])
