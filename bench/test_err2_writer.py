@@ -1,9 +1,10 @@
 """err2 at the disk's speed: the C++ writer against large sequential writes of the same bytes.
 
-Writer cases (T = 256, N = 2048 and T = 1024, N = 128, L = 2: 1 GiB of err2 each): the
-driver runs an engine whose iteration only fills its staging rows (a tiny model's iteration
-costs a few ms at these T; this one costs none, so the time is the writer's: the NaN-filled
-file, the transposes, the writes, the final fsync). The baseline writes the same byte count
+Writer cases (T = 256, N = 2048 and T = 1024, N = 128 in one chunk; T = 128, N = 8192 through
+a 128 MiB staging, 16 chunks; L = 2: 1 GiB of err2 each): the driver runs an engine whose
+iteration only fills its staging rows (a tiny model's iteration costs a few ms at these T;
+this one costs none, so the time is the writer's: the transposes, the writes, the final
+fsync). The baseline writes the same byte count
 in 2 MiB blocks to the same directory and fsyncs, right before each writer round. The
 summary line gives both in MB/s, the writer's share of the sequential speed (the median
 over the pairs; target >= 0.70) and the peak resident memory the writer added.
@@ -25,7 +26,10 @@ import torch
 
 from gpt2fast.driver import drive
 
-WRITER_CASES = [(256, 2048), (1024, 128)]
+# (T, N, staging bytes): the first two fit the default staging (one chunk, whole rows); the
+# third is larger than its staging, as a long run is (gpt2-xl, T = 512, N = 2000: ~100 GB
+# through 2 GiB): 16 chunks of 512 iterations, each adding a 4 KiB run to every row.
+WRITER_CASES = [(256, 2048, 2 << 30), (1024, 128, 2 << 30), (128, 8192, 128 << 20)]
 LAYERS = 2
 
 
@@ -70,13 +74,14 @@ def reset_peak_resident() -> int:
     return resident_bytes("VmRSS")
 
 
-@pytest.mark.parametrize("length,iterations", WRITER_CASES)
-def test_err2_writer(benchmark, tmp_path, length, iterations):
+@pytest.mark.parametrize("length,iterations,staging", WRITER_CASES)
+def test_err2_writer(benchmark, tmp_path, length, iterations, staging):
     """Each timed writer round follows an untimed-by-the-benchmark sequential write of the
     same bytes (pedantic's setup, timed here): pairs adjacent in time, so a disk whose speed
     drifts over a session (this VM's does, by 2x) is compared with itself."""
     nbytes = 4 * length * length * LAYERS * iterations
-    benchmark.group = f"err2 writer: T={length}, N={iterations}, L={LAYERS} ({nbytes / 2**30:.2f} GiB)"
+    benchmark.group = (f"err2 writer: T={length}, N={iterations}, L={LAYERS} ({nbytes / 2**30:.2f} GiB, staging "
+                       f"{staging >> 20} MiB)")
     sequential = []
 
     def setup() -> None:
@@ -87,8 +92,8 @@ def test_err2_writer(benchmark, tmp_path, length, iterations):
         (tmp_path / "g.npy").unlink(missing_ok=True)
 
     before = reset_peak_resident()
-    benchmark.pedantic(lambda: drive(FillingEngine(length), iterations, tmp_path / "e.npy", tmp_path / "g.npy"),
-                       setup=setup, rounds=8, warmup_rounds=0)
+    benchmark.pedantic(lambda: drive(FillingEngine(length), iterations, tmp_path / "e.npy", tmp_path / "g.npy",
+                                     staging=staging), setup=setup, rounds=8, warmup_rounds=0)
     shares = sorted(seq / writer for seq, writer in zip(sequential, benchmark.stats.stats.data, strict=True))
     share = float(np.median(shares))
     grown = (resident_bytes("VmHWM") - before) / 2**20

@@ -239,8 +239,10 @@ struct GramChunk {
     }
   }
 
-  // Transposes and writes pieces worker, worker + workers, ... through the buffer `piece`.
-  void write_pieces(NpyFile& file, int64_t worker, int64_t workers, float* piece) const {
+  // Transposes and writes pieces worker, worker + workers, ... through the buffer `piece`,
+  // one piece's writes at a time under `writing` (the kernel serialises a file's writes anyway;
+  // interleaved per cell, the waiting thread would spin in the kernel instead of transposing).
+  void write_share(NpyFile& file, int64_t worker, int64_t workers, float* piece, std::mutex& writing) const {
     std::vector<const float*> sources(static_cast<size_t>(count));
     int64_t sources_of = -1;
     for (int64_t i = worker; i < shape.n_prompts * per_prompt; i += workers) {
@@ -251,6 +253,7 @@ struct GramChunk {
       }
       const int64_t width = std::min(cells, matrix() - cell0);
       transpose(sources, cell0, width, piece);
+      std::lock_guard<std::mutex> lock(writing);
       write(file, p, cell0, width, piece);
     }
   }
@@ -271,19 +274,19 @@ void ChunkWriter::write_gram(const Job& job) {
   }
   // a run of one chunk made by the writer writes whole rows, NaN past a stop
   const bool pad = shape_.gram_at_write && shape_.chunk_iterations >= shape_.n_iterations;
-  write_pieces(gram_[job.slot].get(), first_step, first, end - first, pad ? recorded : end - first);
+  transpose_and_write(gram_[job.slot].get(), first_step, first, end - first, pad ? recorded : end - first);
   gram_written_ = end;
 }
 
 void ChunkWriter::write_gram_tail() {
   const int64_t recorded = shape_.gram_steps();
   if (gram_file_ && shape_.gram_at_write && gram_written_ < recorded) {
-    write_pieces(nullptr, 0, gram_written_, 0, recorded - gram_written_);  // NaN over the steps a stop left out
+    transpose_and_write(nullptr, 0, gram_written_, 0, recorded - gram_written_);  // NaN over the steps a stop left out
   }
 }
 
-void ChunkWriter::write_pieces(const float* gram, int64_t first_step, int64_t first, int64_t count,
-                               int64_t stride) {
+void ChunkWriter::transpose_and_write(const float* gram, int64_t first_step, int64_t first, int64_t count,
+                                      int64_t stride) {
   const int64_t length = shape_.length, matrix = length * length;
   const bool whole_rows = stride == shape_.gram_steps();
   // cells per piece: whole rows a of G where they are contiguous in the file, at least one cell
@@ -302,10 +305,11 @@ void ChunkWriter::write_pieces(const float* gram, int64_t first_step, int64_t fi
   const int64_t workers = std::min<int64_t>(ChunkWriter::kWriteThreads, shape_.n_prompts * chunk.per_prompt);
   std::vector<std::exception_ptr> failures(static_cast<size_t>(workers));
   std::vector<std::thread> helpers;
+  std::mutex writing;
   for (int64_t worker = 0; worker < workers; ++worker) {
     auto share = [&, worker] {
       try {
-        chunk.write_pieces(*gram_file_, worker, workers, pieces_[worker].get());
+        chunk.write_share(*gram_file_, worker, workers, pieces_[worker].get(), writing);
       } catch (...) {
         failures[static_cast<size_t>(worker)] = std::current_exception();
       }

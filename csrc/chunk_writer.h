@@ -77,7 +77,7 @@ class ChunkWriter {
   // Transposes recorded steps [first, first + count) of `gram` (a slot whose first row is run
   // step first_step) into pieces of `stride` floats per cell, NaN after `count`, and writes
   // each cell's piece at its step `first` (whole rows when stride is every recorded step).
-  void write_pieces(const float* gram, int64_t first_step, int64_t first, int64_t count, int64_t stride);
+  void transpose_and_write(const float* gram, int64_t first_step, int64_t first, int64_t count, int64_t stride);
   // Writes each prompt's err rows of iterations [first, first + count) of `err`, gathered in `row`.
   void write_err_rows(const float* err, int64_t first, int64_t count, float* row);
   void rethrow_failure();  // caller holds mutex_
