@@ -6,7 +6,9 @@
 // longer T), so the writer transposes each chunk: the run's row of err and every (p, a, b)
 // row of err2 receive one contiguous run of c*L steps, transposed in tiles into a piece of at
 // most 4 MiB at a time (a chunk of every step writes whole rows: one write per piece) by two
-// threads in turn, so that one transposes while the other's write copies into the page cache.
+// threads in turn, so that one transposes while the other's writes copy into the page cache.
+// An err2 the writer makes (RunShape::gram_at_write) is sparse until written: after a stop,
+// NaN goes over the steps not reached.
 #pragma once
 
 #include <condition_variable>
