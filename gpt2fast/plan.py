@@ -20,7 +20,7 @@ import torch
 
 from .batches import plan_batches
 from .config import ModelConfig
-from .memory import consensus_memory, staging_budget
+from .memory import chunk_iterations, consensus_memory, staging_budget
 from .outputs import format_bytes
 from .errors import InputError
 from .validation import MATRIX_DTYPES, Prompts, check_run_fits, memory_for_batches, prompt_tokens
@@ -35,7 +35,9 @@ class RunPlan:
     device); batches: prompt indices per batch; memory: the largest batch's floor per place
     (``memory.consensus_memory``); budget: bytes per place the batches may take; floor_s:
     the run's least time, ``bound`` its limit (memory or compute) at ``bandwidth`` B/s and
-    ``flop_rate`` FLOP/s; refusal: why the run would not start (None: it would)."""
+    ``flop_rate`` FLOP/s; chunk: iterations per err2 staging slot (of the first batch; 0
+    without err2), each chunk adding ``run_bytes`` to every err2 row; refusal: why the run
+    would not start (None: it would)."""
 
     outputs: list[dict]
     weights: dict[str, int]
@@ -47,6 +49,8 @@ class RunPlan:
     bound: str
     bandwidth: float
     flop_rate: float
+    chunk: int = 0
+    run_bytes: int = 0
     refusal: str | None = None
 
     def lines(self) -> list[str]:
@@ -62,6 +66,11 @@ class RunPlan:
             f"available)" for place in places))
         lines.append(f"batches: {len(self.batches)}" + (" (all prompts at once)" if len(self.batches) == 1 else
                                                          f" of {', '.join(str(len(b)) for b in self.batches)} prompts"))
+        if self.chunk >= self.iterations:
+            lines.append("err2 staging: one chunk, written as whole rows after the last iteration")
+        elif self.chunk:
+            lines.append(f"err2 staging: chunks of {self.chunk} iterations, each adding {format_bytes(self.run_bytes)} "
+                         f"to every row (short runs write slowly: a larger --memory-budget makes them longer)")
         if self.refusal is not None:
             lines.append(f"as it stands the run would not start: {self.refusal}")
         lines.append(f"time: at least {format_seconds(self.floor_s)} for {self.iterations} iterations ({self.bound}-bound "
@@ -143,6 +152,11 @@ def plan_run(cfg: ModelConfig, prompts: Prompts, size: int, err_path: Path | Non
     for batch in batches:
         for place, count in needs([lengths[i] for i in batch]).items():
             memory[place] = max(memory.get(place, 0), count)
+    chunk = run_bytes = 0
+    if wants_gram:
+        first = [lengths[i] for i in batches[0]]
+        chunk = chunk_iterations(len(first), cfg.n_layer, max(first), True, size, staging)
+        run_bytes = -(-chunk * cfg.n_layer // every) * MATRIX_DTYPES[matrix_dtype]
     bandwidth, flop_rate = machine_rates(device)
     floor_s, bound = 0.0, "memory"
     for batch in batches:
@@ -152,4 +166,4 @@ def plan_run(cfg: ModelConfig, prompts: Prompts, size: int, err_path: Path | Non
         bound = "memory" if memory_s >= compute_s else "compute"
     return RunPlan(outputs=outputs, weights=weights, batches=batches, memory=memory, budget=budget,
                    iterations=size, floor_s=floor_s, bound=bound, bandwidth=bandwidth, flop_rate=flop_rate,
-                   refusal=refusal)
+                   chunk=chunk, run_bytes=run_bytes, refusal=refusal)

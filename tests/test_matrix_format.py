@@ -108,7 +108,8 @@ def test_the_plan_gives_the_sizes_the_run_then_writes_and_writes_nothing(tiny_ch
     assert lines[:3] == ["outputs:", "  err   Eplot.npy  (2, 80, 2) float32  1.2 KiB",
                          "  err2  m.npy  (2, 5, 5, 27) float16  2.6 KiB"]
     assert lines[3].startswith("memory: host ") and lines[4] == "batches: 1 (all prompts at once)"
-    assert lines[5].startswith("time: at least ") and "for 40 iterations" in lines[5]
+    assert lines[5] == "err2 staging: one chunk, written as whole rows after the last iteration"
+    assert lines[6].startswith("time: at least ") and "for 40 iterations" in lines[6]
     assert main(flags) == 0
     assert np.load("m.npy").nbytes == 2 * 5 * 5 * 27 * 2 and np.load("Eplot.npy").nbytes == 2 * 80 * 2 * 4
 
@@ -118,9 +119,12 @@ def test_a_plan_too_large_for_the_disk_says_so(tiny_checkpoint, tmp_path, monkey
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, 0, 1 << 20))
     assert main(["--weights", str(tiny_checkpoint), "--size", "10000000", "--prompt", "a b c d e",
-                 "--matrixerror", "m", "--plan"]) == 0
+                 "--matrixerror", "m", "--memory-budget", "64MiB", "--plan"]) == 0
     out = capsys.readouterr().out
     assert "  err2  m.npy  (1, 5, 5, 20000000) float32  1.9 GiB" in out
+    # staging: half the budget, two slots of c iterations of 4 bytes x 2 layers x (2 + 5 x 5)
+    assert ("err2 staging: chunks of 77672 iterations, each adding 606.8 KiB to every row "
+            "(short runs write slowly: a larger --memory-budget makes them longer)") in out
     assert ("as it stands the run would not start: refusing to start: the output files need 2.0 GiB but "
             f"{tmp_path.resolve()} has 1.0 MiB free") in out
     assert list(tmp_path.iterdir()) == []
