@@ -1,67 +1,27 @@
 """Causal multi-head attention over right-padded prompts, and its one-query decode step.
 
-Head dim D = 64 (all GPT-2 sizes), H heads, C = H·D, scale 1/sqrt(D).
-
-``causal_attention``: qkv [P, T, 3C] float32 is the c_attn output; head h reads
-q = qkv[p, :, h·D : h·D+D], k = qkv[p, :, C + h·D : ...], v = qkv[p, :, 2C + h·D : ...] and
+Head dim D = 64, H heads, C = H·D. ``causal_attention``: qkv [P, T, 3C] (c_attn output; head h
+reads q, k, v at columns h·D, C + h·D, 2C + h·D), lengths [P] int64 (T_p = lengths[p], clamped to
+[0, T] in the kernel), out [P, T, C]:
 
     out[p, t, h·D : h·D+D] = Σ_{s ≤ t} softmax_s(q_t · k_s / sqrt(D)) v_s     for t < T_p,
     out[p, t, :] = 0                                                          for t ≥ T_p,
 
-with T_p = lengths[p] (clamped to [0, T] in the kernel, so no value of ``lengths`` makes it
-read outside qkv). Rows t < T_p equal F.scaled_dot_product_attention(q, k, v,
-is_causal=True) on the padded tensor; the kernel never reads qkv rows t ≥ T_p, so whatever
-the padding holds (NaN included) cannot reach the output. Padding rows are written as
-zeros rather than computed, so the output is fully defined.
+i.e. F.scaled_dot_product_attention(is_causal=True) on rows t < T_p; qkv rows t ≥ T_p are never
+read (NaN padding cannot reach out). One launch, grid (⌈T/BLOCK_M⌉, P·H): program (m, p·H + h)
+runs a flash-attention online softmax over key blocks 0 .. min(end of query block m, T_p), both
+products ``tl.dot`` (IEEE fp32 by default, ``precision``); tiles from ``causal_config``: T ≤ 128
+16×32 with 4 warps, else 64×32 with 8 warps (BLOCK_M query rows × BLOCK_N keys).
 
-One launch: program (m, p·H + h) owns query rows m·BLOCK_M .. m·BLOCK_M + BLOCK_M - 1 of
-prompt p, head h. It keeps the running row maximum, row sum and un-normalised output of a
-flash-attention online softmax while it walks the key blocks 0 .. min(end of its query
-block, T_p); key blocks above the diagonal and query blocks at or past T_p are never
-visited. Both products are ``tl.dot`` with IEEE fp32 inputs by default (``precision``: one
-of ``checks.PRECISIONS``). Tile choice (``causal_config``): prompts up to 128 tokens use
-16×32 tiles (16 query rows, 32 keys; 4 warps) so a 27-token prompt still spreads over 2·H
-programs; longer ones use 64×32 tiles with 8 warps, which read each key/value block once per
-64 queries and give 16·P·H programs at T = 1024. IEEE fp32 ``tl.dot`` runs as FMAs with each
-thread holding whole 64-long operand rows in registers, which bounds the tile: 64×64 with
-8 warps needs 255 registers and spills on sm_80, 64×32 fits in 128 (see the AOT test). The
-choice is a plain function of T rather than ``triton.autotune``: it is deterministic,
-identical under the interpreter, and needs no benchmarking runs (which would also run
-during CUDA-graph capture).
-
-Cost model: from memory, q, k, v and the output are 16·P·T·C bytes (gpt2, T = 1024: 13 MB
-per prompt; the re-reads of K and V by later query blocks come from L2). The causal FLOPs,
-2·P·H·T²·D (gpt2, T = 1024: 1.6 GFLOP per prompt), run on the CUDA cores in IEEE fp32, so
-long prompts are compute-bound (tens of µs on an H100); at the default 27 tokens (1 MFLOP)
-the kernel is launch-bound.
-
-``decode_attention``: q [H, D] (one new token), cache_k / cache_v [H, capacity, D] holding
-positions 0 .. length-1 (the new token's key and value already at length-1), out [H, D]:
-
-    out[h] = Σ_{s < length} softmax_s(q_h · k_{h,s} / sqrt(D)) v_{h,s},
-
-as ``gpt2fast.model.cached_block`` computes it for one new token. The cache is read once,
-2·H·length·D·4 bytes (gpt2-xl at length 1024: 13 MB), so the kernel is memory-bound, and H
-programs alone (12 to 25) would leave most of a GPU's SMs idle. Flash-decoding split:
-the keys are cut into ``splits`` ranges of ``keys_per_split`` (a multiple of DECODE_BLOCK_N;
-at most MAX_SPLITS ranges, so up to 16·H programs); program (s, h) writes its range's
-normalised output o_s [D] and softmax statistics (row maximum m_s, row sum l_s); a second
-launch combines them per head in split order (deterministic):
-
-    out[h] = Σ_s w_s o_s / Σ_s w_s,   w_s = l_s · exp(m_s - max_s m_s).
-
-A single split (length ≤ DECODE_BLOCK_N) writes ``out`` directly and skips the combine. The
-one-row products are elementwise multiply-and-sum in fp32 (no ``tl.dot``), so ``precision``
-does not change the arithmetic there. Cache rows ≥ length are never read.
-
-bfloat16: every tensor of a call may instead be bf16 (``--dtype bf16``). Values are read
-into float32 and both products run as TF32: q·kᵀ exactly (bf16 values, and q·1/8 stays
-one), softmax weights·v with the float32 weights rounded to TF32's 10-bit mantissa, finer
-than bf16's 7. Softmax statistics and accumulators stay float32, the output is rounded to
-bf16 once at the store, and the decode split's partials and statistics stay float32.
-
-References: ``causal_attention_reference`` and ``decode_attention_reference`` (torch SDPA,
-as ``gpt2fast.model`` uses it).
+``decode_attention``: q [H, D], cache_k / cache_v [H, capacity, D] holding positions 0 .. length-1
+(the new token's at length-1), out [H, D]: out[h] = Σ_{s<length} softmax_s(q_h·k_hs/sqrt(D)) v_hs.
+Program (s, h) of the split kernel covers ``keys_per_split`` keys (``decode_split``: whole
+DECODE_BLOCK_N tiles, ≤ MAX_SPLITS ranges) and writes o_s [D], m_s, l_s; the combine, grid (H,),
+gives out[h] = Σ_s w_s o_s / Σ_s w_s, w_s = l_s·exp(m_s − max_s m_s), in split order (one split
+writes out directly). Products: fp32 multiply-and-sum (``precision`` unused); rows ≥ length unread.
+bfloat16: all tensors may be bf16, read into fp32, both causal products TF32 (q·kᵀ exact), out
+rounded once. References: ``causal_attention_reference``, ``decode_attention_reference`` (SDPA).
+Why: bench/RESULTS.md, "Kernel design notes moved from module docstrings (issue 16, 2026-11-30)".
 """
 
 from __future__ import annotations

@@ -1,60 +1,27 @@
 """The language-model head, tied to the token embedding: logits = y · wteᵀ.
 
-y holds ln_f-normalised rows, wte [V, C] with V = 50257, both float32 or both bfloat16
-(bf16 values are read into float32 and multiplied exactly, as TF32 or FMAs; logits and
-their maxima are float32, so a bf16 argmax can break a tie that PyTorch's bf16 logits,
-rounded to bf16, would make). Two uses:
+y holds ln_f-normalised rows, wte [V, C] with V = 50257, both float32 or both bfloat16 (bf16
+values read into float32 and multiplied exactly, as TF32 or FMAs; logits and their maxima are
+float32, so a bf16 argmax can break a tie that PyTorch's bf16 logits would make). Two uses:
 
     lm_head_argmax:  y [M, C] -> ids [M] int64, ids[m] = argmax_v (y wteᵀ)[m, v]
                      (``--decode``: every position of every prompt, M = P·T)
-    lm_head_logits:  y [C]    -> logits [V] float32, logits = wte y
-                     (generation: the last position only)
+    lm_head_logits:  y [C]    -> logits [V] float32, logits = wte y   (generation: last position)
 
-``drawn = (key, stream, step)`` replaces wte by a redraw generated inside the kernel,
-never stored: wte[v, c] = 0.02 · counter_normal(key, stream, step, v·C + c) with the
-device function of ``gpt2fast.kernels.counter_normal``. With key = philox.mix_key(seed,
-weight_stream.DRAW_DOMAIN), stream = weight_stream.WTE_STREAM and step = draw this is
-``weight_stream.drawn_tensor(seed, draw, WTE_STREAM, (V, C), device)``; the element index
-does not involve V, so the first rows of a redraw do not depend on the vocabulary size.
-wte's data is then not read; only its shape [V, C], dtype and device are used, so any
-float32 view will do (e.g. ``torch.empty(1, C).expand(V, C)``).
+``drawn = (key, stream, step)``: wte[v, c] = 0.02 · counter_normal(key, stream, step, v·C + c),
+generated in the kernel, never stored (= ``weight_stream.drawn_tensor(seed, draw, WTE_STREAM,
+(V, C))`` for key = philox.mix_key(seed, DRAW_DOMAIN), step = draw; independent of V); wte's data
+is then unread, only its shape [V, C], dtype and device (``torch.empty(1, C).expand(V, C)`` does).
 
-Performance model: wte is 50257·C·4 bytes (154 MB for gpt2, 322 MB for gpt2-xl) and
-dominates every call, so both kernels are bandwidth bound and read wte exactly once per
-block of BLOCK_M rows (once per call for M <= 64): ~46 µs (gpt2) and ~96 µs (gpt2-xl) at an
-H100's ~3.35 TB/s. The [M, V] logits are never materialised. With "ieee" the argmax's
-BLOCK_M·V·C FMAs run on the CUDA cores (BLOCK_M = 32, gpt2: 1.2 G FMAs, the same order as
-the read time at ~30 T FMA/s); "tf32" moves them to the tensor cores ("tf32x3" runs as "ieee"
-here, ``argmax_config``). A drawn head reads
-nothing but costs a Philox4x32-10 and a Box-Muller pair per weight element and row block
-(V·C = 39 M elements for gpt2, 80 M for gpt2-xl): there the integer and SFU work bounds it.
-
-Argmax, two kernels (the combine is deterministic, no atomics):
-1. ``argmax_partials_kernel``, grid (M-blocks, splits): V is cut into BLOCK_V-row tiles
-   and the tiles into ``splits`` contiguous ranges. Each program walks its range in
-   increasing v, computes the [BLOCK_M, BLOCK_V] logit tile with a K-loop of ``tl.dot``
-   over C, and keeps a running (max, index) per row; it writes them to partials [splits, M].
-2. ``argmax_combine_kernel`` reduces the partials of each row over the splits in order.
-Ties resolve to the lowest index, as ``torch.argmax``: a later candidate replaces the
-running one only when strictly larger, and candidates arrive in increasing v. NaN counts
-as larger than any number and the first NaN wins, again as ``torch.argmax``.
-ln_f is not fused into the prologue: the caller already has y = ln_f(x) from the
-consensus metrics of the same step, and a fused prologue would recompute the row
-statistics in each of the hundreds of programs sharing the rows.
-
-Logits: ``logits_kernel`` is a GEMV, one program per BLOCK_V rows of wte, each thread
-streaming contiguous 16-byte pieces of a row and accumulating elementwise products in
-float32 (IEEE FMAs on the CUDA cores; tensor cores would add nothing to a kernel that does
-2 FLOPs per 4 bytes read). Top-k sampling stays in PyTorch (``gpt2fast.generation.
-sample_top_k``): the [V] logits are 200 kB, the softmax and ``torch.topk`` over them cost
-a few microseconds against the ~50-100 µs wte read, and the sampling needs the host's
-torch.Generator to stay the same random stream as the reference; a fused top-k kernel
-would save little and change the random numbers.
-
-Configurations are picked by a plain heuristic (BLOCK_M from M), the same on every device:
-no ``triton.autotune``, whose first-call benchmarking would stall a CUDA-graph capture and
-gains little in a bandwidth-bound kernel. Every configuration the heuristic can pick is
-compiled ahead of time in the tests. C is a compile-time constant (one kernel per width).
+Argmax, two kernels, no atomics: ``argmax_partials_kernel``, grid (⌈M/BLOCK_M⌉, splits), walks a
+contiguous range of BLOCK_V-row vocab tiles in increasing v (K-loop of ``tl.dot`` over C per
+[BLOCK_M, BLOCK_V] logit tile), keeping a running (max, index) per row, into partials [splits, M];
+``argmax_combine_kernel`` reduces them over the splits in order. Ties go to the lowest index, NaN
+beats any number (first NaN wins), as ``torch.argmax``. Logits: ``logits_kernel``, a GEMV, one
+program per BLOCK_V rows of wte, float32 FMAs. Configs: ``argmax_config`` (BLOCK_M from M), no
+autotune; C is a compile-time constant. References: ``lm_head_argmax_reference``,
+``lm_head_logits_reference`` (both via ``head_weight_reference``).
+Why: bench/RESULTS.md, "Kernel design notes moved from module docstrings (issue 16, 2026-11-30)".
 """
 
 from __future__ import annotations

@@ -4,63 +4,24 @@
     epilogue = identity, tanh-GELU, or + residual[m, n] (out may be residual): ``linear.finish_tile``
     x̂ = x, or with LayerNorm x̂[m, k] = (x[m, k] − μ_m) · rstd_m · γ[k] + β[k], rstd = 1/sqrt(σ² + 1e-5)
 
-x [M, K], W [N, K] (PyTorch Linear layout), b [N], γ, β [K], residual and out [M, N],
-contiguous; all float32 or all bfloat16. fp32 products as ``precision`` says ("tf32x3":
-float32's accuracy in three TF32 tensor-core products, "ieee", or "tf32": one); bf16 products of bf16
-operands (x̂ rounded to bf16 first); fp32 LayerNorm, accumulation and epilogue, out rounded once.
+x [M, K], W [N, K] (PyTorch Linear layout), b [N], γ, β [K], residual and out [M, N], contiguous;
+all float32 (products as ``precision`` says: "tf32x3", "ieee" or "tf32") or all bfloat16 (x̂
+rounded to bf16 first); fp32 LayerNorm, accumulation and epilogue, out rounded once. LayerNorm
+statistics of an [M, C] matrix: fp32 [⌈C/64⌉, M, 2] (``stats_shape``), (mean, M2 = Σ (y − mean)²)
+per row and 64-column tile, written by residual calls (or ``layer_norm_stats``), read by LN calls.
 
-LayerNorm statistics travel between GEMMs in fp32 stats [⌈C/64⌉, M, 2] of an [M, C] matrix:
-per row and 64-column tile t, the mean and M2 = Σ (y − mean)² of its c_t = min(64, C − 64t)
-values (``stats_shape``). The residual epilogue writes them for what it stored (rounded, for
-bf16), by the program that stores the tile (with split-K the last to arrive); a LayerNorm call
-merges its rows' tiles into μ and σ² = M2/C before its K loop, not a pass over x: all ⌈C/64⌉
-tiles' pairs in one masked load ([LN_TILES, BLOCK_M], ``ln_tiles``: one L2 trip for C ≤ 2048
-at any BLOCK_M), combined in registers by a fixed tree in two passes, μ = Σ c_t·mean_t / C,
-then M2 = Σ (M2_t + c_t·(mean_t − μ)²) (nothing cancels when |μ| >> σ); wider C in batches
-of LN_TILES merged in order with Chan's formula (``linear.chan_merge``). ``layer_norm_stats`` writes the same for an x no GEMM wrote
-(the first LayerNorm of an iteration).
-
-Swapped operands. M = P·T is small (1 to a few hundred), so the weight rows fill the MMA's
-M side and the tokens its N side: program (j, i, s) multiplies the weight tile W[i·BLOCK_N..,
-k] [BLOCK_N, BLOCK_K] (first operand; BLOCK_N = 64 = wgmma's M on sm_90, four mma.sync
-rows on sm_80) by the transposed token tile x[j·BLOCK_M.., k]ᵀ [BLOCK_K, BLOCK_M] (second
-operand; BLOCK_M = M rounded up to a power of two in [16, 64], as tl.dot needs ≥ 16; fp32
-"ieee", on the FMA units, takes BLOCK_M ≤ 32 and BLOCK_K = 16 to fit its registers), both
-K-major, into an fp32 accumulator [BLOCK_N, BLOCK_M] that is stored transposed. The K loop
-is pipelined over ``num_stages`` ≥ 3 shared buffers filled by 16-byte cp.async (LDGSTS) on
-both sm_80 and sm_90, feeding mma.sync (HMMA) on sm_80 and wgmma (HGMMA) on sm_90.
-
-Split-K, reduced inside the kernel in a fixed order. Program (j, i, s) covers the K steps
-[⌊s·B/S⌋, ⌊(s+1)·B/S⌋) of the B = ⌈K/BLOCK_K⌉ (balanced: every slice ⌊B/S⌋ or ⌈B/S⌉ steps). With S = 1 it applies bias and the epilogue and writes
-out. With S > 1 it writes its fp32 partial tile to workspace[s] ([S, M, N]), then takes a
-ticket from the int32 counter of its output tile (atomic add, acq_rel, after a CTA barrier so
-that the whole tile's stores are released): the program that draws ticket S − 1 arrives
-last loads workspace[0..S−1] SPLIT_CHUNK tiles per trip (an unrolled run of independent
-[BLOCK_N, BLOCK_M] loads masked past S, L2 loads, ``.cg``; ``split_chunk``: S rounded up to
-a power of two, capped by registers at 8 tiles for BLOCK_M = 16, 4 for 32, 2 for 64), adds
-them in split order, applies bias and the epilogue, writes out and
-resets the counter to 0, so the next call and every CUDA graph replay start clean. The sum's
-order does not depend on which program arrives last or when, so results are bitwise
-reproducible; there is no finish kernel. With LayerNorm, x is loaded
-[BLOCK_M, BLOCK_K] (16-byte cp.async), normalised in registers and transposed into the dot.
-
-Launch (sm_90 and later): programmatic dependent launch (``dependent_launch``). Each program first asks
-L2 for the first PREFETCH_LINES 128-byte lines of each weight row of its slice (the first
-NUM_STAGES steps; ``prefetch_weights``: PTX
-``prefetch.global.L2``, SASS CCTL.E.PML2), lets the next kernel launch (``gdc_launch_dependents``),
-then waits until the previous kernel has finished and its writes are visible (``gdc_wait``)
-before any other memory access; so a launch's start and its first weight fetches overlap the
-previous kernel's tail, and every kernel of the chain still runs after the one before it.
-
-Plan (``plan``): per (M, N, K, SM count, dtype) choose S so that the grid ⌈M/BLOCK_M⌉ ·
-⌈N/BLOCK_N⌉ · S holds at least ``PROGRAMS_PER_SM`` programs per SM, with K slices at least
-``MIN_SLICE_BLOCKS`` BLOCK_K steps wide (one slice when K is narrower) and at most
-``MAX_SPLIT`` of them, and among those the S whose busiest SM streams the least weight
-(``wave_efficiency``: ⌈programs / SMs⌉ programs of ⌈B/S⌉ steps against the mean; gpt2-xl
-fp32 at M ≤ 64: S = 5, 11, 5, 20 for c_attn, attn c_proj, c_fc, mlp c_proj, 0.95 but attn
-c_proj's 0.63, whose 25 tiles of 50 steps cannot be shared out evenly in slices of 4 or
-more). The SM count is the GPU's, or 132 (an H100's) on the CPU, where the interpreter runs
-the same plan.
+Tiling, swapped operands: program (j, i, s) of the grid (⌈M/BLOCK_M⌉, ⌈N/BLOCK_N⌉, S) multiplies
+W[i·BLOCK_N.., k] [BLOCK_N = 64, BLOCK_K] by x[j·BLOCK_M.., k]ᵀ [BLOCK_K, BLOCK_M] (BLOCK_M: M
+rounded up to a power of two in [16, 64]; fp32 "ieee": BLOCK_M ≤ 32, BLOCK_K = 16) into an fp32
+[BLOCK_N, BLOCK_M] accumulator stored transposed, over K steps [⌊s·B/S⌋, ⌊(s+1)·B/S⌋) of
+B = ⌈K/BLOCK_K⌉, pipelined over ``num_stages`` ≥ 3 cp.async buffers. S = 1: bias, epilogue, out.
+S > 1: fp32 partial to workspace[s] ([S, M, N]), then a ticket from the tile's int32 counter
+(acq_rel atomic after a CTA barrier); the last to arrive sums workspace[0..S−1] in split order
+(``split_chunk`` tiles per load), applies the epilogue, writes out, resets the counter to 0:
+bitwise reproducible, no finish kernel. sm_90+ (``dependent_launch``): ``prefetch_weights``, then
+``gdc_launch_dependents``, ``gdc_wait`` before other accesses. S: ``plan`` (132 SMs on the CPU).
+Reference: ``skinny_linear_reference``.
+Why: bench/RESULTS.md, "Kernel design notes moved from module docstrings (issue 16, 2026-11-30)".
 """
 
 from __future__ import annotations
