@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gpt2fast.backends import cpu_packed, cpu_panels
+from gpt2fast.backends import cpu_packed
+from gpt2fast.kernels import panel_linear
 from gpt2fast.config import PRESETS
 from gpt2fast.weights import linear_shapes
 
@@ -136,9 +137,9 @@ def engine_linears(weight: torch.Tensor, bias: torch.Tensor) -> list[tuple[float
     if cpu_packed.onednn_available():
         onednn = torch.ops.mkldnn._reorder_linear_weight(weight)
         linears.append((math.inf, lambda x: torch.ops.mkldnn._linear_pointwise(x, onednn, bias, "none", [], "")))
-    if cpu_panels.available():
-        panels = cpu_panels.pack_panels(weight)
-        linears.append((cpu_packed.PANEL_ROWS_MAX, lambda x: cpu_panels.panel_linear(x, panels, bias)))
+    if panel_linear.available():
+        panels = panel_linear.pack_panels(weight)
+        linears.append((cpu_packed.PANEL_ROWS_MAX, lambda x: panel_linear.panel_linear(x, panels, bias)))
     return linears
 
 

@@ -3,7 +3,7 @@
 One unit is the 48 GEMMs of a gpt2 iteration (12 blocks × c_attn, attn c_proj + residual,
 c_fc + GELU, mlp c_proj + residual), each block with its own weights, 0.34 GB in all, so
 that they stream from memory as in the engine. oneDNN runs on its prepacked layout with the
-same post-ops (``cpu_packed.PACKED``), the variants on panels (``cpu_panels.PANELS``).
+same post-ops (``cpu_packed.PACKED``), the variants on panels (``cpu_packed.PANELS``).
 
     python bench/panel_linear.py                          # oneDNN at its best ISA
     python bench/panel_linear.py --onednn-isa AVX2        # oneDNN limited to AVX2
@@ -51,10 +51,11 @@ def packed_for(path: str, gemms: list[tuple]) -> tuple[list[Gemm], object]:
     """The GEMMs packed for ``path`` (a panel variant or ``onednn``) and the forms that run them."""
     import torch
 
-    from gpt2fast.backends import cpu_packed, cpu_panels
+    from gpt2fast.backends import cpu_packed
+    from gpt2fast.kernels import panel_linear
 
     pack, ops = ((torch.ops.mkldnn._reorder_linear_weight, cpu_packed.PACKED) if path == "onednn"
-                 else (cpu_panels.pack_panels, cpu_panels.PANELS))
+                 else (panel_linear.pack_panels, cpu_packed.PANELS))
     return [Gemm(pack(w), b, form, w.shape[1], w.shape[0]) for w, b, form in gemms], ops
 
 
@@ -74,7 +75,7 @@ def unit_seconds(gemms: list[Gemm], ops, rows: int) -> float:
 def measure(rows_list, repeats: int) -> tuple[list[str], dict[tuple[str, int], float]]:
     """Best seconds per unit for every path (each panel variant, then onednn) and row count."""
     from gpt2fast import _panel_linear
-    from gpt2fast.backends import cpu_panels
+    from gpt2fast.kernels import panel_linear
 
     paths = [*_panel_linear.variants(), "onednn"]
     gemms = gpt2_gemms()
@@ -84,7 +85,7 @@ def measure(rows_list, repeats: int) -> tuple[list[str], dict[tuple[str, int], f
         for _ in range(repeats + 1):  # the first round warms up
             for path in paths:
                 if path != "onednn":
-                    os.environ[cpu_panels.VARIANT_ENV] = path
+                    os.environ[panel_linear.VARIANT_ENV] = path
                 seconds = unit_seconds(*packed[path], rows)
                 best[path, rows] = min(best.get((path, rows), float("inf")), seconds)
     return paths, best

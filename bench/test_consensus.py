@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from gpt2fast import reference
-from gpt2fast.backends import cpu_packed, cpu_panels, make_engine, make_generation, resolve_backend
+from gpt2fast.backends import cpu_packed, make_engine, make_generation, resolve_backend
+from gpt2fast.kernels import panel_linear
 from gpt2fast.config import DEFAULT_PROMPT, PRESETS
 from gpt2fast.driver import drive
 from gpt2fast.generation import grow
@@ -88,8 +89,8 @@ def gemm_kernel(engine) -> str:
     """Which kernel computes a CPU engine's (or generation's) Linear layers: the panel
     kernel's variant, oneDNN, or ``F.linear``, as ``cpu_packed.step_block`` hands them out."""
     _, ops = cpu_packed.step_block(engine.stream, engine.packed, 0)
-    if ops is cpu_panels.PANELS:
-        return f"panels {cpu_panels.kernel_variant()}"
+    if ops is cpu_packed.PANELS:
+        return f"panels {panel_linear.kernel_variant()}"
     return "oneDNN" if ops is cpu_packed.PACKED else "F.linear"
 
 
@@ -102,7 +103,7 @@ def set_roofline(benchmark, ceilings, work: tuple[int, int], units: int, unit: s
     benchmark.extra_info.update(bytes=bytes_moved, flops=flops, units=units, unit=unit,
                                 **ceilings.floor_record(bytes_moved, flops))
     if not ON_GPU:
-        benchmark.extra_info.update(panel_kernel=cpu_panels.kernel_variant(), gemm=gemm_kernel(engine))
+        benchmark.extra_info.update(panel_kernel=panel_linear.kernel_variant(), gemm=gemm_kernel(engine))
 
 
 @pytest.mark.parametrize("case", ["a", "b", "c"])

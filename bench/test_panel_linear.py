@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpt2fast import _panel_linear
-from gpt2fast.backends import cpu_panels
+from gpt2fast.kernels import panel_linear
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,7 +35,7 @@ def gemms():
 @pytest.mark.parametrize("path", ["onednn", "panels"])
 @pytest.mark.parametrize("rows", ROWS)
 def test_gemms_of_a_gpt2_iteration(benchmark, monkeypatch, gemms, variant, path, rows):
-    monkeypatch.setenv(cpu_panels.VARIANT_ENV, variant)
+    monkeypatch.setenv(panel_linear.VARIANT_ENV, variant)
     packed, ops = packed_for("onednn" if path == "onednn" else variant, gemms)
     benchmark.group = f"panel_linear: 48 gpt2 GEMMs, M = {rows}, {variant} vs oneDNN"
     benchmark.extra_info.update(role="baseline" if path == "onednn" else "gpt2fast", panel_kernel=variant)

@@ -26,7 +26,7 @@ def versions() -> dict[str, str]:
 def host() -> dict[str, str | None]:
     """The machine's processor and the CPU panel-kernel variant it runs (``avx512``,
     ``avx2``, or None where the CPU backend's few-row GEMMs use oneDNN)."""
-    from .backends.cpu_panels import kernel_variant
+    from .kernels.panel_linear import kernel_variant
 
     return {"machine": platform.machine(), "processor": processor_name(), "panel_kernel": kernel_variant()}
 

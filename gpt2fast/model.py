@@ -80,7 +80,7 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
 class DenseLinears:
     """The three Linear forms of a block, on stored ``[out, in]`` weights: ``F.linear``.
 
-    ``backends.cpu_packed.PackedLinears`` (oneDNN) and ``backends.cpu_panels.PanelLinears``
+    ``backends.cpu_packed.PackedLinears`` (oneDNN) and ``backends.cpu_packed.PanelLinears``
     (the few-row AVX-512 kernel) are the same interface on prepacked CPU weights.
     """
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TINY_SEED
 from gpt2fast import reference
-from gpt2fast.backends import cpu_panels
+from gpt2fast.kernels import panel_linear
 from gpt2fast.cli import main
 from gpt2fast.config import DEFAULT_PROMPT
 from gpt2fast.tokenizer import gpt2_encoding
@@ -65,7 +65,7 @@ def test_consensus_run_writes_the_original_files(tiny_checkpoint, tmp_path, caps
     assert meta["weights"]["source"].endswith("model.safetensors") and len(meta["weights"]["sha256"]) == 64
     assert meta["files"]["err2"]["shape"] == list(m.shape)
     assert {"torch", "numpy", "python"} <= set(meta["versions"])
-    assert meta["host"]["panel_kernel"] == cpu_panels.kernel_variant() and meta["host"]["processor"]
+    assert meta["host"]["panel_kernel"] == panel_linear.kernel_variant() and meta["host"]["processor"]
 
 
 def test_npy_suffix_is_not_doubled(tiny_checkpoint, tmp_path):

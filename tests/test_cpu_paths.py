@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2fast.backends import cpu_packed, cpu_panels
+from gpt2fast.backends import cpu_packed
+from gpt2fast.kernels import panel_linear
 from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
 from gpt2fast.metrics import PromptMasks, consensus_metrics
 from gpt2fast.model import DENSE, block
@@ -67,7 +68,7 @@ def test_packed_linears_equal_dense_ones(form):
 
 
 ONEDNN_ONLY = pytest.mark.skipif(not cpu_packed.onednn_available(), reason="PyTorch built without oneDNN")
-PANELS_ONLY = pytest.mark.skipif(not cpu_panels.available(), reason="CPU without AVX-512F")
+PANELS_ONLY = pytest.mark.skipif(not panel_linear.available(), reason="CPU without AVX-512F")
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def onednn_layout(monkeypatch):
 def test_few_rows_get_panels_and_many_rows_onednn():
     weights = stream()
     blocks, ops = cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX)
-    assert ops is cpu_panels.PANELS and blocks[0].attn_w.shape == (3 * CFG.n_embd // 16, CFG.n_embd, 16)
+    assert ops is cpu_packed.PANELS and blocks[0].attn_w.shape == (3 * CFG.n_embd // 16, CFG.n_embd, 16)
     if cpu_packed.onednn_available():
         assert cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX + 1)[1] is cpu_packed.PACKED
 
@@ -119,7 +120,7 @@ def test_packing_is_skipped_when_memory_is_short(monkeypatch):
 
 @ONEDNN_ONLY
 def test_without_the_panel_kernel_few_rows_get_onednn(monkeypatch):
-    monkeypatch.setattr(cpu_panels, "available", lambda: False)
+    monkeypatch.setattr(panel_linear, "available", lambda: False)
     assert cpu_packed.layout_for(1)[1] is cpu_packed.PACKED
 
 
@@ -150,7 +151,7 @@ def test_generation_with_and_without_packing_agree(monkeypatch):
         runner.start(8)
         return torch.stack([runner.advance(PROMPTS[2], 0), runner.advance([17], 6), runner.advance([3], 7)])
 
-    assert TorchGeneration(stream(), False, 2).packed[1] is cpu_panels.PANELS
+    assert TorchGeneration(stream(), False, 2).packed[1] is cpu_packed.PANELS
     packed = logits()
     monkeypatch.setattr(cpu_packed, "layout_for", lambda rows: None)
     assert TorchGeneration(stream(), False, 2).packed is None

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # In the child: load the freshly built module as gpt2fast._panel_linear before the package
-# imports the installed one, report what it has, and run one small product through cpu_panels with each variant it runs.
+# imports the installed one, report what it has, and run one small product through kernels.panel_linear with each variant it runs.
 PROBE = """
 import importlib.util, json, os, sys
 import torch
@@ -29,16 +29,17 @@ spec = importlib.util.spec_from_file_location("gpt2fast._panel_linear", sys.argv
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 sys.modules["gpt2fast._panel_linear"] = module  # found there by the package's imports
-from gpt2fast.backends import cpu_packed, cpu_panels
+from gpt2fast.backends import cpu_packed
+from gpt2fast.kernels import panel_linear
 x, w, b = torch.randn(5, 24), torch.randn(40, 24), torch.randn(40)
 errors = {}
 for name in module.variants():
-    os.environ[cpu_panels.VARIANT_ENV] = name
-    got = cpu_panels.panel_linear(x, cpu_panels.pack_panels(w), b)
+    os.environ[panel_linear.VARIANT_ENV] = name
+    got = panel_linear.panel_linear(x, panel_linear.pack_panels(w), b)
     errors[name] = float((got.double() - (x.double() @ w.double().T + b.double())).abs().max())
-os.environ.pop(cpu_panels.VARIANT_ENV, None)
+os.environ.pop(panel_linear.VARIANT_ENV, None)
 print(json.dumps({"compiled": module.compiled(), "variants": module.variants(), "errors": errors,
-                  "chosen": cpu_panels.kernel_variant(),
+                  "chosen": panel_linear.kernel_variant(),
                   "few_rows_layout": type(cpu_packed.layout_for(27)[1]).__name__}))
 """
 

@@ -12,7 +12,8 @@ import torch
 
 import gpt2fast
 from gpt2fast import api
-from gpt2fast.backends import cpu_packed, cpu_panels
+from gpt2fast.backends import cpu_packed
+from gpt2fast.kernels import panel_linear
 from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
 from gpt2fast.errors import InputError
 from gpt2fast.model import BlockParams
@@ -25,7 +26,7 @@ STATE = tiny_state(CFG, seed=11)
 PROMPTS = [[5, 9, 200, 7], [31], [8, 8, 8, 1, 2, 3]]
 LINEAR_FIELDS = cpu_packed.ATTENTION_NAMES + cpu_packed.MLP_NAMES
 
-PANELS_ONLY = pytest.mark.skipif(not cpu_panels.available(), reason="no panel-kernel variant here")
+PANELS_ONLY = pytest.mark.skipif(not panel_linear.available(), reason="no panel-kernel variant here")
 ONEDNN_ONLY = pytest.mark.skipif(not cpu_packed.onednn_available(), reason="PyTorch built without oneDNN")
 LAYOUTS = [pytest.param("panels", marks=PANELS_ONLY), pytest.param("onednn", marks=ONEDNN_ONLY)]
 
@@ -79,7 +80,7 @@ def test_an_owned_stream_keeps_one_packed_copy(layout):
     weights = stream(state, owned=True)
     assert state == {} and weights.owns_blocks
     blocks, ops = cpu_packed.packed_blocks(weights, False, 11)
-    assert ops is (cpu_panels.PANELS if layout == "panels" else cpu_packed.PACKED)
+    assert ops is (cpu_packed.PANELS if layout == "panels" else cpu_packed.PACKED)
     assert weights.loaded == [None] * CFG.n_layer
     with pytest.raises(RuntimeError, match="handed over"):
         weights.block(0)

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InputError
 from ..weight_stream import WeightStream
-from .cpu_panels import kernel_variant
+from ..kernels.panel_linear import kernel_variant
 
 BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels' float32 product precision per --dtype. bf16 operands are multiplied as
@@ -29,7 +29,7 @@ AUTO_TRITON_DTYPES = ("fp32", "tf32")
 def resolve_backend(name: str, device: torch.device, dtype: str, label: Callable[[str], str]) -> str:
     """``auto`` -> triton on CUDA for AUTO_TRITON_DTYPES, else torch; refuse triton where it
     cannot run, and a forced CPU panel-kernel variant this machine lacks
-    (``cpu_panels.kernel_variant``). ``label`` names the argument in refusals."""
+    (``kernels.panel_linear.kernel_variant``). ``label`` names the argument in refusals."""
     if device.type == "cpu":
         kernel_variant()
     if name == "auto":

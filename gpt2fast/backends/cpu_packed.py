@@ -5,7 +5,7 @@ call; ``F.linear`` (MKL) also repacks the weight into its panel layout on every 
 Packing each block's four weights once skips that, in one of two layouts:
 
 - few rows (M <= PANEL_ROWS_MAX, CPUs with AVX-512F): 16-column panels for the kernel of
-  ``cpu_panels``, which overlaps the weight stream with its FMAs best;
+  ``kernels.panel_linear``, which overlaps the weight stream with its FMAs best;
 - otherwise oneDNN's layout (``mkldnn._reorder_linear_weight``), computed by
   ``mkldnn._linear_pointwise`` with the GELU of c_fc and the residual adds of both
   projections as post-ops of the same call: about 22 % less GEMM time than ``F.linear`` for
@@ -33,7 +33,7 @@ import torch
 from ..memory import available_memory
 from ..model import DENSE, BlockParams
 from ..weight_stream import WeightStream
-from . import cpu_panels
+from ..kernels import panel_linear
 
 ATTENTION_NAMES = ("attn_w", "attn_proj_w")
 MLP_NAMES = ("fc_w", "fc_proj_w")
@@ -64,6 +64,26 @@ class PackedLinears:
 
 
 PACKED = PackedLinears()
+
+
+class PanelLinears:
+    """``model.DenseLinears`` on weights packed by ``kernels.panel_linear.pack_panels``."""
+
+    @staticmethod
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return panel_linear.panel_linear(x, weight, bias)
+
+    @staticmethod
+    def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return panel_linear.panel_linear(x, weight, bias, gelu=True)
+
+    @staticmethod
+    def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return panel_linear.panel_linear(x, weight, bias, residual)
+
+
+PANELS = PanelLinears()
+
 _PACKED_BY_STREAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SOLE_COPY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # stream -> (blocks, ops)
 
@@ -76,8 +96,8 @@ def pack_block(p: BlockParams, names: tuple[str, ...], pack) -> BlockParams:
 def layout_for(rows: int) -> tuple[object, object] | None:
     """(pack function, Linear forms) of the faster packed layout for ``rows`` rows, or None
     where this PyTorch and CPU have neither."""
-    if rows <= PANEL_ROWS_MAX and cpu_panels.available():
-        return cpu_panels.pack_panels, cpu_panels.PANELS
+    if rows <= PANEL_ROWS_MAX and panel_linear.available():
+        return panel_linear.pack_panels, PANELS
     if onednn_available():
         return torch.ops.mkldnn._reorder_linear_weight, PACKED
     return None
@@ -125,10 +145,10 @@ def sole_copy(stream: WeightStream, pack) -> list[BlockParams]:
     ``torch.get_num_threads()`` threads (the C++ packing releases the GIL), once handed over
     (which draws a ``--random-init`` redraw, on torch's own threads)."""
     names = ATTENTION_NAMES + MLP_NAMES
-    if pack is not cpu_panels.pack_panels:
+    if pack is not panel_linear.pack_panels:
         return [pack_block(stream.give_block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
     given = [stream.give_block(layer) for layer in range(stream.cfg.n_layer)]
-    in_place = functools.partial(cpu_panels.pack_panels, in_place=True)
+    in_place = functools.partial(panel_linear.pack_panels, in_place=True)
     with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
         return list(pool.map(lambda params: pack_block(params, names, in_place), given))
 
@@ -137,7 +157,7 @@ def suiting_rows(packed: tuple[list[BlockParams], object] | None,
                  rows: int) -> tuple[list[BlockParams], object] | None:
     """``packed`` (what ``packed_blocks`` returned) where its layout serves GEMMs of ``rows``
     rows well, else None: panels only up to PANEL_ROWS_MAX rows, oneDNN's layout any."""
-    if packed is not None and packed[1] is cpu_panels.PANELS and rows > PANEL_ROWS_MAX:
+    if packed is not None and packed[1] is PANELS and rows > PANEL_ROWS_MAX:
         return None
     return packed
 

@@ -7,7 +7,8 @@ once, so it streams the weights from memory; oneDNN overlaps that stream with it
 poorly at small M, the panel kernel well (bench/RESULTS.md). float32 only; the sums run in
 another order than ``F.linear``'s, so results agree with it to float32 rounding. Every
 variant reads the same panels; ``GPT2FAST_PANEL_KERNEL=avx512|avx2|off`` forces one (tests,
-benchmarks), and ``kernel_variant()`` says which one runs.
+benchmarks), and ``kernel_variant()`` says which one runs. Reference:
+``panel_linear_reference`` (the unpacked weight, float64).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
     check_operands(x, panels, bias, residual)
     variant = kernel_variant()
     if variant is None:
-        raise ValueError("panel linear: no kernel variant runs here (see cpu_panels.kernel_variant)")
+        raise ValueError("panel linear: no kernel variant runs here (see panel_linear.kernel_variant)")
     in_features, out_features = panels.shape[1], bias.shape[0]
     # Contiguous copies where needed, held in locals so they outlive the call.
     rows, panels, bias = x.reshape(-1, in_features).contiguous(), panels.contiguous(), bias.contiguous()
@@ -115,20 +116,13 @@ def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor,
     return y.view(*x.shape[:-1], out_features)
 
 
-class PanelLinears:
-    """``model.DenseLinears`` on weights packed by ``pack_panels``."""
-
-    @staticmethod
-    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return panel_linear(x, weight, bias)
-
-    @staticmethod
-    def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return panel_linear(x, weight, bias, gelu=True)
-
-    @staticmethod
-    def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return panel_linear(x, weight, bias, residual)
-
-
-PANELS = PanelLinears()
+def panel_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """What ``panel_linear(x, pack_panels(weight), bias, residual, gelu)`` computes, in
+    float64 from the unpacked weight [N, K]: ``residual + GELU(x @ Wᵀ + bias)``, GELU (tanh
+    approximation) as 0.5·v·(1 + tanh u) = v / (1 + e^(-2u)), which does not cancel for
+    v < 0 as ``F.gelu`` does."""
+    y = x.double() @ weight.double().T + bias.double()
+    if gelu:
+        y = y / (1 + torch.exp(-2 * 0.7978845608028654 * (y + 0.044715 * y**3)))
+    return y if residual is None else residual.double() + y
