@@ -6,7 +6,9 @@
 #   gpu-tests the GPU-only tests, then the Triton backend, driver and kernel tests on CUDA
 #   engine    bench/gpu_profile.py: graph replay vs floor per engine variant (torch; Triton
 #             ieee / tf32x3 / tf32x3 without PDL / bf16), err against torch, kernels by device time
-#   kernels   bench/test_kernels.py: achieved GB/s of each GEMM and the LM head
+#   kernels   the Triton kernels' benchmarks, bench/test_<kernel>.py (linear, lm_head, attention,
+#             consensus_metric, embedding, counter_normal): each against its PyTorch baseline,
+#             time against the floor, and GB/s against the card for the GEMMs and the LM head
 #   skinny    the tensor-core skinny GEMM: its tests on CUDA (Triton of the machine), then
 #             bench/test_skinny_linear.py (GB/s per layer, M, dtype against cuBLAS)
 #   precision bench/precision_study.py: each dot precision's error against float64 (seconds)
@@ -51,8 +53,10 @@ for name in $STAGES; do
     gpu-tests) TAIL=25 stage gpu-tests 180 $PYTEST tests/test_driver.py::test_cuda_graph_path_matches_the_cpu_path \
         tests/test_triton_backend.py tests/kernels -k "not ahead_of_time" ;;
     engine) TAIL=120 stage engine 420 python3 bench/gpu_profile.py gpt2-xl --kernels ;;
-    kernels) TAIL=30 stage kernels 50 $PYTEST bench/test_kernels.py --benchmark-only -s \
-        --benchmark-columns=mean,rounds ;;
+    kernels) TAIL=60 stage kernels 240 $PYTEST bench/test_linear.py bench/test_lm_head.py \
+        bench/test_attention.py bench/test_consensus_metric.py bench/test_embedding.py \
+        bench/test_counter_normal.py --benchmark-only --benchmark-columns=median,rounds \
+        --benchmark-json "$OUT/kernels.json" ;;
     skinny) TAIL=30 stage skinny-tests 120 $PYTEST tests/kernels/test_skinny_linear.py -k "not ahead_of_time"
         TAIL=60 stage skinny-bench 150 $PYTEST bench/test_skinny_linear.py --benchmark-only \
             -k "xl and 27" --benchmark-json "$OUT/skinny.json" ;;

@@ -222,3 +222,18 @@ def measure(device: torch.device) -> Ceilings:
     if device.type == "cuda":
         return Ceilings(torch.cuda.get_device_name(device), memory_bandwidth(device), matmul_rate(device))
     return Ceilings("CPU", memory_bandwidth(device), matmul_rate(device), cpu_isa_flop_rate())
+
+
+def time_gpu_call(benchmark, ceilings: Ceilings, role: str, call: Callable[[], object], bytes_moved: int,
+                  flops: int, rounds: int = 50, unit: str = "call") -> None:
+    """Benchmark ``call`` (one ``unit`` of work) on the GPU as ``role`` (baseline or
+    gpt2fast), synchronised around each round, recording its work for the floor line and,
+    in the summary, its bytes per second against the card's bandwidth."""
+    benchmark.extra_info.update(role=role, bytes=bytes_moved, flops=flops, units=1, unit=unit,
+                                **ceilings.floor_record(bytes_moved, flops))
+    benchmark.pedantic(lambda: (call(), torch.cuda.synchronize()), setup=torch.cuda.synchronize,
+                       rounds=rounds, warmup_rounds=max(1, rounds // 10))
+    achieved = bytes_moved / benchmark.stats.stats.median
+    benchmark.extra_info.update(achieved_gbs=achieved / 1e9, fraction_of_card=achieved / ceilings.bandwidth,
+                                summary=f"{benchmark.group} {role}: {achieved / 1e9:.0f} GB/s of the card's "
+                                        f"{ceilings.bandwidth / 1e9:.0f} ({achieved / ceilings.bandwidth:.0%})")

@@ -1,5 +1,5 @@
 // gpt2fast._panel_linear: the Python face of panel_linear.h. Tensors come in as their data
-// pointers and sizes; gpt2fast/backends/cpu_panels.py checks shapes, dtypes and layout and
+// pointers and sizes; gpt2fast/kernels/panel_linear.py checks shapes, dtypes and layout and
 // picks the variant before calling. Built for any CPU: `compiled()` names the variants this
 // build has (none off x86-64, without OpenMP, or where the compiler lacks the ISA's flags),
 // `variants()` those this CPU can also run, fastest first.

@@ -3,7 +3,7 @@
 // present in one call (populate), for gpt2fast/seeded_randn.py; the XXH64 of a tensor's
 // bytes (xxh64.h), for gpt2fast/weights.py; the panel packing of a
 // Linear weight, in place where it can be (pack_panels.h), for
-// gpt2fast/backends/cpu_panels.py. Tensors come in as data pointers; the Python side checks
+// gpt2fast/kernels/panel_linear.py. Tensors come in as data pointers; the Python side checks
 // them. All release the GIL, so Python threads run them side by side.
 #include <pybind11/pybind11.h>
 

@@ -15,23 +15,19 @@ from __future__ import annotations
 import torch
 
 from .model import layer_norm
-
-
-def valid_positions(lengths: torch.Tensor, length: int) -> torch.Tensor:
-    """[P, T] bool, True at positions t < T_p of prompt p. lengths [P] int64."""
-    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+from .ragged import valid_positions
 
 
 class PromptMasks:
     """What the metrics need to know about the padding of P prompts of T_max positions,
-    computed once per run: valid [P, T], pairs [P, T, T] (both positions valid), count [P]
-    float32 (T_p), and whether any prompt is padded at all."""
+    computed once per run from valid [P, T] (``ragged.valid_positions``): pairs [P, T, T]
+    (both positions valid), count [P] float32 (T_p), and whether any prompt is padded at all."""
 
-    def __init__(self, lengths: torch.Tensor, length: int):
-        self.valid = valid_positions(lengths, length)
-        self.pairs = self.valid[:, :, None] & self.valid[:, None, :]
-        self.count = lengths.to(torch.float32)
-        self.ragged = not bool(self.valid.all())
+    def __init__(self, valid: torch.Tensor):
+        self.valid = valid
+        self.pairs = valid[:, :, None] & valid[:, None, :]
+        self.count = valid.sum(1).to(torch.float32)
+        self.ragged = not bool(valid.all())
 
 
 def consensus_metrics(
@@ -50,7 +46,7 @@ def consensus_metrics(
     lengths [P] int64 holds T_p; ``masks`` (made from them when not given) saves
     rebuilding the padding masks on every call.
     """
-    masks = masks if masks is not None else PromptMasks(lengths, x.shape[1])
+    masks = masks if masks is not None else PromptMasks(valid_positions(lengths, x.shape[1]))
     y = layer_norm(x.float(), ln_f_w.float(), ln_f_b.float())
     unit = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     if not with_gram:

@@ -102,7 +102,7 @@ def open_lock(target: Path) -> int:
 def temporary_path(path: Path) -> Path:
     """Where a file is written before its rename: ``Eplot.json`` -> ``Eplot.json.tmp``
     (``write_json_atomic``; the C++ driver's ``writing_path``: arrays being filled with NaN,
-    err2 of a one-chunk run until complete)."""
+    err2 that the writer makes, until complete)."""
     return path.with_name(path.name + ".tmp")
 
 

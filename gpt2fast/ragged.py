@@ -10,19 +10,24 @@ from __future__ import annotations
 import torch
 
 
+def valid_positions(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """[P, T] bool, True at positions t < T_p of prompt p. lengths [P] int64."""
+    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class RaggedRows:
     """The real rows of P right-padded prompts of T_max positions.
 
-    lengths [P] int64 holds T_p. ``pad(rows [R, F]) -> [P, T_max, F]`` (zeros at padded
+    lengths [P] int64 holds T_p; ``valid`` [P, T_max] is ``valid_positions`` (the metrics'
+    masks are made from it too). ``pad(rows [R, F]) -> [P, T_max, F]`` (zeros at padded
     positions) and ``unpad(padded [P, T_max, F]) -> [R, F]`` convert between the layouts.
     """
 
     def __init__(self, lengths: torch.Tensor, length: int):
         self.n_prompts, self.length = lengths.shape[0], length
-        positions = torch.arange(length, device=lengths.device)
-        valid = (positions[None, :] < lengths[:, None]).reshape(-1)
-        self.ragged = not bool(valid.all())
-        self.index = torch.nonzero(valid).reshape(-1)  # [R] flat positions p·T_max + t
+        self.valid = valid_positions(lengths, length)
+        self.ragged = not bool(self.valid.all())
+        self.index = torch.nonzero(self.valid.reshape(-1)).reshape(-1)  # [R] flat positions p·T_max + t
         self.n_rows = int(self.index.shape[0])
 
     def pad(self, rows: torch.Tensor) -> torch.Tensor:

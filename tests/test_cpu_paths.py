@@ -11,7 +11,7 @@ from gpt2fast.kernels import panel_linear
 from gpt2fast.backends.torch_backend import TorchEngine, TorchGeneration
 from gpt2fast.metrics import PromptMasks, consensus_metrics
 from gpt2fast.model import DENSE, block
-from gpt2fast.ragged import RaggedRows
+from gpt2fast.ragged import RaggedRows, valid_positions
 from gpt2fast.weight_stream import WeightStream
 from tiny_models import tiny_config, tiny_state
 
@@ -162,7 +162,7 @@ def test_metrics_without_padding_skip_the_masks_and_agree_with_them():
     x = torch.randn(2, 6, CFG.n_embd, generator=torch.Generator().manual_seed(9))
     lengths = torch.tensor([6, 6])
     weights = stream()
-    masks = PromptMasks(lengths, 6)
+    masks = PromptMasks(valid_positions(lengths, 6))
     assert not masks.ragged
     fast = consensus_metrics(x, weights.ln_f_w, weights.ln_f_b, lengths, masks)
     masks.ragged = True  # the general path, with every position valid

@@ -1,4 +1,4 @@
-"""Backends that run consensus iterations behind one interface (see ``TorchEngine``):
+"""Backends that run consensus iterations behind one interface (``engine.Engine``):
 ``torch`` (PyTorch ops, any device) and ``triton`` (fused Triton kernels, CUDA)."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class TorchEngine:
         self.tokens, self.lengths = pad_prompts(token_lists, stream.wte.device)
         self.n_prompts, self.length = self.tokens.shape
         self.rows = RaggedRows(self.lengths, self.length)
-        self.masks = PromptMasks(self.lengths, self.length)
+        self.masks = PromptMasks(self.rows.valid)
         self.x = self.rows.unpad(embed(self.tokens, stream.wte, stream.wpe))
         self.packed = packed_blocks(stream, noff, self.rows.n_rows)
 

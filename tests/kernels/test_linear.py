@@ -20,6 +20,7 @@ from gpt2fast.kernels.linear import (
     AUTOTUNED,
     BLOCK_M_RANGE,
     CONFIGS,
+    CPU_SM_COUNT,
     DRAWN_CONFIGS,
     FINISH_BLOCK_M,
     FINISH_BLOCK_N,
@@ -125,7 +126,7 @@ def test_step_in_memory_draws_the_step_it_reads(device, split, host_reads_forbid
     after the tensor changes."""
     k, n = RAGGED if split else SHAPES[0]
     rows = 27
-    assert split_k(rows, n, k, 132)[0] == (2 if split else 1)
+    assert split_k(rows, n, k, CPU_SM_COUNT)[0] == (2 if split else 1)
     per_iteration, offset = 3, 2
     iteration = torch.tensor([1], dtype=torch.int64, device=device)  # draw 1·3 + 2 = 5 = DRAW
     p = _params(rows, k, n, device)
@@ -152,7 +153,7 @@ def test_step_in_memory_draws_the_step_it_reads(device, split, host_reads_forbid
 )
 def test_every_config_on_ragged_split_shapes(device, config, drawn):
     (k, n), rows = RAGGED, 27
-    assert split_k(rows, n, k, 132)[0] == 2
+    assert split_k(rows, n, k, CPU_SM_COUNT)[0] == 2
     p = _params(rows, k, n, device)
     d = _double(p)
     if drawn:
@@ -231,14 +232,14 @@ def test_autotuner_keeps_an_in_place_residual_right(device, monkeypatch):
 
 
 def test_split_k_plans_real_shapes():
-    assert split_k(27, 768, 3072, 132) == (11, 288)  # gpt2 mlp c_proj: 12 column tiles
-    assert split_k(27, 6400, 1600, 132) == (2, 800)  # gpt2-xl c_fc: 100 column tiles
-    assert split_k(27, 384, 128, 132) == (1, 128)  # K too narrow to split
+    assert split_k(27, 768, 3072, CPU_SM_COUNT) == (11, 288)  # gpt2 mlp c_proj: 12 column tiles
+    assert split_k(27, 6400, 1600, CPU_SM_COUNT) == (2, 800)  # gpt2-xl c_fc: 100 column tiles
+    assert split_k(27, 384, 128, CPU_SM_COUNT) == (1, 128)  # K too narrow to split
     for rows in ROWS:
         assert BLOCK_M_RANGE[0] <= block_m(rows) <= BLOCK_M_RANGE[1] and block_m(rows) >= min(rows, 64)
         for n in (100, 768, 1600, 2304, 3072, 4800, 6400):
             for k in (1, 100, 768, 1600, 3072, 6400):
-                splits, k_per_split = split_k(rows, n, k, 132)
+                splits, k_per_split = split_k(rows, n, k, CPU_SM_COUNT)
                 assert 1 <= splits <= MAX_SPLIT and k_per_split % K_ALIGN == 0
                 assert (splits - 1) * k_per_split < k <= splits * k_per_split
 

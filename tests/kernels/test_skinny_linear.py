@@ -15,6 +15,7 @@ import triton
 
 from aot import CAPABILITIES, AotSpec, compile_in_child
 from compare import assert_relative_error
+from gpt2fast.kernels.linear import CPU_SM_COUNT
 from gpt2fast.kernels.skinny_linear import (
     BLOCK_K,
     BLOCK_N,
@@ -42,7 +43,6 @@ ODD_SHAPES = ((100, 80), (48, 200))  # (K, N) off every block size
 EPILOGUES = ("none", "gelu", "residual", "residual in place")
 GPT2_SHAPES = ((768, 2304), (768, 768), (768, 3072), (3072, 768))  # (K, N): c_attn, attn/mlp c_proj, c_fc
 GPT2_XL_SHAPES = ((1600, 4800), (1600, 1600), (1600, 6400), (6400, 1600))
-SM_COUNT = 132
 
 
 def _params(rows: int, k: int, n: int, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def test_ieee_precision_matches_reference(device, epilogue):
 @pytest.mark.parametrize("k, n, epilogue", [(*GPT2_SHAPES[0], "none"), (*GPT2_SHAPES[2], "gelu"),
                                             (*GPT2_SHAPES[3], "residual in place")])
 def test_gpt2_shapes_with_the_planned_split(device, k, n, epilogue):
-    assert plan(27, n, k, SM_COUNT).splits > 1
+    assert plan(27, n, k, CPU_SM_COUNT).splits > 1
     out, expected = _run(_params(27, k, n, device), epilogue, device)
     assert_relative_error(out, expected, 1e-5)
 
@@ -119,7 +119,7 @@ def test_tf32x3_is_as_accurate_as_ieee_on_a_gpu(device):
 def test_counters_return_to_zero_and_calls_repeat_bitwise(device):
     k, n = GPT2_SHAPES[3]
     p = _params(27, k, n, device)
-    chosen = plan(27, n, k, SM_COUNT)
+    chosen = plan(27, n, k, CPU_SM_COUNT)
     assert chosen.splits > 1
     counters = torch.zeros(chosen.tiles(27, n) + 3, dtype=torch.int32, device=device)
     first = skinny_linear(p["x"], p["weight"], p["bias"], _nan(27, n, device), gelu=True, counters=counters)
@@ -310,7 +310,7 @@ def test_plan_fills_the_gpu(rows, k, n, dtype):
     """Slices are at least MIN_SLICE_BLOCKS whole BLOCK_K steps, and the grid holds PROGRAMS_PER_SM
     programs per SM unless K is too short for that many slices of MIN_SLICE_BLOCKS steps; no
     larger S balances the SMs better; gpt2-xl's c_attn, c_fc and mlp c_proj reach WAVE_EFFICIENCY."""
-    p = plan(rows, n, k, SM_COUNT, dtype)
+    p = plan(rows, n, k, CPU_SM_COUNT, dtype)
     assert p.block_m == min(64, max(16, triton.next_power_of_2(rows))) and p.block_n == BLOCK_N >= 64
     k_steps = triton.cdiv(k, p.block_k)
     assert p.block_k == BLOCK_K[dtype] and 1 <= p.splits <= min(MAX_SPLIT, k_steps)
@@ -318,9 +318,9 @@ def test_plan_fills_the_gpu(rows, k, n, dtype):
     assert p.num_stages >= 3
     m_tiles, n_tiles, splits = p.grid(rows, n)
     programs = m_tiles * n_tiles * splits
-    assert programs >= PROGRAMS_PER_SM * SM_COUNT or k_steps // MIN_SLICE_BLOCKS <= splits, (programs, p)
-    efficiency = wave_efficiency(m_tiles * n_tiles, k_steps, splits, SM_COUNT)
-    assert all(efficiency >= wave_efficiency(m_tiles * n_tiles, k_steps, other, SM_COUNT)
+    assert programs >= PROGRAMS_PER_SM * CPU_SM_COUNT or k_steps // MIN_SLICE_BLOCKS <= splits, (programs, p)
+    efficiency = wave_efficiency(m_tiles * n_tiles, k_steps, splits, CPU_SM_COUNT)
+    assert all(efficiency >= wave_efficiency(m_tiles * n_tiles, k_steps, other, CPU_SM_COUNT)
                for other in range(splits, min(MAX_SPLIT, k_steps // MIN_SLICE_BLOCKS) + 1))  # none better
     if (k, n) in (GPT2_XL_SHAPES[0], GPT2_XL_SHAPES[2], GPT2_XL_SHAPES[3]):
         assert efficiency >= WAVE_EFFICIENCY, (programs, p)
