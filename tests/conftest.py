@@ -20,6 +20,21 @@ import pytest  # noqa: E402
 from tiny_models import tiny_config, tiny_state, write_hf_safetensors  # noqa: E402
 
 TINY_SEED = 7
+# The quick subset for development is ``python -m pytest -q -m "not slow"``; slow are the
+# ahead-of-time compiles (test names with "ahead_of_time") and these modules, by what they run:
+SLOW_MODULES = {
+    "test_distributed.py": "torchrun jobs of two ranks",
+    "test_triton_backend.py": "the Triton engine under the interpreter",
+    "test_gpu_plan.py": "the GPU model's calibration and reports",
+    "test_panel_build.py": "C++ builds of the panel kernel",
+    "test_properties.py": "hypothesis over the command line",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ahead_of_time" in item.name or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
