@@ -43,13 +43,9 @@ HostBuffer allocate_floats(int64_t count) {
 
 void AlignedFree::operator()(float* pointer) const { std::free(pointer); }
 
-ChunkWriter::ChunkWriter(const RunShape& shape, const std::string& err_path,
-                         const std::string& gram_path)
-    : shape_(shape), gram_path_(gram_path) {
-  err_file_ = std::make_unique<NpyFile>(err_path, shape.err_file_shape());
-  if (shape.with_gram && !shape.gram_at_write) {
-    gram_file_ = std::make_unique<NpyFile>(gram_path, shape.gram_file_shape(), shape.gram_element);
-  }
+ChunkWriter::ChunkWriter(const RunShape& shape, std::unique_ptr<ArrayTarget> err,
+                         std::unique_ptr<ArrayTarget> gram, const std::string& gram_path)
+    : shape_(shape), gram_path_(gram_path), err_target_(std::move(err)), gram_target_(std::move(gram)) {
   const int slots = shape.chunk_iterations < shape.n_iterations ? kSlots : 1;  // one chunk: one slot
   for (int slot = 0; slot < slots; ++slot) {
     err_[slot] = allocate_floats(shape.chunk_iterations * shape.err_floats());
@@ -101,9 +97,9 @@ void ChunkWriter::finish() {
   try {
     rethrow_failure();
     write_gram_tail();
-    err_file_->close();
-    if (gram_file_) gram_file_->close();
-    if (gram_file_ && shape_.gram_at_write &&
+    err_target_->close();
+    if (gram_target_) gram_target_->close();
+    if (gram_target_ && shape_.gram_at_write &&
         std::rename(writing_path(gram_path_).c_str(), gram_path_.c_str()) != 0) {
       throw WriteError(errno_message("cannot rename to", gram_path_));
     }
@@ -160,7 +156,7 @@ void ChunkWriter::write_err_rows(const float* err, int64_t first, int64_t count,
       const float* source = err + (k * prompts + p) * layers * 2;
       for (int64_t i = 0; i < layers * 2; ++i) row[k * layers * 2 + i] = source[i];
     }
-    err_file_->write((shape_.rows[p] * shape_.steps() + first * layers) * 2, row, count * layers * 2);
+    err_target_->write((shape_.rows[p] * shape_.steps() + first * layers) * 2, row, count * layers * 2);
   }
 }
 
@@ -220,20 +216,20 @@ struct GramChunk {
     }
   }
 
-  // Writes piece `piece` (cells [cell0, cell0 + width) of prompt p) to its places in `file`.
-  void write(NpyFile& file, int64_t p, int64_t cell0, int64_t width, const float* piece) const {
+  // Writes piece `piece` (cells [cell0, cell0 + width) of prompt p) to its places in `target`.
+  void write(ArrayTarget& target, int64_t p, int64_t cell0, int64_t width, const float* piece) const {
     const int64_t length = shape.length, file_length = shape.file_length, recorded = shape.gram_steps();
     const int64_t file_rows = shape.rows[static_cast<size_t>(p)] * file_length;  // file row of cell (0, 0)
     if (whole_rows && length == file_length) {
-      file.write((file_rows * file_length + cell0) * recorded, piece, width * recorded);
+      target.write((file_rows * file_length + cell0) * recorded, piece, width * recorded);
     } else if (whole_rows) {
       for (int64_t a = cell0 / length; a < (cell0 + width) / length; ++a) {
-        file.write((file_rows + a) * file_length * recorded, piece + (a * length - cell0) * recorded,
+        target.write((file_rows + a) * file_length * recorded, piece + (a * length - cell0) * recorded,
                    length * recorded);
       }
     } else {
       for (int64_t cell = cell0; cell < cell0 + width; ++cell) {
-        file.write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
+        target.write(((file_rows + cell / length) * file_length + cell % length) * recorded + first,
                    piece + (cell - cell0) * stride, stride);
       }
     }
@@ -242,7 +238,7 @@ struct GramChunk {
   // Transposes and writes pieces worker, worker + workers, ... through the buffer `piece`,
   // one piece's writes at a time under `writing` (the kernel serialises a file's writes anyway;
   // interleaved per cell, the waiting thread would spin in the kernel instead of transposing).
-  void write_share(NpyFile& file, int64_t worker, int64_t workers, float* piece, std::mutex& writing) const {
+  void write_share(ArrayTarget& target, int64_t worker, int64_t workers, float* piece, std::mutex& writing) const {
     std::vector<const float*> sources(static_cast<size_t>(count));
     int64_t sources_of = -1;
     for (int64_t i = worker; i < shape.n_prompts * per_prompt; i += workers) {
@@ -254,7 +250,7 @@ struct GramChunk {
       const int64_t width = std::min(cells, matrix() - cell0);
       transpose(sources, cell0, width, piece);
       std::lock_guard<std::mutex> lock(writing);
-      write(file, p, cell0, width, piece);
+      write(target, p, cell0, width, piece);
     }
   }
 };
@@ -268,9 +264,9 @@ void ChunkWriter::write_gram(const Job& job) {
   const int64_t every = shape_.gram_every, recorded = shape_.gram_steps();
   const int64_t first = (first_step + every - 1) / every, end = (first_step + run_steps + every - 1) / every;
   if (end == first) return;
-  if (shape_.gram_at_write && !gram_file_) {  // under a temporary name until complete (finish renames it)
+  if (shape_.gram_at_write && !gram_target_) {  // under a temporary name until complete (finish renames it)
     create_npy(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element, false);
-    gram_file_ = std::make_unique<NpyFile>(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element);
+    gram_target_ = std::make_unique<NpyFile>(writing_path(gram_path_), shape_.gram_file_shape(), shape_.gram_element);
   }
   // a run of one chunk made by the writer writes whole rows, NaN past a stop
   const bool pad = shape_.gram_at_write && shape_.chunk_iterations >= shape_.n_iterations;
@@ -280,7 +276,7 @@ void ChunkWriter::write_gram(const Job& job) {
 
 void ChunkWriter::write_gram_tail() {
   const int64_t recorded = shape_.gram_steps();
-  if (gram_file_ && shape_.gram_at_write && gram_written_ < recorded) {
+  if (gram_target_ && shape_.gram_at_write && gram_written_ < recorded) {
     transpose_and_write(nullptr, 0, gram_written_, 0, recorded - gram_written_);  // NaN over the steps a stop left out
   }
 }
@@ -309,7 +305,7 @@ void ChunkWriter::transpose_and_write(const float* gram, int64_t first_step, int
   for (int64_t worker = 0; worker < workers; ++worker) {
     auto share = [&, worker] {
       try {
-        chunk.write_share(*gram_file_, worker, workers, pieces_[worker].get(), writing);
+        chunk.write_share(*gram_target_, worker, workers, pieces_[worker].get(), writing);
       } catch (...) {
         failures[static_cast<size_t>(worker)] = std::current_exception();
       }

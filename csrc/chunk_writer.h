@@ -35,9 +35,11 @@ class ChunkWriter {
   static constexpr int kSlots = 2;
   static constexpr int kWriteThreads = 2;  // threads that transpose and write a chunk's err2 pieces
 
-  // Opens the files (create_npy made them; err2 at the first chunk when shape.gram_at_write).
-  // An empty gram_path means no err2 file.
-  ChunkWriter(const RunShape& shape, const std::string& err_path, const std::string& gram_path);
+  // Writes into `err` and `gram` (files create_npy made, or arrays in memory; gram null
+  // without err2), except that with shape.gram_at_write it makes err2 itself, the file
+  // `gram_path`, at the first chunk.
+  ChunkWriter(const RunShape& shape, std::unique_ptr<ArrayTarget> err, std::unique_ptr<ArrayTarget> gram,
+              const std::string& gram_path);
   ~ChunkWriter();
   ChunkWriter(const ChunkWriter&) = delete;
   ChunkWriter& operator=(const ChunkWriter&) = delete;
@@ -86,8 +88,8 @@ class ChunkWriter {
 
   RunShape shape_;
   std::string gram_path_;
-  std::unique_ptr<NpyFile> err_file_;
-  std::unique_ptr<NpyFile> gram_file_;
+  std::unique_ptr<ArrayTarget> err_target_;
+  std::unique_ptr<ArrayTarget> gram_target_;
   HostBuffer err_[kSlots];
   HostBuffer gram_[kSlots];
   HostBuffer row_;    // one prompt's err rows of a chunk, gathered before they are written

@@ -15,14 +15,17 @@
 #include <chrono>
 #include <cstdint>
 #include <future>
+#include <memory>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "array_target.h"
 #include "chunk_writer.h"
 #include "cuda_api.h"
 #include "errors.h"
+#include "npy_file.h"
 #include "run_shape.h"
 
 namespace py = pybind11;
@@ -98,18 +101,49 @@ class CudaStaging {
   std::vector<void*> pinned_;
 };
 
+// Where the writer puts an array: the .npy file at a path, or a numpy array of the file's
+// shape and element type (C-contiguous, writable) filled in memory. Null for None.
+std::unique_ptr<ArrayTarget> open_target(const py::object& where, const std::vector<int64_t>& shape,
+                                         Element element) {
+  if (where.is_none()) return nullptr;
+  if (py::isinstance<py::str>(where)) return std::make_unique<NpyFile>(where.cast<std::string>(), shape, element);
+  if (!py::isinstance<py::array>(where)) throw std::invalid_argument("an output must be a path or a numpy array");
+  auto array = where.cast<py::array>();
+  const bool half = element == Element::kFloat16;
+  const bool fits = (half ? array.dtype().is(py::dtype("float16")) : array.dtype().is(py::dtype::of<float>())) &&
+                    (array.flags() & py::array::c_style) && array.writeable() &&
+                    std::vector<int64_t>(array.shape(), array.shape() + array.ndim()) == shape;
+  if (!fits) {
+    throw std::invalid_argument(std::string("an in-memory output must be a writable C-contiguous ") +
+                                (half ? "float16" : "float32") + " array of the file's shape");
+  }
+  return std::make_unique<MemoryArray>(array.mutable_data(), static_cast<int64_t>(array.size()), element);
+}
+
+// The path of the err2 file the writer makes itself (gram_at_write); a file only.
+std::string gram_path(const py::object& gram, bool gram_at_write) {
+  if (!gram_at_write) return "";
+  if (!py::isinstance<py::str>(gram)) throw std::invalid_argument("gram_at_write needs err2 as a file path");
+  return gram.cast<std::string>();
+}
+
 }  // namespace
 
 class Driver {
  public:
+  // err and gram: a path (str) of a file create_array made, or a C-contiguous numpy array of
+  // the file's shape and dtype to fill in memory; gram None without err2.
   Driver(int64_t n_prompts, int64_t n_layer, int64_t length, int64_t n_iterations,
-         int64_t chunk_iterations, const std::string& err_path, const std::string& gram_path,
+         int64_t chunk_iterations, const py::object& err, const py::object& gram,
          double flush_seconds, const std::vector<int64_t>& rows, int64_t file_prompts, int64_t file_length,
          int64_t gram_every, const std::string& gram_dtype, bool gram_at_write)
-      : shape_{checked_shape({n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram_path.empty(),
+      : shape_{checked_shape({n_prompts, n_layer, length, n_iterations, chunk_iterations, !gram.is_none(),
                               rows, file_prompts, file_length, gram_every, element_named(gram_dtype),
                               gram_at_write})},
-        writer_(shape_, err_path, gram_path),
+        arrays_{err, gram},
+        writer_(shape_, open_target(err, shape_.err_file_shape(), Element::kFloat32),
+                shape_.gram_at_write ? nullptr : open_target(gram, shape_.gram_file_shape(), shape_.gram_element),
+                gram_path(gram, shape_.gram_at_write)),
         flush_interval_(std::chrono::duration<double>(flush_seconds)) {}
 
   const RunShape& shape() const { return shape_; }
@@ -263,6 +297,7 @@ class Driver {
   }
 
   RunShape shape_;
+  py::object arrays_[2];  // in-memory err / err2 the writer fills, kept alive while it may
   ChunkWriter writer_;
   std::atomic<bool> stop_{false};
   std::chrono::duration<double> flush_interval_;
@@ -284,14 +319,15 @@ PYBIND11_MODULE(_driver, m) {
   py::register_exception<gpt2fast::WriteError>(m, "WriteError", PyExc_OSError);
 
   py::class_<Driver>(m, "Driver")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const std::string&, const std::string&, double,
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, const py::object&, const py::object&, double,
                     const std::vector<int64_t>&, int64_t, int64_t, int64_t, const std::string&, bool>(),
            py::arg("n_prompts"), py::arg("n_layer"), py::arg("length"), py::arg("n_iterations"),
-           py::arg("chunk_iterations"), py::arg("err_path"), py::arg("gram_path"), py::arg("flush_seconds"),
+           py::arg("chunk_iterations"), py::arg("err"), py::arg("gram"), py::arg("flush_seconds"),
            py::arg("rows"), py::arg("file_prompts"), py::arg("file_length"), py::arg("gram_every") = 1,
            py::arg("gram_dtype") = "float32", py::arg("gram_at_write") = false,
-           "Open the output files (create_array made them: file_prompts rows of file_length tokens; err2 "
-           "with G after steps 0, gram_every, ... as gram_dtype) and two staging slots; prompt p goes to "
+           "Open the outputs, err and gram (None: no err2): files create_array made, or NaN-filled numpy "
+           "arrays of their shape and dtype to fill in memory (file_prompts rows of file_length tokens; err2 "
+           "with G after steps 0, gram_every, ... as gram_dtype), and two staging slots; prompt p goes to "
            "file row rows[p]; with gram_at_write (a run holding every file row) the writer makes err2 under a "
            "temporary name, renamed when complete. A slot is "
            "written when full, at the end and at a stop; err also every flush_seconds.")

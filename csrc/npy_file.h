@@ -7,28 +7,20 @@
 #include <string>
 #include <vector>
 
+#include "array_target.h"
+
 namespace gpt2fast {
 
-enum class Element { kFloat32, kFloat16 };
-
-int element_bytes(Element element);
-
-// IEEE binary16 bits of `value`, rounded to nearest even (overflow to infinity, NaN quiet).
-uint16_t float_to_half(float value);
-
-class NpyFile {
+class NpyFile : public ArrayTarget {
  public:
   // Opens the existing `path`, which must be what create_npy made for `shape` and `element`.
   NpyFile(const std::string& path, const std::vector<int64_t>& shape, Element element = Element::kFloat32);
-  ~NpyFile();
+  ~NpyFile() override;
   NpyFile(const NpyFile&) = delete;
   NpyFile& operator=(const NpyFile&) = delete;
 
-  // Writes `count` values at flat element index `first` (C order), in the file's element
-  // type. Throws WriteError. Threads may write disjoint parts at once.
-  void write(int64_t first, const float* values, int64_t count);
-  // Flushes to the disk and closes; later writes are refused.
-  void close();
+  void write(int64_t first, const float* values, int64_t count) override;
+  void close() override;  // flushes to the disk and closes
 
   const std::string& path() const { return path_; }
   int64_t header_bytes() const { return header_bytes_; }

@@ -20,7 +20,6 @@ import dataclasses
 import operator
 import os
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,8 +138,9 @@ def consensus(
     keeps G after steps 0, K, 2K, ... only (err2[..., j] is step j·K; the metadata lists
     them), matrix_dtype "float16" halves its bytes.
     savefile / matrixerror: write err / err2 there (``.npy`` added, metadata JSON beside)
-    and return them memory-mapped; without them the arrays are returned in memory (err2
-    only if it fits in half the free memory: else pass ``matrixerror``).
+    and return them memory-mapped; without them the driver fills arrays in memory, returned
+    as they are (no file is made, not even a temporary one; err2 only if it fits in half
+    the free memory: else pass ``matrixerror``).
     decode: iterations after which the argmax decoding is taken; on_decode(iteration,
     prompt_index, token_ids) sees each one as it happens (also in ``metadata["decoded"]``).
     memory_budget: bytes (an integer, or a text such as "4GiB") the prompts' batches may
@@ -198,21 +198,16 @@ def consensus(
             texts, token_lists = team.decide(lambda: check_prompts(loaded.config, False))
         flags = ConsensusFlags(iterations=size, noff=noff, random_init=random_init, const_reset=const_reset,
                                seed=seed, decode_iterations=decode)
-        with tempfile.TemporaryDirectory(prefix="gpt2fast-") as folder:
-            scratch = Path(folder)
-            err_file = err_path or scratch / "Eplot.npy"
-            gram_file = gram_path or (scratch / "m.npy" if matrix else None)
-            meta, status = run_on_this_rank(
-                loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
-                err_path=err_file, gram_path=gram_file, on_decode=on_decode or (lambda *_: None),
-                show_progress=progress, scratch=(scratch / "Eplot.npy", scratch / "m.npy"),
-                second_signal_exits=second_signal_exits, team=team, memory_budget=memory_budget,
-                matrix_format=matrix_format, run_id=run_id,
-            )
-            promoted = meta["status"] != "failed"
-            err = read_array(err_file if promoted else partial_path(err_file), keep_mapped=err_path is not None)
-            err2 = None if gram_file is None else read_array(gram_file if promoted else partial_path(gram_file),
-                                                             keep_mapped=gram_path is not None)
+        meta, status, in_memory = run_on_this_rank(
+            loaded, model_name, texts, token_lists, flags, device=device_, dtype=dtype, backend=backend,
+            err_path=err_path, gram_path=gram_path, wants_gram=matrix or gram_path is not None,
+            on_decode=on_decode or (lambda *_: None), show_progress=progress,
+            second_signal_exits=second_signal_exits, team=team, memory_budget=memory_budget,
+            matrix_format=matrix_format, run_id=run_id,
+        )
+        promoted = meta["status"] != "failed"
+        err = in_memory.err if err_path is None else mapped_array(err_path if promoted else partial_path(err_path))
+        err2 = in_memory.err2 if gram_path is None else mapped_array(gram_path if promoted else partial_path(gram_path))
     return ConsensusResult(err=err, err2=err2, metadata=meta, exit_status=status)
 
 
@@ -243,10 +238,9 @@ def check_consensus_arguments(label: Label, *, noff, random_init, const_reset, m
             matrix_format)
 
 
-def read_array(path: Path, keep_mapped: bool) -> np.ndarray:
-    """The array a run wrote: memory-mapped read-only where the file stays, else in memory."""
-    mapped = np.load(path, mmap_mode="r")
-    return mapped if keep_mapped else np.array(mapped)
+def mapped_array(path: Path) -> np.ndarray:
+    """The array a run wrote to ``path``, memory-mapped read-only."""
+    return np.load(path, mmap_mode="r")
 
 
 def generate(

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-
 import torch
 from tqdm import tqdm
 
@@ -18,9 +17,9 @@ from .backends import make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileLayout, create_files, create_gram_file, drive
+from .driver import FileLayout, InMemory, Output, create_files, create_gram_file, drive, memory_outputs
 from .interrupts import graceful_stop
-from .memory import chunk_iterations, consensus_memory, staging_budget
+from .memory import consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
 from .outputs import clear_partial, partial_path
 from .precision import matmul_precision, storage_dtype
@@ -51,17 +50,17 @@ def run_on_this_rank(
     device: torch.device,
     dtype: str,
     backend: str = "torch",
-    err_path: Path,
+    err_path: Path | None,
     gram_path: Path | None,
+    wants_gram: bool,
     on_decode: Callable[[int, int, list[int]], None],
     show_progress: bool = True,
-    scratch: tuple[Path, ...] = (),
     second_signal_exits: bool = True,
     team: Team | None = None,
     memory_budget: int | None = None,
     matrix_format: tuple[int, str] = (1, "float32"),
     run_id: str | None = None,
-) -> tuple[dict, int]:
+) -> tuple[dict, int, InMemory]:
     """Run every prompt through N iterations and write the files.
 
     The prompts are shared among the team's ranks by tokens (``distributed``; all of them for
@@ -70,9 +69,10 @@ def run_on_this_rank(
     creates the arrays and metadata as ``outputs.partial_path`` files beside err_path and
     gram_path; they move into place when the last rank completes or stops gracefully
     (``run_status``); after an error they stay where they are, the metadata saying "failed".
-    backend is a resolved name (``gpt2fast.backends.resolve_backend``). ``scratch``: array
-    paths that are temporary (the API's in-memory results): the metadata records their
-    ``path`` as null, and no metadata file is written beside them.
+    backend is a resolved name (``gpt2fast.backends.resolve_backend``). err_path None: err
+    is kept in memory; gram_path None with ``wants_gram``: err2 likewise (one rank only): the
+    metadata records their ``path`` as null, no file is written for them, and the arrays are
+    returned (``InMemory``).
     ``second_signal_exits``: see ``interrupts.graceful_stop``. matrix_format: (K, dtype) of
     err2, G after steps 0, K, 2K, ... as float32 or float16 (``driver.FileLayout``).
     on_decode(iteration, prompt_index, token_ids) is called at each decode iteration for
@@ -88,19 +88,21 @@ def run_on_this_rank(
                           owned=weights.single_use)
     lengths = [len(tokens) for tokens in token_lists]
     shares = shard_by_tokens(lengths, team.world_size)
-    wants_gram = gram_path is not None
     staging = staging_budget(memory_budget)
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
         batch_budget(device, memory_budget))  # the weights are loaded: what is free now
     layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format,
-                        gram_at_write=team.world_size == 1 and len(batches) == 1)
+                        gram_at_write=team.world_size == 1 and len(batches) == 1 and gram_path is not None)
     steps = cfg.n_layer * flags.iterations
     targets = [path for path in (err_path, gram_path) if path is not None]
     status = RunStatus(start_metadata(weights, model_name, texts, token_lists, flags, device, dtype, backend,
-                                      layout, err_path, gram_path, scratch, shares, memory_budget, staging,
+                                      layout, err_path, gram_path, wants_gram, shares, memory_budget, staging,
                                       run_id or uuid.uuid4().hex),
-                       targets, [path for path in targets if path not in scratch], team.rank)
+                       targets, team.rank)
+    in_memory = memory_outputs(layout, steps, err=err_path is None, gram=wants_gram and gram_path is None)
+    err_out = partial_path(err_path) if err_path else in_memory.err
+    gram_out = partial_path(gram_path) if gram_path else in_memory.err2
     if team.leader:
         for path in targets:
             clear_partial(path)
@@ -116,7 +118,7 @@ def run_on_this_rank(
             disable=not (show_progress and team.leader), mininterval=0.5,
         ) as bar:
             if team.leader:
-                create_files(partial_path(err_path), gram_path and partial_path(gram_path), layout, steps)
+                create_files(err_out, gram_out, layout, steps)
             team.barrier()
             status.record(mine)
             for number, (batch, record) in enumerate(zip(batches, mine["batches"], strict=True)):
@@ -127,7 +129,7 @@ def run_on_this_rank(
                 done_before = bar.n
                 record["status"] = "running"
                 status.record(mine)
-                completed = run_batch(stream, batch, token_lists, flags, dtype, backend, err_path, gram_path, layout,
+                completed = run_batch(stream, batch, token_lists, flags, dtype, backend, err_out, gram_out, layout,
                                       staging, on_decode, mine["decoded"], stop, lambda done: (
                                           bar.update(done_before + done - bar.n), status.watch(stop, mine)))
                 record.update(status="complete" if completed == flags.iterations else "interrupted",
@@ -150,16 +152,16 @@ def run_on_this_rank(
             status.record(mine)
         raise
     exit_status = {"complete": 0, "interrupted": stop.exit_status(), "failed": 1}[meta["status"]]
-    return meta, exit_status
+    return meta, exit_status, in_memory
 
 
 def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int]], flags: ConsensusFlags,
-              dtype: str, backend: str, err_path: Path, gram_path: Path | None, layout: FileLayout, staging: int,
+              dtype: str, backend: str, err: Output, gram: Output | None, layout: FileLayout, staging: int,
               on_decode: Callable[[int, int, list[int]], None], decoded: list[dict], stop,
               on_progress: Callable[[int], None]) -> int:
     """Run the prompts ``batch`` (indices into token_lists) through the iterations into their
-    rows of the partial files, staging at most ``staging`` bytes; returns the iterations
-    completed."""
+    rows of the outputs (partial files or arrays in memory), staging at most ``staging``
+    bytes; returns the iterations completed."""
     engine = make_engine(backend, stream, [token_lists[i] for i in batch], flags.noff, dtype)
 
     def decode(iteration: int, tokens: torch.Tensor) -> None:
@@ -168,7 +170,7 @@ def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int
             decoded.append({"iteration": iteration, "prompt": prompt, "tokens": argmax_ids})
             on_decode(iteration, prompt, argmax_ids)
 
-    return drive(engine, flags.iterations, partial_path(err_path), gram_path and partial_path(gram_path),
+    return drive(engine, flags.iterations, err, gram,
                  decode_iterations=frozenset(flags.decode_iterations), on_decode=decode,
                  on_progress=on_progress, stop=stop, place=dataclasses.replace(layout, rows=tuple(batch)),
                  staging=staging)
@@ -176,16 +178,16 @@ def run_batch(stream: WeightStream, batch: list[int], token_lists: list[list[int
 
 def start_metadata(weights: Weights, model_name: str, texts: list[str], token_lists: list[list[int]],
                    flags: ConsensusFlags, device: torch.device, dtype: str, backend: str, layout: FileLayout,
-                   err_path: Path, gram_path: Path | None, scratch: tuple[Path, ...], shares: list[list[int]],
+                   err_path: Path | None, gram_path: Path | None, wants_gram: bool, shares: list[list[int]],
                    memory_budget: int | None, staging: int, run_id: str) -> dict:
     """The metadata as the run starts: every rank "starting" with its share of the prompts."""
     steps = weights.config.n_layer * flags.iterations
 
-    def recorded(path: Path) -> str | None:
-        return None if path in scratch else str(path)
+    def recorded(path: Path | None) -> str | None:
+        return None if path is None else str(path)  # None: kept in memory
 
     files = {"err": {"path": recorded(err_path), "shape": [layout.prompts, steps, 2], "layout": ERR_LAYOUT}}
-    if gram_path is not None:
+    if wants_gram:
         files["err2"] = {"path": recorded(gram_path), "dtype": layout.gram_dtype, "every": layout.gram_every,
                          "shape": [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
                          "layout": ERR2_LAYOUT}

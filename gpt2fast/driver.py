@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ._driver import Driver, create_array
@@ -43,36 +45,58 @@ class FileLayout:
     gram_at_write: bool = False
 
     @classmethod
-    def whole(cls, engine) -> FileLayout:
-        """The files hold exactly the engine's prompts, in order, err2 every step in float32,
-        made by the writer."""
-        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length, gram_at_write=True)
+    def whole(cls, engine, gram_at_write: bool) -> FileLayout:
+        """The files hold exactly the engine's prompts, in order, err2 every step in float32."""
+        return cls(tuple(range(engine.n_prompts)), engine.n_prompts, engine.length, gram_at_write=gram_at_write)
 
     def gram_steps(self, steps: int) -> int:
         """Entries of err2's last axis for a run of ``steps`` steps."""
         return -(-steps // self.gram_every)
 
 
-def create_files(err_path: Path, gram_path: Path | None, layout: FileLayout, steps: int) -> None:
-    """Create the run's arrays full of NaN: err (P, L·N, 2) float32 and, when ``gram_path``,
-    err2 (P, T, T, ceil(L·N / every)) as the layout says (unless the writer makes it:
-    ``gram_at_write``). Raises OSError when they cannot be written."""
-    create_array(str(err_path), [layout.prompts, steps, 2])
-    if gram_path is not None and not layout.gram_at_write:
-        create_gram_file(gram_path, layout, steps)
+Output = Path | np.ndarray  # a .npy file's path, or an array of its shape and dtype to fill in memory
+
+
+def create_files(err: Output, gram: Output | None, layout: FileLayout, steps: int) -> None:
+    """Create the run's files full of NaN: err (P, L·N, 2) float32 and, when ``gram``, err2
+    (P, T, T, ceil(L·N / every)) as the layout says (unless the writer makes it:
+    ``gram_at_write``); outputs in memory are left as they are (``memory_outputs`` made
+    them). Raises OSError when they cannot be written."""
+    if isinstance(err, Path):
+        create_array(str(err), [layout.prompts, steps, 2])
+    if isinstance(gram, Path) and not layout.gram_at_write:
+        create_gram_file(gram, layout, steps)
 
 
 def create_gram_file(gram_path: Path, layout: FileLayout, steps: int) -> None:
     """Create err2 full of NaN: (P, T, T, ceil(L·N / every)) as the layout says."""
-    create_array(str(gram_path), [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
-                 layout.gram_dtype)
+    create_array(str(gram_path), gram_shape(layout, steps), layout.gram_dtype)
+
+
+def gram_shape(layout: FileLayout, steps: int) -> list[int]:
+    """err2's shape for a run of ``steps`` steps: (P, T, T, ceil(L·N / every))."""
+    return [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)]
+
+
+class InMemory(NamedTuple):
+    """A run's results kept in memory (None where it writes a file, or without err2)."""
+
+    err: np.ndarray | None
+    err2: np.ndarray | None
+
+
+def memory_outputs(layout: FileLayout, steps: int, err: bool, gram: bool) -> InMemory:
+    """err and err2 as asked, NaN-filled arrays in memory of the shapes and dtypes
+    ``create_files`` gives the files: results that never touch the disk."""
+    return InMemory(np.full((layout.prompts, steps, 2), np.nan, np.float32) if err else None,
+                    np.full(gram_shape(layout, steps), np.nan, layout.gram_dtype) if gram else None)
 
 
 def drive(
     engine: Engine,
     n_iterations: int,
-    err_path: Path,
-    gram_path: Path | None,
+    err: Output,
+    gram: Output | None,
     *,
     decode_iterations: frozenset[int] = frozenset(),
     on_decode: Callable[[int, torch.Tensor], None] = lambda index, tokens: None,
@@ -83,9 +107,10 @@ def drive(
     place: FileLayout | None = None,
     staging: int = STAGING_BYTES,
 ) -> int:
-    """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram_path``): into
-    files of its own prompts, created here, or, with ``place``, at those rows of the files
-    ``create_files`` made.
+    """Run iterations 0..N-1 of ``engine`` and write err (and err2 when ``gram``): into files
+    of its own prompts, created here (arrays in memory: NaN-filled by the caller,
+    ``memory_outputs``), or, with ``place``, at those rows of the outputs ``create_files``
+    made.
 
     The files are filled a chunk at a time, ``chunk`` iterations (default: as many as
     ``staging`` bytes hold, ``chunk_iterations``); err also every ``flush_seconds`` while a
@@ -94,15 +119,15 @@ def drive(
     chunk on the CUDA-graph path). Returns the number of iterations completed and written,
     N unless a stop was requested. Raises OSError when a file cannot be written.
     """
-    wants_gram = gram_path is not None
+    wants_gram = gram is not None
     if chunk is None:
         chunk = chunk_iterations(engine.n_prompts, engine.n_layer, engine.length, wants_gram, n_iterations, staging)
     if place is None:
-        place = FileLayout.whole(engine)
-        create_files(err_path, gram_path, place, engine.n_layer * n_iterations)
+        place = FileLayout.whole(engine, gram_at_write=isinstance(gram, Path))
+        create_files(err, gram, place, engine.n_layer * n_iterations)
     driver = Driver(
         engine.n_prompts, engine.n_layer, engine.length, n_iterations, min(chunk, n_iterations),
-        str(err_path), str(gram_path) if wants_gram else "", flush_seconds, list(place.rows), place.prompts,
+        driver_output(err), driver_output(gram), flush_seconds, list(place.rows), place.prompts,
         place.length, place.gram_every, place.gram_dtype, place.gram_at_write,
     )
     if stop is not None:
@@ -131,3 +156,8 @@ def drive(
         return driver.run_callable(step, decode, decodes, on_progress)
     finally:
         driver.finish()
+
+
+def driver_output(output: Output | None) -> str | np.ndarray | None:
+    """An output as the C++ driver takes it: a path as str, an array as it is."""
+    return str(output) if isinstance(output, Path) else output

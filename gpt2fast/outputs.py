@@ -134,11 +134,10 @@ def is_locked(target: Path) -> bool:
         return False
 
 
-def promote(partial: Path, target: Path, with_metadata: bool) -> None:
-    """Move a finished run's array (and its metadata, after it) from ``partial`` into place."""
+def promote(partial: Path, target: Path) -> None:
+    """Move a finished run's array and then its metadata from ``partial`` into place."""
     os.replace(partial, target)
-    if with_metadata:
-        os.replace(metadata_path(partial), metadata_path(target))
+    os.replace(metadata_path(partial), metadata_path(target))
 
 
 def npy_bytes(shape: tuple[int, ...], itemsize: int = 4) -> int:

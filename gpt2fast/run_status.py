@@ -83,13 +83,13 @@ def summarise(meta: dict) -> None:
 
 class RunStatus:
     """The run's metadata as rank ``rank`` keeps it: in memory, and in the metadata files
-    beside ``targets`` (none for in-memory results), the first target's partial array
-    serving as the lock."""
+    beside the output files ``targets`` (none when every result stays in memory), the first
+    target's partial array serving as the lock."""
 
-    def __init__(self, meta: dict, targets: list[Path], with_metadata: list[Path], rank: int):
+    def __init__(self, meta: dict, targets: list[Path], rank: int):
         self.meta, self.targets, self.rank = meta, targets, rank
-        self.files = [metadata_path(partial_path(target)) for target in with_metadata]
-        self.finals = [metadata_path(target) for target in with_metadata]
+        self.files = [metadata_path(partial_path(target)) for target in targets]
+        self.finals = [metadata_path(target) for target in targets]
         self.watched = self.beaten = -math.inf
 
     def publish(self) -> None:
@@ -146,9 +146,8 @@ class RunStatus:
             with contextlib.suppress(OSError) if self.meta["status"] == "failed" else contextlib.nullcontext():
                 write_json_atomic(path, self.meta)  # a full disk may refuse a failed run's record: keep its error
         if not already_ended and self.meta["status"] in ("complete", "interrupted"):
-            with_metadata = {final.with_suffix(".npy") for final in self.finals}
             for target in self.targets:
-                promote(partial_path(target), target, with_metadata=target in with_metadata)
+                promote(partial_path(target), target)
 
     def settled(self, meta: dict) -> bool:
         """Whether every rank has ended and the files are where they stay (moved into place

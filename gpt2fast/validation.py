@@ -416,7 +416,7 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
     batches, ``batches``) within the free memory less the weights (in host memory while
     ``weights_to_load``, on a GPU always) and within ``memory_budget``, err2 kept in memory
     within half of the free memory, the files on their disks (err2 of ``matrix_format``:
-    every K-th step, float32 or float16; in-memory results pass through the temporary folder).
+    every K-th step, float32 or float16; in-memory results never touch a disk).
     InputError otherwise."""
     texts, token_lists = prompt_tokens(prompts, cfg.n_positions)
     lengths = [len(tokens) for tokens in token_lists]
@@ -431,13 +431,10 @@ def check_run_fits(prompts: Prompts, cfg: ModelConfig, size: int, matrix: bool, 
     staging = staging_budget(memory_budget)
     plan_batches(list(range(n_prompts)), lengths, lambda batch: consensus_memory(
         cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging), budget)
-    scratch = Path(tempfile.gettempdir())
-    planned = {err_path or scratch / "Eplot.npy": npy_bytes((n_prompts, steps, 2))}
-    if wants_gram:
-        planned[gram_path or scratch / "m.npy"] = gram_bytes
+    planned = {path: nbytes for path, nbytes in ((err_path, npy_bytes((n_prompts, steps, 2))), (gram_path, gram_bytes))
+               if path is not None}
     try:
         check_disk_space(planned)
     except OSError as error:
-        note = "" if err_path and (gram_path or not matrix) else " (the temporary folder of in-memory results)"
-        raise InputError(f"refusing to start: {error}{note}") from None
+        raise InputError(f"refusing to start: {error}") from None
     return texts, token_lists

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -145,6 +146,27 @@ def test_in_memory_arrays_leave_no_paths_to_deleted_files(tiny_checkpoint, tmp_p
     assert written["files"]["err"]["path"] == "E.npy" and written["files"]["err2"]["path"] is None
     assert isinstance(result.err, np.memmap) and not isinstance(result.err2, np.memmap)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["E.json", "E.npy"]
+
+
+def test_results_in_memory_touch_no_disk(tiny_checkpoint, tmp_path, monkeypatch):
+    """Without files the driver fills arrays in memory: no file is made anywhere, the
+    temporary folder included, and the arrays equal what a run to files writes."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    monkeypatch.chdir(temporary)
+    seen = []  # what the temporary folder holds while the run runs (a decode iteration's callback)
+    result = gpt2fast.consensus(PROMPTS, weights=tiny_checkpoint, size=3, matrix=True, matrix_every=2,
+                                matrix_dtype="float16", progress=False, decode=(1,),
+                                on_decode=lambda *_: seen.append(list(temporary.rglob("*"))))
+    assert seen == [[], []] and list(temporary.iterdir()) == []
+    assert type(result.err) is np.ndarray and type(result.err2) is np.ndarray and result.err2.dtype == np.float16
+    assert result.metadata["files"]["err2"]["path"] is None and result.metadata["status"] == "complete"
+    monkeypatch.chdir(tmp_path)
+    filed = gpt2fast.consensus(PROMPTS, weights=tiny_checkpoint, size=3, savefile="E", matrixerror="m",
+                               matrix_every=2, matrix_dtype="float16", progress=False)
+    assert np.array_equal(result.err, filed.err, equal_nan=True)
+    assert np.array_equal(result.err2, filed.err2, equal_nan=True)
 
 
 def test_matrix_in_memory_that_does_not_fit_is_refused(tiny_checkpoint, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 
 from gpt2fast import _driver
 from gpt2fast.backends.torch_backend import TorchEngine
-from gpt2fast.driver import FileLayout, create_files, drive
+from gpt2fast.driver import FileLayout, create_files, drive, memory_outputs
 from gpt2fast.memory import STAGING_BYTES, chunk_iterations
 from gpt2fast.interrupts import StopRequest
 from gpt2fast.weight_stream import WeightStream
@@ -262,23 +262,51 @@ def test_rows_longer_than_a_piece(tmp_path, chunk):
     assert np.isnan(gram[..., 1_856_000:]).all()
 
 
+@pytest.mark.parametrize("chunk", [2, None])
+def test_arrays_in_memory_receive_what_the_files_would(tmp_path, chunk):
+    """err and a thinned float16 err2 as numpy arrays (the API's in-memory results), at rows
+    of longer arrays as a batch writes them: equal to the files the same run writes."""
+    place = FileLayout((2, 0), 3, 7, 3, "float16")
+    steps = 5 * CFG.n_layer
+    err, gram = memory_outputs(place, steps, err=True, gram=True)
+    assert drive(engine_for(), 5, err, gram, chunk=chunk, place=place) == 5
+    create_files(tmp_path / "e.npy", tmp_path / "g.npy", place, steps)
+    assert drive(engine_for(), 5, tmp_path / "e.npy", tmp_path / "g.npy", chunk=chunk, place=place) == 5
+    np.testing.assert_array_equal(err, np.load(tmp_path / "e.npy"))
+    np.testing.assert_array_equal(gram, np.load(tmp_path / "g.npy"))
+    assert np.isfinite(gram[2, :5, :5]).all() and np.isnan(gram[1]).all() and np.isnan(err[1]).all()
+
+
+@pytest.mark.parametrize("gram,message", [
+    (np.zeros((2, 4, 4, 15), np.float64), "float32 array"), (np.zeros((2, 4, 4, 14), np.float32), "the file's shape"),
+    (np.zeros((2, 4, 15, 4), np.float32).transpose(0, 1, 3, 2), "C-contiguous"), ("read-only", "writable"),
+    (3.0, "a path or a numpy array")])
+def test_arrays_that_are_not_the_outputs_are_refused(tmp_path, gram, message):
+    if isinstance(gram, str):
+        gram = np.zeros((2, 4, 4, 15), np.float32)
+        gram.flags.writeable = False
+    err = np.zeros((2, 15, 2), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _driver.Driver(2, 3, 4, 5, 2, err, gram, 5.0, [0, 1], 2, 4)
+
+
 @pytest.mark.parametrize("rows,file_prompts,file_length,message", [
     ([0, 0], 2, 5, "distinct rows"), ([0, 2], 2, 5, "distinct rows"), ([0], 2, 5, "one file row per prompt"),
     ([0, 1], 2, 4, "file_length must be >= length")])
 def test_rows_outside_the_files_are_refused(tmp_path, rows, file_prompts, file_length, message):
     with pytest.raises(ValueError, match=message):
-        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), "", 5.0, rows, file_prompts, file_length)
+        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), None, 5.0, rows, file_prompts, file_length)
 
 
 def test_a_file_of_another_shape_is_refused(tmp_path):
     create_files(tmp_path / "e.npy", None, FileLayout((0, 1, 2), 3, 5), 6)
     with pytest.raises(OSError, match=r"e\.npy is not the array this run created"):
-        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 5)
+        _driver.Driver(2, 3, 5, 2, 2, str(tmp_path / "e.npy"), None, 5.0, [0, 1], 2, 5)
 
 
 def test_slots_are_views_of_the_staging_memory(tmp_path):
     create_files(tmp_path / "e.npy", None, FileLayout((0, 1), 2, 4), 15)
-    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), "", 5.0, [0, 1], 2, 4)
+    driver = _driver.Driver(2, 3, 4, 5, 2, str(tmp_path / "e.npy"), None, 5.0, [0, 1], 2, 4)
     slot = driver.err_slot(1)
     assert slot.shape == (2, 2, 3, 2) and slot.dtype == np.float32
     assert driver.gram_slot(0) is None
@@ -301,6 +329,7 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import resource, signal, sys
+    from pathlib import Path
     sys.path.insert(0, {tests!r})
     from gpt2fast.driver import drive
     from test_driver import NoiseEngine
@@ -312,7 +341,7 @@ SCRIPT = textwrap.dedent("""
     with open("/proc/self/status") as status:
         before = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     try:
-        drive(engine, int(sys.argv[3]), "e.npy", "g.npy", staging=int(sys.argv[4]))
+        drive(engine, int(sys.argv[3]), Path("e.npy"), Path("g.npy"), staging=int(sys.argv[4]))
     except OSError as error:
         print("OSError:", error)
         sys.exit(3)
