@@ -9,7 +9,7 @@ For a 64-bit key, a 32-bit stream id, a 64-bit step and element indices e < 2**3
     value(e) = [n0, n1, n2, n3][e % 4]
 
 with Triton's own ``tl.philox`` (key words (k0, k1) = (key & 0xffffffff, key >> 32)),
-``tl.uint_to_uniform_float`` and ``tl.pair_uniform_to_normal``. ``counter_normal`` is a
+``tl.uint_to_uniform_float`` and ``tl.pair_uniform_to_normal``. ``normal_at`` is a
 device function for any block of element indices, so a GEMM kernel can regenerate the
 weight tile it needs instead of loading it; each element evaluates only the Box-Muller pair
 it belongs to. ``fill_counter_normal`` writes elements 0..numel-1 to a float32 vector [numel].
@@ -47,7 +47,7 @@ def counter_words(key, stream, step, group):
 
 
 @triton.jit
-def counter_normal(key, stream, step, element):
+def normal_at(key, stream, step, element):
     """N(0, 1) float32 values of the int64 element indices ``element`` (any block shape)."""
     r0, r1, r2, r3 = counter_words(key, stream, step, element >> 2)
     lane = element & 3
@@ -61,9 +61,9 @@ def counter_normal(key, stream, step, element):
 @triton.jit(do_not_specialize=["key", "stream", "step"])
 def fill_counter_normal_kernel(out_ptr, key: tl.uint64, stream: tl.uint32, step: tl.uint64,
                                numel: tl.int64, BLOCK: tl.constexpr):
-    """out[e] = counter_normal(key, stream, step, e) for e < numel; out_ptr: *fp32 [numel]."""
+    """out[e] = normal_at(key, stream, step, e) for e < numel; out_ptr: *fp32 [numel]."""
     element = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + element, counter_normal(key, stream, step, element), mask=element < numel)
+    tl.store(out_ptr + element, normal_at(key, stream, step, element), mask=element < numel)
 
 
 def fill_counter_normal(out: torch.Tensor, key: int, stream: int, step: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ layout W [N, K] = [out, in], row-major.
     linear_residual (attn c_proj, mlp c_proj):
         out[m, n] = residual[m, n] + Σ_k x[m, k] · W[n, k] + b[n]    (out may be residual itself)
     drawn weights (``--random-init`` / ``--const-reset`` redraws), instead of reading W and b:
-        W[n, k] = 0.02 · counter_normal(key, stream, step, n·K + k),  b = 0
+        W[n, k] = 0.02 · normal_at(key, stream, step, n·K + k),  b = 0
         (= gpt2fast.weight_stream.drawn_tensor(seed, draw, stream, (N, K)) for
         key = philox.mix_key(seed, DRAW_DOMAIN), step = draw; rounded to bf16 for bf16 runs).
 
@@ -60,7 +60,7 @@ import triton.language as tl
 from ..model import LAYERNORM_EPS, layer_norm
 from ..philox import MAX_ELEMENTS, check_range
 from ..weight_stream import InKernelDraw, StepInMemory
-from .counter_normal import counter_normal
+from .counter_normal import normal_at
 from .checks import STORAGE_DTYPES, check_precision, check_tensor, overlap
 
 # The FMA path of an IEEE fp32 tl.dot holds a thread's rows and columns of both operands over
@@ -195,7 +195,7 @@ def fused_linear_kernel(
             a = ((a - mean[:, None]) * rstd[:, None] * gamma[None, :] + beta[None, :]).to(dtype).to(tl.float32)
         w_mask = col_ok[:, None] & k_ok[None, :]
         if DRAWN:
-            w = counter_normal(key, stream, step, weight_rows[:, None] + ks[None, :]) * INIT_STD
+            w = normal_at(key, stream, step, weight_rows[:, None] + ks[None, :]) * INIT_STD
             w = tl.where(w_mask, w, 0.0).to(dtype).to(tl.float32)
         else:
             w = tl.load(w_ptr + weight_rows[:, None] + ks[None, :], mask=w_mask, other=0.0).to(tl.float32)
@@ -351,7 +351,7 @@ def ln_linear(
 
     x [M, K], ln_w, ln_b [K], weight [N, K], bias [N], out [M, N]: contiguous, one device, all
     float32 or all bfloat16; LayerNorm eps 1e-5. ``drawn = (key, stream, step)`` generates
-    weight in-kernel as 0.02 · counter_normal(key, stream, step, n·K + k) with bias 0 (weight
+    weight in-kernel as 0.02 · normal_at(key, stream, step, n·K + k) with bias 0 (weight
     and bias are then ignored and may be None); ``step`` may be a ``StepInMemory``.
     ``precision``: one of ``checks.PRECISIONS``. ``config``: one of CONFIGS
     (DRAWN_CONFIGS if drawn) to use instead of the autotuner's choice (CUDA) or

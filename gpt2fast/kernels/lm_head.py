@@ -8,7 +8,7 @@ float32, so a bf16 argmax can break a tie that PyTorch's bf16 logits would make)
                      (``--decode``: every position of every prompt, M = P·T)
     lm_head_logits:  y [C]    -> logits [V] float32, logits = wte y   (generation: last position)
 
-``drawn = (key, stream, step)``: wte[v, c] = 0.02 · counter_normal(key, stream, step, v·C + c),
+``drawn = (key, stream, step)``: wte[v, c] = 0.02 · normal_at(key, stream, step, v·C + c),
 generated in the kernel, never stored (= ``weight_stream.drawn_tensor(seed, draw, WTE_STREAM,
 (V, C))`` for key = philox.mix_key(seed, DRAW_DOMAIN), step = draw; independent of V); wte's data
 is then unread, only its shape [V, C], dtype and device (``torch.empty(1, C).expand(V, C)`` does).
@@ -30,10 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..philox import counter_normal as counter_normal_vector
+from ..philox import counter_normal
 from ..philox import check_range
 from ..weights import INIT_STD
-from .counter_normal import counter_normal
+from .counter_normal import normal_at
 from .checks import STORAGE_DTYPES, check_one_device, check_precision
 
 ARGMAX_BLOCK_V = 64
@@ -55,13 +55,13 @@ def weight_tile(wte_ptr, vocab, column, n_vocab, key, stream, step,
     """wte[vocab, column] as a float32 block (0 outside [0, n_vocab) x [0, N_EMBD)).
 
     vocab: int64 block [BV, 1]; column: int block [1, BK]. DRAWN: regenerate the redraw
-    DRAW_STD (0.02) · counter_normal(key, stream, step, v·N_EMBD + c) instead of loading,
+    DRAW_STD (0.02) · normal_at(key, stream, step, v·N_EMBD + c) instead of loading,
     rounded to wte's dtype (as the stored redraw of a bf16 run is).
     """
     inside = (vocab < n_vocab) & (column < N_EMBD)
     element = vocab * N_EMBD + column
     if DRAWN:
-        drawn = DRAW_STD * counter_normal(key, stream, step, element)
+        drawn = DRAW_STD * normal_at(key, stream, step, element)
         return tl.where(inside, drawn.to(wte_ptr.dtype.element_ty).to(tl.float32), 0.0)
     return tl.load(wte_ptr + element, mask=inside, other=0.0).to(tl.float32)
 
@@ -260,7 +260,7 @@ def head_weight_reference(wte: torch.Tensor, drawn: tuple[int, int, int] | None)
     if drawn is None:
         return wte
     key, stream, step = drawn
-    values = counter_normal_vector(key, stream, step, wte.numel(), device=wte.device)
+    values = counter_normal(key, stream, step, wte.numel(), device=wte.device)
     return values.mul_(INIT_STD).view(wte.shape).to(wte.dtype)
 
 
