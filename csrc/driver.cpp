@@ -348,12 +348,13 @@ PYBIND11_MODULE(_driver, m) {
       .def_property_readonly("stop_requested", &Driver::stop_requested)
       .def("run_callable", &Driver::run_callable, py::arg("step"), py::arg("decode"),
            py::arg("decode_iterations"), py::arg("on_progress"),
-           "Run step(iteration, slot, row) for each iteration; returns iterations completed.")
+           "Run step(iteration, slot, position in the chunk) for each iteration; returns iterations completed.")
       .def("run_graph", &Driver::run_graph, py::arg("graph_exec"), py::arg("stream"),
            py::arg("current_err"), py::arg("current_gram"), py::arg("iteration_pointer"),
            py::arg("first_graph_iteration"), py::arg("step"), py::arg("decode"),
            py::arg("decode_iterations"), py::arg("on_progress"),
-           "Launch a captured CUDA graph per iteration; returns iterations completed.")
+           "Launch a captured CUDA graph per iteration from first_graph_iteration on (the earlier ones "
+           "through step, as run_callable); returns iterations completed.")
       .def("finish", &Driver::finish, "Write all queued chunks and close the files.");
 
   m.def("create_array", [](const std::string& path, const std::vector<int64_t>& shape, const std::string& dtype) {

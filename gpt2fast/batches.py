@@ -5,7 +5,8 @@ A batch fits when its memory floor (``memory.consensus_memory``: the tensors tha
 exist at once, at most the real peak and within 2x of it) is within the budget on each of
 its places (host, device). Prompts that all fit run as one batch in their given order;
 otherwise they go longest first, each batch filled while the next prompt still fits (so the
-prompts of a batch have similar lengths and little padding).
+prompts of a batch have similar lengths and little padding). A backend may also bound the
+prompts per batch (Triton: its launch grids).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from .outputs import format_bytes
 Needs = Callable[[list[int]], dict[str, int]]  # token lengths of a batch -> bytes per place
 
 
-def plan_batches(indices: list[int], lengths: list[int], needs: Needs, budget: dict[str, int]) -> list[list[int]]:
+def plan_batches(indices: list[int], lengths: list[int], needs: Needs, budget: dict[str, int],
+                 max_prompts: int | None = None) -> list[list[int]]:
     """``indices`` (prompts of lengths[i]) split into batches whose ``needs`` are within
-    ``budget`` per place. InputError when one prompt alone does not fit."""
+    ``budget`` per place, of at most ``max_prompts`` prompts each (the backend's
+    ``batch_prompt_limit``). InputError when one prompt alone does not fit."""
     def fits(batch: list[int]) -> bool:
+        if max_prompts is not None and len(batch) > max_prompts:
+            return False
         return all(count <= budget[place] for place, count in needs([lengths[i] for i in batch]).items())
 
     if not indices or fits(indices):

@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
 import torch
 from tqdm import tqdm
 
-from .backends import make_engine, products
+from .backends import batch_prompt_limit, make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
@@ -91,7 +92,7 @@ def run_on_this_rank(
     staging = staging_budget(memory_budget)
     batches = plan_batches(shares[team.rank], lengths, lambda batch: consensus_memory(
         cfg, batch, flags.iterations, wants_gram, backend, device, stream.wte.element_size(), staging),
-        batch_budget(device, memory_budget))  # the weights are loaded: what is free now
+        batch_budget(device, memory_budget), batch_prompt_limit(backend, cfg))  # the weights are loaded: what is free now
     layout = FileLayout(tuple(range(len(token_lists))), len(token_lists), max(lengths), *matrix_format,
                         gram_at_write=team.world_size == 1 and len(batches) == 1 and gram_path is not None)
     steps = cfg.n_layer * flags.iterations

@@ -140,9 +140,9 @@ def drive(
     err_slots = [torch.from_numpy(driver.err_slot(slot)) for slot in (0, 1)]
     gram_slots = [torch.from_numpy(driver.gram_slot(slot)) if wants_gram else None for slot in (0, 1)]
 
-    def step(index: int, slot: int, row: int) -> None:
+    def step(index: int, slot: int, position: int) -> None:  # position: the iteration's place in the chunk
         gram = gram_slots[slot]
-        engine.iteration(index, err_slots[slot][row], None if gram is None else gram[row])
+        engine.iteration(index, err_slots[slot][position], None if gram is None else gram[position])
 
     try:
         graph = engine.capture_iteration(wants_gram, n_iterations)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .backends import batch_prompt_limit
 from .batches import plan_batches
 from .config import ModelConfig
 from .memory import chunk_iterations, consensus_memory, staging_budget
@@ -147,7 +148,8 @@ def plan_run(cfg: ModelConfig, prompts: Prompts, size: int, err_path: Path | Non
         return consensus_memory(cfg, batch, size, wants_gram, backend, device, storage.itemsize, staging)
 
     unlimited = {place: math.inf for place in budget}
-    batches = plan_batches(list(range(len(lengths))), lengths, needs, budget if refusal is None else unlimited)
+    batches = plan_batches(list(range(len(lengths))), lengths, needs, budget if refusal is None else unlimited,
+                           batch_prompt_limit(backend, cfg))
     memory: dict[str, int] = {}
     for batch in batches:
         for place, count in needs([lengths[i] for i in batch]).items():

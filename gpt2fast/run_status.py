@@ -100,10 +100,11 @@ class RunStatus:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the run's lock and the latest metadata in ``self.meta``. FileNotFoundError
+        """Hold the run's lock and the latest metadata in ``self.meta`` (a run of one rank
+        has them already, and its partial err2 may not exist yet: no lock). FileNotFoundError
         (an OSError) when the run's partial array is not there (not made yet, or moved into
         place), StaleRun when the metadata there is another run's (this job is over)."""
-        if not self.files:
+        if not self.files or len(self.meta["ranks"]) == 1:
             yield
             return
         fd = os.open(partial_path(self.targets[0]), os.O_RDWR | os.O_CLOEXEC)

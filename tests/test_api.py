@@ -148,6 +148,16 @@ def test_in_memory_arrays_leave_no_paths_to_deleted_files(tiny_checkpoint, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["E.json", "E.npy"]
 
 
+def test_err_in_memory_beside_err2_in_a_file(tiny_checkpoint, tmp_path):
+    """err2 streamed to a file the writer makes (its partial appears only at the end) while
+    err stays in memory: the run records and promotes its metadata all the same."""
+    result = gpt2fast.consensus("a b c", weights=tiny_checkpoint, size=2, matrixerror="m", progress=False)
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["files"]["err"]["path"] is None and written["files"]["err2"]["path"] == "m.npy"
+    assert written["status"] == "complete" and type(result.err) is np.ndarray and isinstance(result.err2, np.memmap)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.npy"]
+
+
 def test_results_in_memory_touch_no_disk(tiny_checkpoint, tmp_path, monkeypatch):
     """Without files the driver fills arrays in memory: no file is made anywhere, the
     temporary folder included, and the arrays equal what a run to files writes."""

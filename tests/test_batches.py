@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import gpt2fast
+from gpt2fast.backends import batch_prompt_limit
 from gpt2fast.batches import plan_batches
+from gpt2fast.config import PRESETS
 from gpt2fast.cli import main
 from gpt2fast.errors import InputError
 from gpt2fast.memory import consensus_memory
@@ -40,6 +42,16 @@ def test_more_prompts_go_longest_first_into_batches_within_the_budget():
     batches = plan_batches(list(range(len(LENGTHS))), LENGTHS, needs, {"host": BUDGET})
     assert batches == [[0], [2, 5], [3, 1, 4]]
     assert all(needs([LENGTHS[i] for i in batch])["host"] <= BUDGET for batch in batches)
+
+
+def test_a_backend_bound_on_prompts_per_batch_splits_them():
+    """Triton's launch grids bound the prompts of a batch (gpt2-xl: (65535 - 128) // 48 layers);
+    the batches then go longest first as for memory."""
+    assert batch_prompt_limit("torch", PRESETS["gpt2-xl"]) is None
+    assert batch_prompt_limit("triton", PRESETS["gpt2-xl"]) == 1362
+    assert batch_prompt_limit("triton", PRESETS["gpt2"]) == 5450
+    batches = plan_batches(list(range(len(LENGTHS))), LENGTHS, needs, {"host": 1 << 40}, max_prompts=4)
+    assert batches == [[0, 2, 5, 3], [1, 4]]
 
 
 def test_a_prompt_too_large_alone_is_refused():

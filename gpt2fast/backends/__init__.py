@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import InputError
-from ..weight_stream import WeightStream
 from ..kernels.panel_linear import kernel_variant
+from ..weight_stream import WeightStream
 
 BACKENDS = ("auto", "torch", "triton")
 # The Triton kernels' float32 product precision per --dtype. bf16 operands are multiplied as
@@ -55,6 +56,18 @@ def products(backend: str, device: torch.device, dtype: str) -> str:
     if dtype != "fp32":
         return dtype
     return triton_precision(device, dtype) if backend == "triton" else "ieee"
+
+
+def batch_prompt_limit(backend: str, cfg: ModelConfig) -> int | None:
+    """The most prompts one batch of ``backend`` may hold (None: no limit). On Triton the
+    launch grids stay within ``kernels.checks.GRID_AXIS_LIMIT``: the metric's L·P·S programs
+    (S <= ceil(TARGET_GRAM_PROGRAMS / (L·P)), so L·P + TARGET suffices) and attention's P·H."""
+    if backend != "triton":
+        return None
+    from ..kernels.checks import GRID_AXIS_LIMIT
+    from ..kernels.consensus_metric import TARGET_GRAM_PROGRAMS
+
+    return min((GRID_AXIS_LIMIT - TARGET_GRAM_PROGRAMS) // cfg.n_layer, GRID_AXIS_LIMIT // cfg.n_head)
 
 
 def make_engine(backend: str, stream: WeightStream, token_lists: list[list[int]], noff: bool, dtype: str):

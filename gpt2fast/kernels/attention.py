@@ -37,7 +37,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from ..model import merge_heads, split_heads
 from .dependent_launch import launch_options, pdl
 from ..config import HEAD_DIM
-from .checks import STORAGE_DTYPES, check_one_device, check_precision
+from .checks import STORAGE_DTYPES, check_grid_axis, check_one_device, check_precision
 
 SMALL_T = 128  # prompts up to this many tokens use the small-tile configuration
 CAUSAL_CONFIGS = {  # name -> (BLOCK_M, BLOCK_N, num_warps)
@@ -139,6 +139,7 @@ def causal_attention(qkv: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor
         raise ValueError(f"out must be a contiguous {qkv.dtype} {(n_prompts, length, width)}, "
                          f"got {out.dtype} {tuple(out.shape)}")
     check_one_device("qkv, lengths and out", qkv, lengths, out)
+    check_grid_axis("P·n_head", n_prompts * n_head)
     if n_prompts and length:
         block_m, block_n, num_warps = causal_config(length)
         grid = (triton.cdiv(length, block_m), n_prompts * n_head)

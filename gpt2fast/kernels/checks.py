@@ -12,6 +12,9 @@ Product precisions for float32 operands (``PRECISIONS``, ``tl.dot``'s ``input_pr
     "tf32"    one TF32 product (10-bit mantissas, 3e-4 to 8e-4 relative): ``--dtype tf32`` only
 
 Triton's interpreter multiplies exactly in every mode, so the modes differ only on a GPU.
+
+Launch grids: CUDA allows at most ``GRID_AXIS_LIMIT`` programs along a grid's second and
+third axes (``check_grid_axis``); a run on the Triton backend keeps its batches within it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ import torch
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 PRECISIONS = ("ieee", "tf32x3", "tf32")
+GRID_AXIS_LIMIT = 65535  # programs along a CUDA grid's y and z axes
 
 
 def check_precision(precision: str) -> None:
     """Raise ValueError unless ``precision`` is one of PRECISIONS."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def check_grid_axis(what: str, programs: int) -> None:
+    """Raise ValueError unless ``programs`` (``what`` they are, in the message) fit a grid's
+    second or third axis."""
+    if programs > GRID_AXIS_LIMIT:
+        raise ValueError(f"{what} = {programs} exceeds the {GRID_AXIS_LIMIT} programs a grid axis holds: "
+                         f"run fewer prompts at once")
 
 
 def check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:

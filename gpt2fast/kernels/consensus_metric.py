@@ -44,7 +44,7 @@ import triton.language as tl
 
 from ..metrics import consensus_metrics
 from ..model import LAYERNORM_EPS
-from .checks import STORAGE_DTYPES, check_one_device, check_precision
+from .checks import STORAGE_DTYPES, check_grid_axis, check_one_device, check_precision
 
 MAX_C = 2048
 FINALIZE_BLOCK = 256  # partial sums per finalize step: all tiles of T = 1024 in one step
@@ -303,13 +303,14 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
     slots = layers * n_prompts
     if slots == 0:
         return
+    config = gram_block(length)
+    n_blocks = triton.cdiv(length, config.block_t)
+    splits, k_per_slice = gram_splits(slots, n_blocks, width, config)
+    check_grid_axis("L·P·S (layers, prompts, slices of C)", slots * splits)
     unit = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     block_c = triton.next_power_of_2(width)
     unit_rows_kernel[(length, slots)](x, ln_f_w, ln_f_b, lengths, unit, n_prompts, length, width, LAYERNORM_EPS,
                                       BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
-    config = gram_block(length)
-    n_blocks = triton.cdiv(length, config.block_t)
-    splits, k_per_slice = gram_splits(slots, n_blocks, width, config)
     partial = torch.empty(slots, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
     side = n_blocks * config.block_t
     slices = partial if splits == 1 else torch.empty(slots, splits, side, side, device=x.device)

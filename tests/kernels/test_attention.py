@@ -212,6 +212,15 @@ def random_cache(length: int, capacity: int, seed: int) -> tuple[torch.Tensor, .
     return q, cache_k, cache_v
 
 
+def test_causal_refuses_more_programs_than_a_grid_axis_holds():
+    """P·H programs on the grid's second axis: 2622 gpt2-xl prompts (25 heads) exceed 65535
+    (shapes only: meta tensors, refused before any launch)."""
+    qkv = torch.empty(2622, 1, 3 * 25 * 64, device="meta")
+    lengths = torch.ones(2622, dtype=torch.int64, device="meta")
+    with pytest.raises(ValueError, match="P·n_head = 65550 exceeds the 65535 programs a grid axis holds"):
+        causal_attention(qkv, lengths, torch.empty(2622, 1, 25 * 64, device="meta"), n_head=25)
+
+
 @pytest.mark.parametrize("length", DECODE_LENGTHS)
 def test_decode_matches_sdpa(device, length):
     q, cache_k, cache_v = random_cache(length, length + 5, seed=length)

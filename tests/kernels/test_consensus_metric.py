@@ -279,5 +279,15 @@ def test_no_prompts_launches_nothing():
                      torch.empty(0, dtype=torch.int64), torch.empty(0, 2), torch.empty(0, 4, 4))
 
 
+def test_refuses_more_programs_than_a_grid_axis_holds():
+    """L·P·S Gram programs on the grid's third axis: 48 layers of 1366 prompts exceed 65535
+    (shapes only: meta tensors, refused before any launch)."""
+    x = torch.empty(48, 1366, 1, 64, device="meta")
+    vector = torch.empty(64, device="meta")
+    lengths = torch.ones(1366, dtype=torch.int64, device="meta")
+    with pytest.raises(ValueError, match=r"L·P·S \(layers, prompts, slices of C\) = 65568 exceeds the 65535"):
+        consensus_metric(x, vector, vector, lengths, torch.empty(1366, 48, 2, device="meta"), None)
+
+
 def test_kernels_compile_ahead_of_time():
     check_compiles(AOT_SPECS)
