@@ -83,7 +83,7 @@ def test_few_rows_get_panels_and_many_rows_onednn():
     blocks, ops = cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX)
     assert ops is cpu_packed.PANELS and blocks[0].attn_w.shape == (3 * CFG.n_embd // 16, CFG.n_embd, 16)
     if cpu_packed.onednn_available():
-        assert cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX + 1)[1] is cpu_packed.PACKED
+        assert cpu_packed.packed_blocks(weights, False, cpu_packed.PANEL_ROWS_MAX + 1).ops is cpu_packed.PACKED
 
 
 @pytest.mark.parametrize("layout", [pytest.param("panels", marks=PANELS_ONLY),
@@ -121,7 +121,7 @@ def test_packing_is_skipped_when_memory_is_short(monkeypatch):
 @ONEDNN_ONLY
 def test_without_the_panel_kernel_few_rows_get_onednn(monkeypatch):
     monkeypatch.setattr(panel_linear, "available", lambda: False)
-    assert cpu_packed.layout_for(1)[1] is cpu_packed.PACKED
+    assert cpu_packed.layout_for(1).ops is cpu_packed.PACKED
 
 
 def run_engine() -> np.ndarray:
@@ -151,7 +151,7 @@ def test_generation_with_and_without_packing_agree(monkeypatch):
         runner.start(8)
         return torch.stack([runner.advance(PROMPTS[2], 0), runner.advance([17], 6), runner.advance([3], 7)])
 
-    assert TorchGeneration(stream(), False, 2).packed[1] is cpu_packed.PANELS
+    assert TorchGeneration(stream(), False, 2).packed.ops is cpu_packed.PANELS
     packed = logits()
     monkeypatch.setattr(cpu_packed, "layout_for", lambda rows: None)
     assert TorchGeneration(stream(), False, 2).packed is None

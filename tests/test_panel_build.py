@@ -40,7 +40,7 @@ for name in module.variants():
 os.environ.pop(panel_linear.VARIANT_ENV, None)
 print(json.dumps({"compiled": module.compiled(), "variants": module.variants(), "errors": errors,
                   "chosen": panel_linear.kernel_variant(),
-                  "few_rows_layout": type(cpu_packed.layout_for(27)[1]).__name__}))
+                  "few_rows_layout": type(cpu_packed.layout_for(27).ops).__name__}))
 """
 
 

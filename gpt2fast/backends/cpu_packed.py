@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 
@@ -48,7 +51,9 @@ def onednn_available() -> bool:
 
 
 class PackedLinears:
-    """``model.DenseLinears`` on weights returned by ``pack_block``."""
+    """``model.DenseLinears`` on weights in oneDNN's packed layout, for any number of rows."""
+
+    max_rows = math.inf
 
     @staticmethod
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -67,7 +72,10 @@ PACKED = PackedLinears()
 
 
 class PanelLinears:
-    """``model.DenseLinears`` on weights packed by ``kernels.panel_linear.pack_panels``."""
+    """``model.DenseLinears`` on weights packed by ``kernels.panel_linear.pack_panels``, for
+    up to ``max_rows`` rows (beyond, oneDNN is faster)."""
+
+    max_rows = PANEL_ROWS_MAX
 
     @staticmethod
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -85,7 +93,7 @@ class PanelLinears:
 PANELS = PanelLinears()
 
 _PACKED_BY_STREAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SOLE_COPY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # stream -> (blocks, ops)
+_SOLE_COPY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # stream -> PackedBlocks
 
 
 def pack_block(p: BlockParams, names: tuple[str, ...], pack) -> BlockParams:
@@ -93,17 +101,32 @@ def pack_block(p: BlockParams, names: tuple[str, ...], pack) -> BlockParams:
     return dataclasses.replace(p, **{name: pack(getattr(p, name)) for name in names})
 
 
-def layout_for(rows: int) -> tuple[object, object] | None:
-    """(pack function, Linear forms) of the faster packed layout for ``rows`` rows, or None
-    where this PyTorch and CPU have neither."""
+class PackedLayout(NamedTuple):
+    """A layout the block weights can be packed in: ``pack`` (weight -> packed weight) and
+    the Linear forms that compute on it (``PACKED`` or ``PANELS``)."""
+
+    pack: Callable[[torch.Tensor], torch.Tensor]
+    ops: PackedLinears | PanelLinears
+
+
+class PackedBlocks(NamedTuple):
+    """The L blocks of an iteration with their Linear weights packed, and the forms that use them."""
+
+    blocks: list[BlockParams]
+    ops: PackedLinears | PanelLinears
+
+
+def layout_for(rows: int) -> PackedLayout | None:
+    """The faster packed layout for ``rows`` rows, or None where this PyTorch and CPU have
+    neither."""
     if rows <= PANEL_ROWS_MAX and panel_linear.available():
-        return panel_linear.pack_panels, PANELS
+        return PackedLayout(panel_linear.pack_panels, PANELS)
     if onednn_available():
-        return torch.ops.mkldnn._reorder_linear_weight, PACKED
+        return PackedLayout(torch.ops.mkldnn._reorder_linear_weight, PACKED)
     return None
 
 
-def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[BlockParams], object] | None:
+def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> PackedBlocks | None:
     """The L blocks of every iteration packed for GEMMs of ``rows`` rows, with the Linear
     forms that compute on them, when they can be: float32 weights on the CPU that stay the
     same from one iteration to the next (not ``--const-reset``) and a packed layout
@@ -124,7 +147,7 @@ def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[Blo
         return None
     pack, ops = layout
     if stream.owns_blocks:
-        _SOLE_COPY[stream] = sole_copy(stream, pack), ops
+        _SOLE_COPY[stream] = PackedBlocks(sole_copy(stream, pack), ops)
         return _SOLE_COPY[stream]
     names = ATTENTION_NAMES if noff else ATTENTION_NAMES + MLP_NAMES
     packed = _PACKED_BY_STREAM.setdefault(stream, {})
@@ -135,7 +158,7 @@ def packed_blocks(stream: WeightStream, noff: bool, rows: int) -> tuple[list[Blo
         if copy_bytes > available_memory(torch.device("cpu")) // 2:
             return None
         packed[key] = [pack_block(stream.block(layer), names, pack) for layer in range(stream.cfg.n_layer)]
-    return packed[key], ops
+    return PackedBlocks(packed[key], ops)
 
 
 def sole_copy(stream: WeightStream, pack) -> list[BlockParams]:
@@ -153,17 +176,16 @@ def sole_copy(stream: WeightStream, pack) -> list[BlockParams]:
         return list(pool.map(lambda params: pack_block(params, names, in_place), given))
 
 
-def suiting_rows(packed: tuple[list[BlockParams], object] | None,
-                 rows: int) -> tuple[list[BlockParams], object] | None:
+def suiting_rows(packed: PackedBlocks | None, rows: int) -> PackedBlocks | None:
     """``packed`` (what ``packed_blocks`` returned) where its layout serves GEMMs of ``rows``
-    rows well, else None: panels only up to PANEL_ROWS_MAX rows, oneDNN's layout any."""
-    if packed is not None and packed[1] is PANELS and rows > PANEL_ROWS_MAX:
+    rows well (``ops.max_rows``: panels up to PANEL_ROWS_MAX rows, oneDNN's layout any),
+    else None."""
+    if packed is not None and rows > packed.ops.max_rows:
         return None
     return packed
 
 
-def step_block(stream: WeightStream, packed: tuple[list[BlockParams], object] | None,
-               step: int) -> tuple[BlockParams, object]:
+def step_block(stream: WeightStream, packed: PackedBlocks | None, step: int) -> tuple[BlockParams, object]:
     """The weights of step ``step`` and the Linear forms that use them: from ``packed`` (what
     ``packed_blocks`` returned) where it is not None, else from the stream's sole packed copy
     where it has one (it serves every row count), else ``stream.block(step)`` and
