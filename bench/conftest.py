@@ -27,7 +27,10 @@ FIRST_CEILINGS = pytest.StashKey[Ceilings]()
 
 def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
-    if session is None or not session.benchmarks:
+    if session is None:
+        return
+    session.benchmarks = [bench for bench in session.benchmarks if bench.stats.data]  # a failed case has none
+    if not session.benchmarks:
         return
     ratios = ratio_lines(session)
     if ratios:

@@ -39,7 +39,7 @@ def python_loop(engine: TorchEngine, n_iterations: int, err_path, gram_path) -> 
     gram_file = np.lib.format.open_memmap(gram_path, "w+", np.float32, (prompts, length, length, steps))
     err_file[...] = np.nan
     gram_file[...] = np.nan
-    chunk = chunk_iterations(prompts, layers, length, True)
+    chunk = chunk_iterations(prompts, layers, length, True, n_iterations)
     err = torch.empty(chunk, prompts, layers, 2)
     gram = torch.empty(chunk, prompts, layers, length, length)
     for start in range(0, n_iterations, chunk):
