@@ -163,8 +163,8 @@ class TritonEngine:
         metric kernel writes on x's device: slots elsewhere (the driver's host slots on the
         callable path) are filled from device buffers once per iteration."""
         if err_out.device != self.x.device:
-            err = torch.empty(err_out.shape, device=self.x.device)
-            gram = None if gram_out is None else torch.empty(gram_out.shape, device=self.x.device)
+            err = torch.empty(err_out.shape, dtype=torch.float32, device=self.x.device)
+            gram = None if gram_out is None else torch.empty(gram_out.shape, dtype=torch.float32, device=self.x.device)
             self.iteration(index, err, gram)
             err_out.copy_(err)
             if gram_out is not None:
@@ -263,6 +263,6 @@ class TritonGeneration:
                         self.noff, self.precision)
         wte, drawn = head_draw(stream, self.key, self.steps - 1)
         last = layer_norm(x[0, -1], stream.ln_f_w, stream.ln_f_b).contiguous()
-        logits = torch.empty(wte.shape[0], device=device)
+        logits = torch.empty(wte.shape[0], dtype=torch.float32, device=device)
         lm_head_logits(last, wte, logits, precision=self.precision, drawn=drawn)
         return logits

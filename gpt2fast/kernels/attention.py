@@ -260,8 +260,8 @@ def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tens
     if n_head == 0:
         return out
     n_splits, keys_per_split = decode_split(length)
-    partial = out if n_splits == 1 else torch.empty((n_head, n_splits, HEAD_DIM), device=q.device)
-    stats = torch.empty((2, n_head, n_splits), device=q.device)
+    partial = out if n_splits == 1 else torch.empty((n_head, n_splits, HEAD_DIM), dtype=torch.float32, device=q.device)
+    stats = torch.empty((2, n_head, n_splits), dtype=torch.float32, device=q.device)
     decode_attention_split_kernel[(n_splits, n_head)](
         q, cache_k, cache_v, partial, stats, length, capacity, keys_per_split, n_splits,
         1.0 / math.sqrt(HEAD_DIM), HEAD_DIM=HEAD_DIM, BLOCK_N=DECODE_BLOCK_N, num_warps=DECODE_NUM_WARPS)

@@ -313,7 +313,7 @@ def consensus_metric(x: torch.Tensor, ln_f_w: torch.Tensor, ln_f_b: torch.Tensor
                                       BLOCK_C=block_c, num_warps=unit_rows_warps(block_c))
     partial = torch.empty(slots, n_blocks * n_blocks, 2, dtype=torch.float32, device=x.device)
     side = n_blocks * config.block_t
-    slices = partial if splits == 1 else torch.empty(slots, splits, side, side, device=x.device)
+    slices = partial if splits == 1 else torch.empty(slots, splits, side, side, dtype=torch.float32, device=x.device)
     gram = partial if gram_out is None else gram_out
     gram_strides = (0, 0, 0, 0) if gram_out is None else gram_out.stride()
     gram_tiles_kernel[(n_blocks, n_blocks, slots * splits)](

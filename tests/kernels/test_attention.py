@@ -230,6 +230,21 @@ def test_decode_matches_sdpa(device, length):
     assert_close_fp32(out.cpu(), expected)
 
 
+def test_decode_partials_are_float32_whatever_the_default_dtype(device):
+    """The split's partial outputs and statistics are float32 buffers even when a caller made
+    torch's default dtype bfloat16 (they would round the partials)."""
+    q, cache_k, cache_v = random_cache(1100, 1105, seed=3)
+    assert decode_split(1100)[0] > 1
+    out = torch.full((N_HEAD, HEAD_DIM), float("nan"), device=device)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        decode_attention(q.to(device), cache_k.to(device), cache_v.to(device), 1100, out)
+    finally:
+        torch.set_default_dtype(default)
+    assert_close_fp32(out.cpu(), decode_attention_reference(q, cache_k, cache_v, 1100))
+
+
 @pytest.mark.parametrize("length", [7, 130])
 def test_decode_bf16_is_close(device, length):
     q, cache_k, cache_v = (t.to(torch.bfloat16) for t in random_cache(length, length + 3, seed=length))

@@ -204,6 +204,23 @@ def test_split_gram_matches_reference(device, monkeypatch, length, with_gram):
     _check_against_reference(*_inputs(device, lengths, 200, seed=length), with_gram=with_gram)
 
 
+def test_split_slices_are_float32_whatever_the_default_dtype(device, monkeypatch):
+    """The Gram's slices are float32 buffers even when a caller made torch's default dtype
+    bfloat16 (they would round the partial sums)."""
+    monkeypatch.setattr(metric_module, "MIN_SLICE", 32)
+    x, w, b, lengths = _inputs(device, [27, 9], 200, seed=4)
+    err, gram = _slots(device, 2, 27, True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        consensus_metric(x, w, b, lengths, err[:, LAYER], gram[:, LAYER])
+    finally:
+        torch.set_default_dtype(default)
+    expected_err, expected_gram = _run(consensus_metric_reference, x, w, b, lengths, True)
+    torch.testing.assert_close(err.cpu(), expected_err, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(gram.cpu(), expected_gram, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 def test_gram_splits_cover_the_width_in_aligned_slices():
     small, large = gram_block(27), gram_block(1024)
     for n_prompts, n_blocks, width in ((1, 2, 1600), (1, 2, 768), (8, 3, 1600), (1, 8, 1600), (2, 1, 128)):
