@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto = cuda when available (default auto)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto = triton on CUDA for fp32/tf32, torch elsewhere (default auto)")
+                        help="auto = triton on a GPU where it was measured faster than torch (fp32/tf32), "
+                        "else torch (default auto)")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES,
                         help="arithmetic: fp32 (default, faithful), tf32 or bf16 (faster, opt-in)")
     return parser

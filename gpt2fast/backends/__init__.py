@@ -22,19 +22,38 @@ TRITON_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
 # that card): there the Triton backend multiplies float32 as tf32x3, float32's accuracy at the
 # tensor cores' rate; elsewhere as IEEE FMAs. None yet: no GPU has run the test.
 TF32X3_CONFIRMED: frozenset[tuple[int, int]] = frozenset()
-# The dtypes ``auto`` runs on Triton. bf16 on Triton is opt-in (--backend triton): it has run
-# under the interpreter and compiled ahead of time, but not yet on a GPU.
+# The dtypes ``auto`` may run on Triton. bf16 on Triton is opt-in (--backend triton): it has
+# run under the interpreter and compiled ahead of time, but not yet on a GPU.
 AUTO_TRITON_DTYPES = ("fp32", "tf32")
+# Milliseconds per iteration measured per GPU (compute capability) for each backend as the
+# code stands: gpt2-xl, the default 27-token prompt, fp32 (bench/RESULTS.md). ``auto`` runs
+# Triton only where it was measured faster than torch; a backend changed since its measurement
+# leaves this table until it is measured again.
+MEASURED_MS: dict[tuple[int, int], dict[str, float]] = {
+    # H200, torch 2.11, 2026-11-26; the Triton engine measured then (23.0 ms) has been replaced
+    (9, 0): {"torch": 15.5},
+}
+
+
+def auto_backend(capability: tuple[int, int] | None, dtype: str,
+                 measured: dict[tuple[int, int], dict[str, float]] = MEASURED_MS) -> str:
+    """What ``--backend auto`` runs on a GPU of ``capability`` (None: no GPU): triton where it
+    was measured faster than torch on that GPU (``measured``) for a dtype in
+    AUTO_TRITON_DTYPES, else torch (measured faster, not measured, or no GPU)."""
+    figures = measured.get(capability, {}) if capability is not None else {}
+    if dtype in AUTO_TRITON_DTYPES and "triton" in figures and figures["triton"] < figures.get("torch", float("inf")):
+        return "triton"
+    return "torch"
 
 
 def resolve_backend(name: str, device: torch.device, dtype: str, label: Callable[[str], str]) -> str:
-    """``auto`` -> triton on CUDA for AUTO_TRITON_DTYPES, else torch; refuse triton where it
-    cannot run, and a forced CPU panel-kernel variant this machine lacks
-    (``kernels.panel_linear.kernel_variant``). ``label`` names the argument in refusals."""
+    """``auto`` -> ``auto_backend`` for this device; refuse triton where it cannot run, and a
+    forced CPU panel-kernel variant this machine lacks (``kernels.panel_linear.kernel_variant``).
+    ``label`` names the argument in refusals."""
     if device.type == "cpu":
         kernel_variant()
     if name == "auto":
-        return "triton" if device.type == "cuda" and dtype in AUTO_TRITON_DTYPES else "torch"
+        return auto_backend(torch.cuda.get_device_capability(device) if device.type == "cuda" else None, dtype)
     if name == "triton":
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise InputError(f"{label('backend')} triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's "
