@@ -29,30 +29,30 @@ def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     if session is None:
         return
-    session.benchmarks = [bench for bench in session.benchmarks if bench.stats.data]  # a failed case has none
-    if not session.benchmarks:
+    measured = [bench for bench in session.benchmarks if bench.stats.data]  # a failed case has none
+    if not measured:
         return
-    ratios = ratio_lines(session)
+    ratios = ratio_lines(measured)
     if ratios:
         terminalreporter.section("gpt2fast / baseline")
         for line in ratios:
             terminalreporter.write_line(line)
-    floors = roofline_lines(session)
+    floors = roofline_lines(measured)
     if floors:
         terminalreporter.section("gpt2fast / hardware floor")
         for line in floors:
             terminalreporter.write_line(line)
-    summaries = [bench.extra_info["summary"] for bench in session.benchmarks if "summary" in bench.extra_info]
+    summaries = [bench.extra_info["summary"] for bench in measured if "summary" in bench.extra_info]
     if summaries:
         terminalreporter.section("gpt2fast / other results")
         for line in summaries:
             terminalreporter.write_line(line)
 
 
-def ratio_lines(session) -> list[str]:
+def ratio_lines(benchmarks: list) -> list[str]:
     """The table of median times per case where both roles ran, with baseline / gpt2fast."""
     cases: dict[str, dict[str, float]] = {}
-    for bench in session.benchmarks:
+    for bench in benchmarks:
         role = bench.extra_info.get("role")
         if role is not None and bench.stats is not None:
             cases.setdefault(bench.group, {})[role] = bench.stats.median
@@ -91,11 +91,11 @@ def pytest_sessionfinish(session, exitstatus):
     yield
 
 
-def roofline_lines(session) -> list[str]:
+def roofline_lines(benchmarks: list) -> list[str]:
     """One line per gpt2fast benchmark that recorded a floor: achieved time against it, with
     the compute floor at the ISA peak and the kernel of the Linear layers where recorded."""
     lines = []
-    for bench in session.benchmarks:
+    for bench in benchmarks:
         info = bench.extra_info
         if info.get("role") != "gpt2fast" or "floor_s" not in info or bench.stats is None:
             continue

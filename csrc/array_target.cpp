@@ -25,6 +25,10 @@ uint16_t float_to_half(float value) {
   return static_cast<uint16_t>(sign | ((rebased + 0xfffu + ((rebased >> 13) & 1u)) >> 13));
 }
 
+void floats_to_halves(const float* values, int64_t count, uint16_t* halves) {
+  for (int64_t i = 0; i < count; ++i) halves[i] = float_to_half(values[i]);
+}
+
 void MemoryArray::write(int64_t first, const float* values, int64_t count) {
   if (closed_) throw WriteError("write after close: an in-memory array");
   if (first < 0 || count < 0 || first + count > elements_) throw WriteError("write outside an in-memory array");
@@ -32,8 +36,7 @@ void MemoryArray::write(int64_t first, const float* values, int64_t count) {
     std::copy_n(values, count, static_cast<float*>(data_) + first);
     return;
   }
-  uint16_t* halves = static_cast<uint16_t*>(data_) + first;
-  for (int64_t i = 0; i < count; ++i) halves[i] = float_to_half(values[i]);
+  floats_to_halves(values, count, static_cast<uint16_t*>(data_) + first);
 }
 
 }  // namespace gpt2fast

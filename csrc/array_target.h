@@ -13,6 +13,9 @@ int element_bytes(Element element);
 // IEEE binary16 bits of `value`, rounded to nearest even (overflow to infinity, NaN quiet).
 uint16_t float_to_half(float value);
 
+// halves[i] = float_to_half(values[i]) for i < count.
+void floats_to_halves(const float* values, int64_t count, uint16_t* halves);
+
 class ArrayTarget {
  public:
   virtual ~ArrayTarget() = default;

@@ -150,7 +150,7 @@ void NpyFile::write(int64_t first, const float* values, int64_t count) {
   }
   thread_local std::vector<uint16_t> halves;  // per thread: writers may share the file
   halves.resize(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) halves[static_cast<size_t>(i)] = float_to_half(values[i]);
+  floats_to_halves(values, count, halves.data());
   write_fully(fd_, reinterpret_cast<const char*>(halves.data()), count * 2, header_bytes_ + first * 2, path_);
 }
 

@@ -18,7 +18,8 @@ from .backends import batch_prompt_limit, make_engine, products
 from .batches import plan_batches
 from .config import ConsensusFlags
 from .distributed import Team, host_name, shard_by_tokens
-from .driver import FileLayout, InMemory, Output, create_files, create_gram_file, drive, memory_outputs
+from .driver import (FileLayout, InMemory, Output, create_files, create_gram_file, drive, err_shape, gram_shape,
+                     memory_outputs)
 from .interrupts import graceful_stop
 from .memory import consensus_memory, staging_budget
 from .metadata import consensus_metadata, now
@@ -187,11 +188,10 @@ def start_metadata(weights: Weights, model_name: str, texts: list[str], token_li
     def recorded(path: Path | None) -> str | None:
         return None if path is None else str(path)  # None: kept in memory
 
-    files = {"err": {"path": recorded(err_path), "shape": [layout.prompts, steps, 2], "layout": ERR_LAYOUT}}
+    files = {"err": {"path": recorded(err_path), "shape": err_shape(layout, steps), "layout": ERR_LAYOUT}}
     if wants_gram:
         files["err2"] = {"path": recorded(gram_path), "dtype": layout.gram_dtype, "every": layout.gram_every,
-                         "shape": [layout.prompts, layout.length, layout.length, layout.gram_steps(steps)],
-                         "layout": ERR2_LAYOUT}
+                         "shape": gram_shape(layout, steps), "layout": ERR2_LAYOUT}
         if layout.gram_every > 1:
             files["err2"]["steps"] = list(range(0, steps, layout.gram_every))
     meta = consensus_metadata(

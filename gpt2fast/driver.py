@@ -63,7 +63,7 @@ def create_files(err: Output, gram: Output | None, layout: FileLayout, steps: in
     ``gram_at_write``); outputs in memory are left as they are (``memory_outputs`` made
     them). Raises OSError when they cannot be written."""
     if isinstance(err, Path):
-        create_array(str(err), [layout.prompts, steps, 2])
+        create_array(str(err), err_shape(layout, steps))
     if isinstance(gram, Path) and not layout.gram_at_write:
         create_gram_file(gram, layout, steps)
 
@@ -71,6 +71,11 @@ def create_files(err: Output, gram: Output | None, layout: FileLayout, steps: in
 def create_gram_file(gram_path: Path, layout: FileLayout, steps: int) -> None:
     """Create err2 full of NaN: (P, T, T, ceil(L·N / every)) as the layout says."""
     create_array(str(gram_path), gram_shape(layout, steps), layout.gram_dtype)
+
+
+def err_shape(layout: FileLayout, steps: int) -> list[int]:
+    """err's shape for a run of ``steps`` steps: (P, L·N, 2)."""
+    return [layout.prompts, steps, 2]
 
 
 def gram_shape(layout: FileLayout, steps: int) -> list[int]:
@@ -88,7 +93,7 @@ class InMemory(NamedTuple):
 def memory_outputs(layout: FileLayout, steps: int, err: bool, gram: bool) -> InMemory:
     """err and err2 as asked, NaN-filled arrays in memory of the shapes and dtypes
     ``create_files`` gives the files: results that never touch the disk."""
-    return InMemory(np.full((layout.prompts, steps, 2), np.nan, np.float32) if err else None,
+    return InMemory(np.full(err_shape(layout, steps), np.nan, np.float32) if err else None,
                     np.full(gram_shape(layout, steps), np.nan, layout.gram_dtype) if gram else None)
 
 
