@@ -86,6 +86,7 @@ from gpt2fast.config import PRESETS, ModelConfig  # noqa: E402
 from gpt2fast.kernels import attention, consensus_metric, linear  # noqa: E402
 from gpt2fast.weights import linear_shapes  # noqa: E402
 from gpt2fast.work import block_parameters  # noqa: E402
+from gpu_timeline import Stage, simulate  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Gpu:
     tf32_flops_per_clock: int  # per SM, wgmma (sm_90) or mma.sync (sm_80) at full rate
     mma_sync_fraction: float  # mma.sync's share of that rate (HMMA where HGMMA exists)
     shared_per_sm: int  # bytes an SM can give its CTAs
+    l2_bytes: int
     registers: int = 65536
     max_threads: int = 2048
     max_ctas: int = 32
@@ -110,13 +112,14 @@ class Gpu:
 ARCHS = {
     # H200 SXM: 132 SMs at up to 1980 MHz; 4.1 TB/s measured copy bandwidth (bench/RESULTS.md,
     # 4108-4133 GB/s); TF32 dense 494.7 TFLOP/s at 1830 MHz (H100/H200 datasheet) = 2048 flops
-    # per SM per clock via wgmma, mma.sync at about half of it on Hopper; 228 KB shared per SM.
-    "sm_90": Gpu("H200 (sm_90)", 90, 132, 1.98e9, 4.108e12, 128, 2048, 0.5, 233472),
+    # per SM per clock via wgmma, mma.sync at about half of it on Hopper; 228 KB shared per SM;
+    # 50 MB of L2 (the H100 SXM's, same GH100 die).
+    "sm_90": Gpu("H200 (sm_90)", 90, 132, 1.98e9, 4.108e12, 128, 2048, 0.5, 233472, 50 * 2**20),
     # A100 SXM 80 GB: 108 SMs at 1410 MHz; 2.039 TB/s datasheet HBM bandwidth times the H200's
     # measured/datasheet ratio (4.108 / 4.8 = 0.856) = 1.75 TB/s, not measured; TF32 dense 156
     # TFLOP/s = 1024 flops per SM per clock (mma.sync is its tensor instruction); 64 FP32
-    # lanes per SM; 164 KB shared per SM.
-    "sm_80": Gpu("A100 (sm_80)", 80, 108, 1.41e9, 2.039e12 * 4.108 / 4.8, 64, 1024, 1.0, 167936),
+    # lanes per SM; 164 KB shared per SM; 40 MB of L2.
+    "sm_80": Gpu("A100 (sm_80)", 80, 108, 1.41e9, 2.039e12 * 4.108 / 4.8, 64, 1024, 1.0, 167936, 40 * 2**20),
 }
 
 # The duration of a kernel that does almost nothing, set once from the H200 profile
@@ -344,6 +347,9 @@ L2_BANDWIDTH = {"sm_90": 7.0e12, "sm_80": 4.0e12}
 # an assumption (a third of KERNEL_FIXED_US) for the next GPU session to measure
 # (bench/gpu_session.sh, stage "pdl"); ``--pdl-us`` shows the sensitivity.
 PDL_BOUNDARY_US = 1.0
+# The share of L2 that weights prefetched ahead of their K loop may fill (the rest holds the
+# running kernel's stream, x, the split-K partials and the LayerNorm statistics).
+L2_PREFETCH_SHARE = 0.5
 ISSUE_PER_CLOCK = 4  # warp instructions an SM issues per clock (4 schedulers)
 GEMMS = ("fused", "skinny")  # --gemm: the engine measured on the H200 (fused_linear_kernel + finishes), or today's
 
@@ -409,12 +415,29 @@ def skinny_launches(cfg: ModelConfig, rows: int, dtype: str, precision: str, sms
                     # dependent L2 loads of the two serial chains (the kernel's batched loads)
                     "ln_trips": triton.cdiv(triton.cdiv(k, skinny_linear.BLOCK_N),
                                             skinny_linear.ln_tiles(k, chosen.block_m)) if ln else 0,
-                    "split_trips": triton.cdiv(chosen.splits, skinny_linear.split_chunk(chosen.splits, chosen.block_m))}
+                    "split_trips": triton.cdiv(chosen.splits, skinny_linear.split_chunk(chosen.splits, chosen.block_m)),
+                    "prefetch_bytes": prefetched_bytes(n, k, size, chosen)}
         divisible = tuple(name for name, value in (("N", n), ("K", k)) if value % 16 == 0)
         launches.append(Launch("skinny_linear_kernel", role, spec, grid, 1, used, dram,
                                steps=chosen.steps(k), dot=(chosen.block_n, chosen.block_m, chosen.block_k),
                                divisible=divisible, pipeline=pipeline, pdl=pdl))
     return launches
+
+
+def prefetched_bytes(n: int, k: int, size: int, chosen) -> int:
+    """Weight bytes a PDL launch of ``chosen`` asks L2 for before its wait: per weight row the
+    distinct 128-byte lines of ``skinny_linear.prefetch_weights``'s addresses, PREFETCH_LINES
+    lines from each K slice's start (clamped to the row's last element), in whole lines but
+    for the row's last."""
+    from gpt2fast.kernels import skinny_linear
+
+    k_blocks, line = triton.cdiv(k, chosen.block_k), 128 // size
+    lines = set()
+    for s in range(chosen.splits):
+        start = (s * k_blocks // chosen.splits) * chosen.block_k
+        last = min(start + (skinny_linear.PREFETCH_LINES - 1) * line, k - 1)
+        lines.update(range(start // line, last // line + 1))
+    return n * sum(min(line, k - first * line) for first in lines) * size
 
 
 def layer_norm_stats_launch(cfg: ModelConfig, rows: int, dtype: str) -> Launch:
@@ -613,7 +636,7 @@ def k_loop_wavefronts(ttgir: str, warps: int) -> int:
 
 
 def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: float = DRAM_LATENCY_US,
-                      pdl_us: float = PDL_BOUNDARY_US) -> dict:
+                      pdl_us: float = PDL_BOUNDARY_US, l2_bandwidth: float | None = None) -> dict:
     """Predicted microseconds of a skinny_linear launch: its K loop pipelined over ``buffers``
     shared stages of cp.async, then the in-kernel split-K reduction.
 
@@ -654,28 +677,34 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
         cycles["shared"] = max(cycles["shared"], compiled.wavefronts_per_dot)
     in_flight = max(1, compiled.buffers - 1)
     split = pipe["splits"] > 1
-    binding, parts = Counter(), Counter()
+    binding, parts, hit_loop = Counter(), Counter(), 0.0  # hit_loop: the K loop with its weights in L2
     for index, c in enumerate(rounds):
         step = {"latency": latency_us / in_flight} | {name: c * value * clock_us for name, value in cycles.items()}
         bound = max(step, key=step.get)
         binding[bound] += launch.steps * step[bound]
         parts["fill"] += L2_LATENCY_US if launch.pdl and index == 0 else latency_us
         parts["k_loop"] += launch.steps * step[bound]
+        hit_loop += launch.steps * max(L2_LATENCY_US / in_flight, *(c * value * clock_us for value in cycles.values()))
         parts["ln_stats_merge"] += pipe.get("ln_trips", 0) * L2_LATENCY_US  # dependent loads before the loop
         parts["split_k"] += (2 + (pipe["split_trips"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
+    l2_us = pipe["l2_bytes"] / (l2_bandwidth or L2_BANDWIDTH[f"sm_{gpu.capability}"]) * 1e6
+    stage = Stage(boundary=pdl_us if launch.pdl else KERNEL_FIXED_US, loop=parts["k_loop"], hit_loop=hit_loop,
+                  pre=parts["ln_stats_merge"], fill=parts["fill"], tail=parts["split_k"], floor=l2_us,
+                  stream_bytes=launch.bytes, prefetch_bytes=pipe["prefetch_bytes"] if launch.pdl else 0,
+                  occupancy=on_busiest / per_sm, early=launch.pdl)
     dram_us = launch.bytes / gpu.bandwidth * 1e6
     if dram_us > parts["k_loop"]:
         parts["k_loop"], binding = dram_us, Counter({"dram": dram_us})
-    fixed = pdl_us if launch.pdl else KERNEL_FIXED_US
-    terms = {"l2": pipe["l2_bytes"] / L2_BANDWIDTH[f"sm_{gpu.capability}"] * 1e6, "pipeline": sum(parts.values())}
+    terms = {"l2": l2_us, "pipeline": sum(parts.values())}
     bound = max(terms, key=terms.get)
     if bound == "pipeline":
         bound = f"pipeline:{binding.most_common(1)[0][0]}"
     return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": len(rounds), "bound": bound,
             "step_cycles": {name: round(value, 1) for name, value in cycles.items()},
             "in_flight_bytes_per_sm": min(per_sm, on_busiest) * in_flight * (pipe["w_stage"] + pipe["x_stage"]),
-            "parts_us": {name: round(value, 2) for name, value in parts.items()} | {"fixed": fixed},
-            "predicted_us": round(fixed + max(terms.values()), 2)}
+            "parts_us": {name: round(value, 2) for name, value in parts.items()} | {"fixed": stage.boundary},
+            "prefetch_bytes": stage.prefetch_bytes, "stage": stage,
+            "alone_us": round(stage.serial(gpu.bandwidth / 1e6), 2)}
 
 
 def wave_report(models=("gpt2", "gpt2-xl"), rows=(1, 16, 27, 64), sms: int = 132) -> list[dict]:
@@ -919,12 +948,15 @@ def predict(launch: Launch, compiled: Compiled, gpu: Gpu, pdl_us: float = PDL_BO
         terms[bound] = waves * resident * throughput_us
         terms["latency"] = waves * latency_us
     bound = max(terms, key=terms.get)
-    return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": waves, "bound": bound,
-            "predicted_us": round((pdl_us if launch.pdl else KERNEL_FIXED_US) + terms[bound], 2)}
+    stage = Stage(boundary=pdl_us if launch.pdl else KERNEL_FIXED_US, loop=terms[bound],
+                  occupancy=resident / per_sm, early=launch.pdl)
+    return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": waves, "bound": bound, "stage": stage,
+            "alone_us": round(stage.boundary + stage.loop, 2)}
 
 
 def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: str | None = None,
-               latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
+               latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US,
+               l2_bandwidth: float | None = None) -> dict:
     compiled = compile_launch(launch, gpu, dump_dir)
     row = {"name": launch.name, "role": launch.role,
            "launches_per_iteration": launch.per_block * layers + launch.per_iteration, "pdl": launch.pdl,
@@ -932,14 +964,45 @@ def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: st
            "shared_bytes": compiled.shared_bytes, "warps": compiled.warps, "instructions": compiled.instructions,
            "dot_path": compiled.dot_path, "shared_wavefronts_per_step": compiled.wavefronts_per_dot}
     if launch.pipeline is not None:
-        row |= predict_pipelined(launch, compiled, gpu, latency_us, pdl_us)
+        row |= predict_pipelined(launch, compiled, gpu, latency_us, pdl_us, l2_bandwidth)
         row |= {"buffers": compiled.buffers, "loop_instructions": compiled.loop_instructions,
                 "loop_mma": compiled.loop_mma, "splits": launch.pipeline["splits"]}
     else:
         row |= predict(launch, compiled, gpu, pdl_us)
+    row["predicted_us"] = row["alone_us"]  # until ``on_timeline`` places it among the others
     row["config"] = config
     row["cubin"] = compiled.cubin
     return row
+
+
+def iteration_order(launches: list[Launch], layers: int) -> list[int]:
+    """Indices into ``launches`` in the order one iteration runs them: the per-iteration
+    launches before the first per-block one, the per-block ones ``layers`` times, the rest."""
+    per_block = [index for index, launch in enumerate(launches) if launch.per_block]
+    if per_block != list(range(per_block[0], per_block[-1] + 1)):
+        raise ValueError("the per-block launches must follow each other")
+    head = list(range(per_block[0]))
+    rest = list(range(per_block[-1] + 1, len(launches)))
+    return head + per_block * layers + rest
+
+
+def on_timeline(launches: list[Launch], rows: list[dict], layers: int, gpu: Gpu) -> tuple[float, float]:
+    """Place one iteration's launches on the timeline (``gpu_timeline.simulate``): each row's
+    ``predicted_us`` becomes its launches' mean share of the iteration (its end less the end
+    of the launch before), so the rows still sum to the iteration. Returns (predicted ms,
+    serial ms: the kernels one after another, each alone)."""
+    order = iteration_order(launches, layers)
+    stages = [rows[index].pop("stage") for index in range(len(rows))]
+    spans = simulate([stages[index] for index in order], gpu.bandwidth / 1e6, L2_PREFETCH_SHARE * gpu.l2_bytes)
+    shares: dict[int, list[float]] = {}
+    previous_end = 0.0
+    for index, (_, end) in zip(order, spans):
+        shares.setdefault(index, []).append(end - previous_end)
+        previous_end = end
+    for index, row in enumerate(rows):
+        row["predicted_us"] = round(sum(shares[index]) / len(shares[index]), 2)
+    serial = sum(rows[index]["alone_us"] for index in order)
+    return spans[-1][1] / 1e3, serial / 1e3
 
 
 def _config_name(config: triton.Config) -> str:
@@ -949,7 +1012,8 @@ def _config_name(config: triton.Config) -> str:
 
 def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision: str, dump_dir: Path,
          split_gram: bool = True, config: triton.Config | None = None, gemm: str = "skinny",
-         latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
+         latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US,
+         l2_bandwidth: float | None = None) -> dict:
     """The report: every kernel of one iteration with its compiled facts and predicted time.
     ``gemm="skinny"``: today's engine (``engine_launches``). ``gemm="fused"``: the engine as
     measured on the H200 (``block_launches``: fused_linear_kernel with split-K finishes, the
@@ -963,7 +1027,8 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
     used = precision if dtype == "fp32" else TRITON_PRECISION[dtype]  # --precision is for fp32 runs
     if gemm == "skinny":
         launches = engine_launches(cfg, lengths, dtype, precision, gpu)
-        rows = [kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us, pdl_us=pdl_us) for launch in launches]
+        rows = [kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us, pdl_us=pdl_us,
+                           l2_bandwidth=l2_bandwidth) for launch in launches]
     else:
         by_config = {id(c): block_launches(cfg, lengths, dtype, used, gpu.sms, c, split_gram) for c in linear.CONFIGS}
         launches = by_config[id(linear.DEFAULT_CONFIG)]
@@ -976,7 +1041,7 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
                           for c in ([config] if config is not None else linear.CONFIGS)]
             rows.append(min(candidates, key=lambda row: row["predicted_us"]))
     weight_bytes = layers * block_parameters(cfg) * BYTES[dtype]
-    predicted_ms = sum(row["predicted_us"] * row["launches_per_iteration"] for row in rows) / 1e3
+    predicted_ms, serial_ms = on_timeline(launches, rows, layers, gpu)
     per_iteration = sum(launch.per_iteration for launch in launches)
     return {
         "model": next((name for name, preset in PRESETS.items() if preset == cfg), "custom"),
@@ -986,13 +1051,14 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
         "kernel_precisions": sorted({row["precision"] for row in rows} - {"-"}),
         "floor_ms": round(weight_bytes / gpu.bandwidth * 1e3, 3),
         "predicted_ms": round(predicted_ms, 3),
+        "serial_ms": round(serial_ms, 3),
         "launches_per_block": sum(launch.per_block for launch in launches),
         "launches_per_iteration": sum(row["launches_per_iteration"] for row in rows),
         "launches_per_block_with_metric": round((sum(launch.per_block for launch in launches) * layers
                                                  + per_iteration) / layers, 2),
         "constants": {"KERNEL_FIXED_US": KERNEL_FIXED_US, "DEPENDENT_STEP_US": DEPENDENT_STEP_US,
                       "DRAM_LATENCY_US": latency_us, "L2_LATENCY_US": L2_LATENCY_US, "PDL_BOUNDARY_US": pdl_us,
-                      "L2_BANDWIDTH": L2_BANDWIDTH[arch],
+                      "L2_BANDWIDTH": l2_bandwidth or L2_BANDWIDTH[arch], "L2_PREFETCH_SHARE": L2_PREFETCH_SHARE,
                       "clock_hz": gpu.clock_hz, "bandwidth": gpu.bandwidth, "sms": gpu.sms},
         "kernels": rows,
     }
@@ -1027,15 +1093,15 @@ def print_table(report: dict) -> None:
           f"precision {report['precision']} "
           f"(kernels use {', '.join(report['kernel_precisions'])}; today's engine runs "
           f"{report['engine_default_precision']}): floor {report['floor_ms']} ms, predicted "
-          f"{report['predicted_ms']} ms, {report['launches_per_block']} launches per block, "
-          f"{report['launches_per_iteration']} per iteration")
+          f"{report['predicted_ms']} ms ({report['serial_ms']} ms with no overlap between kernels), "
+          f"{report['launches_per_block']} launches per block, {report['launches_per_iteration']} per iteration")
     header = ("kernel", "role", "launches", "grid", "CTA/SM", "waves", "regs", "spills", "shared", *INSTRUCTIONS,
-              "bound", "us", "ms/iter")
+              "bound", "alone us", "us", "ms/iter")
     print(" | ".join(header))
     for row in report["kernels"]:
         cells = (row["name"], row["role"], row["launches_per_iteration"], "x".join(map(str, row["grid"])),
                  row["ctas_per_sm"], row["waves"], row["regs"], row["spills"], row["shared_bytes"],
-                 *(row["instructions"][name] for name in INSTRUCTIONS), row["bound"], row["predicted_us"],
+                 *(row["instructions"][name] for name in INSTRUCTIONS), row["bound"], row["alone_us"], row["predicted_us"],
                  round(row["predicted_us"] * row["launches_per_iteration"] / 1e3, 3))
         print(" | ".join(map(str, cells)))
 
@@ -1044,13 +1110,14 @@ SETTINGS = (("fp32", "ieee"), ("fp32", "tf32x3"), ("bf16", "bf16"))
 
 
 def compare(cfg: ModelConfig, lengths: list[int], arch: str, dump_dir: Path,
-            latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US) -> dict:
+            latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US,
+            l2_bandwidth: float | None = None) -> dict:
     """Fused (today) against skinny for each of SETTINGS: ms per iteration by kernel and role."""
     columns = {}
     for gemm in GEMMS:
         for dtype, precision in SETTINGS:
             report = plan(cfg, lengths, arch, dtype, "tf32x3" if precision == "bf16" else precision, dump_dir,
-                          gemm=gemm, latency_us=latency_us, pdl_us=pdl_us)
+                          gemm=gemm, latency_us=latency_us, pdl_us=pdl_us, l2_bandwidth=l2_bandwidth)
             by_kernel: dict[str, float] = {}
             for row in report["kernels"]:
                 key = row["name"] if row["name"] not in ("fused_linear_kernel", "skinny_linear_kernel") \
@@ -1105,11 +1172,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="assumed kernel boundary of a programmatic dependent launch (not measured yet)")
     parser.add_argument("--latency-us", type=float, default=DRAM_LATENCY_US,
                         help="DRAM latency under load assumed by the skinny GEMM's pipeline model")
+    parser.add_argument("--l2-tbs", type=float, default=None,
+                        help="assumed L2 read bandwidth in TB/s (default: L2_BANDWIDTH, an estimate)")
     parser.add_argument("--compare", action="store_true",
                         help="fused against skinny for fp32 ieee, fp32 tf32x3 and bf16, per kernel and iteration")
     parser.add_argument("--waves", action="store_true",
                         help="the skinny plan's wave efficiency for every gpt2 and gpt2-xl GEMM at M = 1, 16, 27, 64")
     args = parser.parse_args(argv)
+    l2_bandwidth = args.l2_tbs * 1e12 if args.l2_tbs else None
     if args.waves:
         report = wave_report()
         if args.json:
@@ -1137,14 +1207,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name} | {ms}")
             return
         if args.compare:
-            result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us, args.pdl_us)
+            result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us, args.pdl_us,
+                             l2_bandwidth)
             if args.json:
                 print(json.dumps(result))
             else:
                 print_compare(result)
             return
         report = plan(PRESETS[args.model], [args.rows], args.arch, args.dtype, args.precision, dump_dir,
-                      gemm=args.gemm, latency_us=args.latency_us, pdl_us=args.pdl_us)
+                      gemm=args.gemm, latency_us=args.latency_us, pdl_us=args.pdl_us, l2_bandwidth=l2_bandwidth)
         if args.json:
             print(json.dumps(report))
         else:
