@@ -39,6 +39,17 @@ statistics come from the epilogue of the GEMM before (no extra pass; today's ``r
 is not modelled for the fused plan either). ``--compare`` prints fused against skinny for
 fp32 IEEE, fp32 tf32x3 and bf16; ``--waves`` the skinny plan's wave efficiency on 132 SMs.
 
+The iteration is then placed on a timeline (``gpu_timeline.simulate``, ``on_timeline``), in
+launch order: each kernel's own terms (boundary, LayerNorm merge, fill, K loop, split-K tail,
+L2 floor) and its DRAM bytes, the DRAM shared by the streams in flight. On sm_90 a skinny GEMM
+is a programmatic dependent launch whose programs prefetch the first PREFETCH_LINES lines of
+each weight row of their K slice to L2 before waiting (``prefetched_bytes``): placed while
+the kernels before it run (as SM room and ``L2_PREFETCH_SHARE`` of L2 allow), those bytes
+stream during them and its loop reads them as L2 hits. ``predicted_ms`` is that timeline's
+length, each row's ``predicted_us`` its launches' mean share of it, ``alone_us`` the kernel's
+own time and ``serial_ms`` their plain sum (no overlap; the same without PDL, as on sm_80 or
+for the fused plan).
+
 A kernel joins the plan as one more function returning ``Launch``es (its AotSpec, the grid
 from its launcher's plan function, the dot tile, K steps per CTA and bytes) called from
 ``block_launches``; compiling, SASS counts, CTAs per SM and the model then apply as they are.
@@ -49,7 +60,8 @@ DEPENDENT_STEP_US. ``--calibrate`` compiles the kernels that were measured on th
 prints predicted against measured.
 
 Usage: python bench/gpu_plan.py [--model gpt2-xl] [--rows 27] [--arch sm_90] [--dtype fp32]
-           [--precision tf32x3|ieee|tf32] [--gemm fused|skinny] [--latency-us 1.0] [--json]
+           [--precision tf32x3|ieee|tf32] [--gemm fused|skinny] [--latency-us 1.0] [--pdl-us 1.0]
+           [--l2-tbs 7.0] [--no-pdl] [--json]
            [--dump-dir DIR] [--calibrate | --compare | --waves]
 """
 
@@ -455,13 +467,15 @@ def layer_norm_stats_launch(cfg: ModelConfig, rows: int, dtype: str) -> Launch:
                   per_iteration=1)
 
 
-def engine_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str, gpu: Gpu) -> list[Launch]:
+def engine_launches(cfg: ModelConfig, lengths: list[int], dtype: str, precision: str, gpu: Gpu,
+                    pdl: bool = True) -> list[Launch]:
     """Every launch of ``TritonEngine.iteration`` with stored weights, in launch order: per block
     c_attn, attention, attn c_proj, c_fc, mlp c_proj (``skinny_launches``, programmatic
     dependent launches on sm_90; block 0's c_attn, after the statistics kernel, counts as one
-    too); per iteration the first LayerNorm's statistics and the metric of all L layers."""
+    too); per iteration the first LayerNorm's statistics and the metric of all L layers.
+    ``pdl=False``: as the engine runs with ``dependent_launch.ENABLED = False``."""
     rows = len(lengths) * max(lengths)  # padded prompts
-    pdl = gpu.capability >= 90
+    pdl = pdl and gpu.capability >= 90
     gemms = skinny_launches(cfg, rows, dtype, precision, gpu.sms, pdl)
     return ([layer_norm_stats_launch(cfg, rows, dtype)] + gemms[:1]
             + [attention_launch(cfg, lengths, dtype, precision, pdl)] + gemms[1:]
@@ -1001,7 +1015,7 @@ def on_timeline(launches: list[Launch], rows: list[dict], layers: int, gpu: Gpu)
         previous_end = end
     for index, row in enumerate(rows):
         row["predicted_us"] = round(sum(shares[index]) / len(shares[index]), 2)
-    serial = sum(rows[index]["alone_us"] for index in order)
+    serial = sum(stages[index].serial(gpu.bandwidth / 1e6) for index in order)
     return spans[-1][1] / 1e3, serial / 1e3
 
 
@@ -1013,7 +1027,7 @@ def _config_name(config: triton.Config) -> str:
 def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision: str, dump_dir: Path,
          split_gram: bool = True, config: triton.Config | None = None, gemm: str = "skinny",
          latency_us: float = DRAM_LATENCY_US, pdl_us: float = PDL_BOUNDARY_US,
-         l2_bandwidth: float | None = None) -> dict:
+         l2_bandwidth: float | None = None, pdl: bool = True) -> dict:
     """The report: every kernel of one iteration with its compiled facts and predicted time.
     ``gemm="skinny"``: today's engine (``engine_launches``). ``gemm="fused"``: the engine as
     measured on the H200 (``block_launches``: fused_linear_kernel with split-K finishes, the
@@ -1026,7 +1040,7 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
     layers = cfg.n_layer
     used = precision if dtype == "fp32" else TRITON_PRECISION[dtype]  # --precision is for fp32 runs
     if gemm == "skinny":
-        launches = engine_launches(cfg, lengths, dtype, precision, gpu)
+        launches = engine_launches(cfg, lengths, dtype, precision, gpu, pdl)
         rows = [kernel_row(launch, layers, gpu, dump_dir, latency_us=latency_us, pdl_us=pdl_us,
                            l2_bandwidth=l2_bandwidth) for launch in launches]
     else:
@@ -1172,6 +1186,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="assumed kernel boundary of a programmatic dependent launch (not measured yet)")
     parser.add_argument("--latency-us", type=float, default=DRAM_LATENCY_US,
                         help="DRAM latency under load assumed by the skinny GEMM's pipeline model")
+    parser.add_argument("--no-pdl", action="store_true",
+                        help="the engine without programmatic dependent launch (dependent_launch.ENABLED = False)")
     parser.add_argument("--l2-tbs", type=float, default=None,
                         help="assumed L2 read bandwidth in TB/s (default: L2_BANDWIDTH, an estimate)")
     parser.add_argument("--compare", action="store_true",
@@ -1215,7 +1231,8 @@ def main(argv: list[str] | None = None) -> None:
                 print_compare(result)
             return
         report = plan(PRESETS[args.model], [args.rows], args.arch, args.dtype, args.precision, dump_dir,
-                      gemm=args.gemm, latency_us=args.latency_us, pdl_us=args.pdl_us, l2_bandwidth=l2_bandwidth)
+                      gemm=args.gemm, latency_us=args.latency_us, pdl_us=args.pdl_us, l2_bandwidth=l2_bandwidth,
+                      pdl=not args.no_pdl)
         if args.json:
             print(json.dumps(report))
         else:
