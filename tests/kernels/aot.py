@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -73,7 +74,7 @@ class AotResult:
     """One spec compiled for sm_<capability>: cubin size, registers per thread, spills
     (bytes per thread), the per-thread stack frame, shared memory per CTA (bytes), warps,
     and, for specs with ``sass``, how often each SASS opcode (with its modifiers, e.g.
-    ``LDGSTS.E.BYPASS.128``) occurs."""
+    ``LDGSTS.E.BYPASS.128``) occurs and the opcodes in program order (``sequence``)."""
 
     label: str
     capability: int
@@ -86,10 +87,18 @@ class AotResult:
     shared_bytes: int = 0
     num_warps: int = 0
     opcodes: dict = field(default_factory=dict)
+    sequence: tuple = ()
 
     def count(self, prefix: str) -> int:
         """Instructions whose opcode starts with ``prefix`` (e.g. "HGMMA")."""
         return sum(n for opcode, n in self.opcodes.items() if opcode.startswith(prefix))
+
+    def count_before(self, prefix: str, marker: str) -> int:
+        """Instructions starting with ``prefix`` that come before the first one starting with
+        ``marker`` in the code (all of them when there is none)."""
+        end = next((index for index, opcode in enumerate(self.sequence) if opcode.startswith(marker)),
+                   len(self.sequence))
+        return sum(opcode.startswith(prefix) for opcode in self.sequence[:end])
 
     def line(self) -> str:
         return (f"{self.label} sm_{self.capability}: {self.n_regs} registers, "
@@ -97,8 +106,8 @@ class AotResult:
                 f"{self.stack_bytes} B stack, {self.shared_bytes} B shared, cubin {self.cubin_bytes} B")
 
 
-def sass_opcodes(cubin: bytes) -> dict[str, int]:
-    """Opcode counts of the SASS in ``cubin``, disassembled by the cuobjdump Triton ships."""
+def sass_sequence(cubin: bytes) -> list[str]:
+    """The SASS opcodes of ``cubin`` in program order, disassembled by the cuobjdump Triton ships."""
     from triton import knobs
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -106,10 +115,7 @@ def sass_opcodes(cubin: bytes) -> dict[str, int]:
         path.write_bytes(cubin)
         sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True,
                               text=True, check=True).stdout
-    counts: dict[str, int] = {}
-    for match in _SASS_INSTRUCTION.finditer(sass):
-        counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-    return counts
+    return [match.group(1) for match in _SASS_INSTRUCTION.finditer(sass)]
 
 
 def compile_for(spec: AotSpec, capability: int) -> AotResult:
@@ -133,12 +139,13 @@ def compile_for(spec: AotSpec, capability: int) -> AotResult:
     if registers is None or frame is None:
         raise RuntimeError(f"no register/spill report in the ptxas log of {spec.label}:\n{text}")
     cubin = compiled.asm["cubin"]
+    sequence = sass_sequence(cubin) if spec.sass else []
     return AotResult(
         label=spec.label, capability=capability, cubin_bytes=len(cubin), elf=cubin[:4] == b"\x7fELF",
         n_regs=int(registers.group(1)), spill_store_bytes=int(frame.group(2)),
         spill_load_bytes=int(frame.group(3)), stack_bytes=int(frame.group(1)),
         shared_bytes=int(compiled.metadata.shared), num_warps=int(compiled.metadata.num_warps),
-        opcodes=sass_opcodes(cubin) if spec.sass else {},
+        opcodes=dict(Counter(sequence)), sequence=tuple(sequence),
     )
 
 

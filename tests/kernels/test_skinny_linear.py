@@ -396,6 +396,10 @@ def test_compiles_ahead_of_time_on_the_tensor_cores(compiled):
             pdl = (r.count("CCTL.E.PML2"), r.count("PREEXIT"), r.count("ACQBULK"))
             want = (BLOCK_N * PREFETCH_LINES // (32 * NUM_WARPS), 1, 1) if spec.constexprs["PDL"] else (0, 0, 0)
             assert pdl == want, (r.line(), pdl)
+            # ... in that order: the prefetches and the early launch before the wait, so they
+            # overlap the kernel before (bench/gpu_timeline.py models that overlap)
+            assert r.count_before("CCTL.E.PML2", "ACQBULK") == pdl[0], r.line()
+            assert r.count_before("PREEXIT", "ACQBULK") == pdl[1], r.line()
             if spec.constexprs["PRECISION"] == "ieee" and dtype == "fp32":
                 continue
             assert r.shared_bytes >= 3 * stage_bytes, r.line()  # at least 3 buffers of both operands
