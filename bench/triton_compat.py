@@ -8,7 +8,8 @@ aligned pointers), compiles it with tests/kernels/aot.py's ``compile_for`` (no G
 for every ``--arch`` among its ``capabilities`` (e.g. a PDL build only for sm_90) in
 ``--jobs`` worker processes, and prints one line per build: ok or FAIL, registers, spill
 bytes (stores/loads), shared memory, and for a SASS spec its tensor-core, cp.async and
-programmatic-dependent-launch instruction counts; a failure is followed by the first lines
+programmatic-dependent-launch instruction counts (and how many of the L2 prefetches and the
+early launch come before the wait); a failure is followed by the first lines
 of its error. Exits 1 if any build failed.
 
 Usage: /tmp/venv36/bin/python bench/triton_compat.py [--arch sm_90 sm_80] [--kernels skinny_linear ...] [--jobs 2]
@@ -60,6 +61,8 @@ def build(spec: AotSpec, capability: int) -> tuple[bool, str]:
                  if line.strip()]
         return False, "\n".join("    " + line for line in lines[:ERROR_LINES])
     sass = "".join(f", {op} {r.count(op)}" for op in SASS_COUNTS) if spec.sass else ""
+    if r.count("ACQBULK"):  # what a PDL build does before its wait (overlapping the kernel before)
+        sass += "".join(f", {op} before the wait {r.count_before(op, 'ACQBULK')}" for op in ("CCTL.E.PML2", "PREEXIT"))
     return True, (f"{r.n_regs} regs, spills {r.spill_store_bytes}/{r.spill_load_bytes} B, "
                   f"{r.shared_bytes} B shared{sass}")
 
