@@ -62,7 +62,7 @@ prints predicted against measured.
 Usage: python bench/gpu_plan.py [--model gpt2-xl] [--rows 27] [--arch sm_90] [--dtype fp32]
            [--precision tf32x3|ieee|tf32] [--gemm fused|skinny] [--latency-us 1.0] [--pdl-us 1.0]
            [--l2-tbs 7.0] [--no-pdl] [--json]
-           [--dump-dir DIR] [--calibrate | --compare | --waves]
+           [--dump-dir DIR] [--calibrate | --compare | --waves | --predictions]
 """
 
 from __future__ import annotations
@@ -1167,6 +1167,28 @@ def print_compare(result: dict) -> None:
                                          for role, (us, bound, splits) in column["gemm_us"].items()))
 
 
+# bench/gpu_profile.py's Triton variants as this model plans them: (dtype, precision, gemm, pdl)
+PROFILE_VARIANTS = {
+    "triton fp32 ieee": ("fp32", "ieee", "skinny", True),
+    "triton fp32 tf32x3": ("fp32", "tf32x3", "skinny", True),
+    "triton fp32 tf32x3 no-pdl": ("fp32", "tf32x3", "skinny", False),
+    "triton fp32 ieee fused": ("fp32", "ieee", "fused", True),
+    "triton bf16": ("bf16", "tf32x3", "skinny", True),
+}
+# What gpu_profile prints beside its measurements: ``--predictions`` > this file
+PREDICTIONS = REPO / "bench" / "predicted_h200.json"
+
+
+def predictions(dump_dir: Path, model: str = "gpt2-xl", rows: int = 27, arch: str = "sm_90") -> dict:
+    """Predicted ms per iteration (timeline and serial) of each of PROFILE_VARIANTS."""
+    variants = {}
+    for name, (dtype, precision, gemm, pdl) in PROFILE_VARIANTS.items():
+        report = plan(PRESETS[model], [rows], arch, dtype, precision, dump_dir, gemm=gemm, pdl=pdl)
+        variants[name] = {key: report[key] for key in ("predicted_ms", "serial_ms", "floor_ms")}
+    return {"model": model, "rows": rows, "arch": arch, "gpu": ARCHS[arch].name, "triton": triton.__version__,
+            "variants": variants}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2-xl", choices=sorted(PRESETS))
@@ -1192,6 +1214,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="assumed L2 read bandwidth in TB/s (default: L2_BANDWIDTH, an estimate)")
     parser.add_argument("--compare", action="store_true",
                         help="fused against skinny for fp32 ieee, fp32 tf32x3 and bf16, per kernel and iteration")
+    parser.add_argument("--predictions", action="store_true",
+                        help="JSON: predicted ms of bench/gpu_profile.py's Triton variants (bench/predicted_h200.json)")
     parser.add_argument("--waves", action="store_true",
                         help="the skinny plan's wave efficiency for every gpt2 and gpt2-xl GEMM at M = 1, 16, 27, 64")
     args = parser.parse_args(argv)
@@ -1221,6 +1245,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nGEMMs with {result['config']} above; fused_linear_kernel ms per iteration by config:")
             for name, ms in result["gemm_ms_by_config"].items():
                 print(f"{name} | {ms}")
+            return
+        if args.predictions:
+            print(json.dumps(predictions(dump_dir, args.model, args.rows, args.arch), indent=1))
             return
         if args.compare:
             result = compare(PRESETS[args.model], [args.rows], args.arch, dump_dir, args.latency_us, args.pdl_us,

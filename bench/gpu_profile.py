@@ -7,7 +7,8 @@ replay time of the captured iteration graph (CUDA events, median of 20) against 
 floor of its dtype (copy bandwidth measured in the same run), the first iteration's err
 against the torch fp32 engine's, and the kernels of one eager iteration by device time
 (``torch.profiler``; ``--kernels``). ``--driver`` adds the C++ driver's whole loop per
-iteration for the default variants.
+iteration for the default variants. Each Triton variant's line ends with what the model
+predicted for it (``bench/predicted_h200.json``, written by ``gpu_plan.py --predictions``).
 
 Usage: python bench/gpu_profile.py [model] [--variants NAME ...] [--kernels] [--driver]
 """
@@ -15,6 +16,7 @@ Usage: python bench/gpu_profile.py [model] [--variants NAME ...] [--kernels] [--
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -51,6 +53,18 @@ VARIANTS = {
 }
 DEFAULT_VARIANTS = ("torch fp32", "triton fp32 ieee", "triton fp32 tf32x3", "triton fp32 tf32x3 no-pdl",
                     "triton bf16")
+
+
+def predicted(name: str, model: str, length: int) -> str:
+    """What bench/predicted_h200.json (``gpu_plan.py --predictions``) says of variant ``name``
+    for this model and prompt length ('' when it has nothing)."""
+    path = Path(__file__).resolve().parent / "predicted_h200.json"
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    variant = figures.get("variants", {}).get(name)
+    if variant is None or (figures["model"], figures["rows"]) != (model, length):
+        return ""
+    return (f"; the model predicts {variant['predicted_ms']:.3f} ms ({variant['serial_ms']:.3f} without overlap) "
+            f"on an {figures['gpu']}")
 
 
 def replay_ms(graph: torch.cuda.CUDAGraph, repeats: int = 20) -> float:
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         difference = float(((first_err(engine) - reference).abs() / reference.abs().clamp_min(1e-6)).max())
         graph_ms = replay_ms(engine.capture_iteration(True, DRIVEN_ITERATIONS).graph)
         print(f"{name}: graph replay {graph_ms:.3f} ms/iteration ({graph_ms / floor_ms:.2f}x its floor "
-              f"{floor_ms:.3f} ms); first iteration's err vs torch fp32: max relative {difference:.2e}", flush=True)
+              f"{floor_ms:.3f} ms); first iteration's err vs torch fp32: max relative {difference:.2e}"
+              + predicted(name, args.model, len(tokens[0])), flush=True)
         if args.driver:
             with tempfile.TemporaryDirectory() as folder:
                 drive(build(name, streams, tokens), 2, Path(folder) / "e.npy", Path(folder) / "g.npy")

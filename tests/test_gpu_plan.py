@@ -234,6 +234,20 @@ def test_prefetched_bytes_are_the_lines_the_kernel_addresses(n, k, dtype, precis
     assert gpu_plan.prefetched_bytes(n, k, size, chosen) == n * elements * size
 
 
+def test_committed_predictions_are_current(dump_dir, calibration):
+    """bench/predicted_h200.json, which gpu_profile prints beside its measurements, is what the
+    model predicts today for each of gpu_profile's Triton variants."""
+    import gpu_profile
+
+    committed = json.loads(gpu_plan.PREDICTIONS.read_text())
+    current = run_plan("--predictions", "--dump-dir", str(dump_dir))
+    assert set(current["variants"]) == {name for name, variant in gpu_profile.VARIANTS.items() if variant[0] == "triton"}
+    assert committed == current, "rerun: python bench/gpu_plan.py --predictions > bench/predicted_h200.json"
+    bf16 = committed["variants"]["triton bf16"]["predicted_ms"]
+    assert gpu_profile.predicted("triton bf16", "gpt2-xl", 27).startswith(f"; the model predicts {bf16:.3f} ms")
+    assert gpu_profile.predicted("triton bf16", "gpt2", 27) == ""
+
+
 def test_shared_replay_of_swizzled_tensor_core_operands():
     """The tensor core reads a wgmma operand in 8-row × 16-byte core matrices: conflict-free
     from nvmma's 128-byte swizzle (bytes / 128 wavefronts), 8-way from unswizzled 128-byte rows."""
