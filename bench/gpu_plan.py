@@ -357,7 +357,8 @@ L2_BANDWIDTH = {"sm_90": 7.0e12, "sm_80": 4.0e12}
 # (``gpt2fast.kernels.dependent_launch``): its launch and CTA start overlap the predecessor's
 # tail; left is the wait's release after the predecessor completes and flushes. NOT MEASURED:
 # an assumption (a third of KERNEL_FIXED_US) for the next GPU session to measure
-# (bench/gpu_session.sh, stage "pdl"); ``--pdl-us`` shows the sensitivity.
+# (bench/gpu_session.sh, stage "engine": tf32x3 with and without PDL); ``--pdl-us`` shows the
+# sensitivity.
 PDL_BOUNDARY_US = 1.0
 # The share of L2 that weights prefetched ahead of their K loop may fill (the rest holds the
 # running kernel's stream, x, the split-K partials and the LayerNorm statistics).
