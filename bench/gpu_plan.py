@@ -41,7 +41,8 @@ fp32 IEEE, fp32 tf32x3 and bf16; ``--waves`` the skinny plan's wave efficiency o
 
 The iteration is then placed on a timeline (``gpu_timeline.simulate``, ``on_timeline``), in
 launch order: each kernel's own terms (boundary, LayerNorm merge, fill, K loop, split-K tail,
-L2 floor) and its DRAM bytes, the DRAM shared by the streams in flight. On sm_90 a skinny GEMM
+L2 floor) and the GEMMs' DRAM bytes, the DRAM shared by the streams in flight (the other
+kernels' few bytes stay inside their own time). On sm_90 a skinny GEMM
 is a programmatic dependent launch whose programs prefetch the first PREFETCH_LINES lines of
 each weight row of their K slice to L2 before waiting (``prefetched_bytes``): placed while
 the kernels before it run (as SM room and ``L2_PREFETCH_SHARE`` of L2 allow), those bytes
@@ -441,7 +442,8 @@ def prefetched_bytes(n: int, k: int, size: int, chosen) -> int:
     """Weight bytes a PDL launch of ``chosen`` asks L2 for before its wait: per weight row the
     distinct 128-byte lines of ``skinny_linear.prefetch_weights``'s addresses, PREFETCH_LINES
     lines from each K slice's start (clamped to the row's last element), in whole lines but
-    for the row's last."""
+    for the row's last; rows taken as 128-byte aligned (K·size a multiple of 128, as in every
+    GPT-2 GEMM)."""
     from gpt2fast.kernels import skinny_linear
 
     k_blocks, line = triton.cdiv(k, chosen.block_k), 128 // size
@@ -705,8 +707,10 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
     l2_us = pipe["l2_bytes"] / (l2_bandwidth or L2_BANDWIDTH[f"sm_{gpu.capability}"]) * 1e6
     stage = Stage(boundary=pdl_us if launch.pdl else KERNEL_FIXED_US, loop=parts["k_loop"], hit_loop=hit_loop,
                   pre=parts["ln_stats_merge"], fill=parts["fill"], tail=parts["split_k"], floor=l2_us,
-                  stream_bytes=launch.bytes, prefetch_bytes=pipe["prefetch_bytes"] if launch.pdl else 0,
-                  occupancy=on_busiest / per_sm, early=launch.pdl)
+                  stream_bytes=launch.bytes,
+                  # the first round's programs prefetch before their wait; later rounds just before their loads
+                  prefetch_bytes=pipe["prefetch_bytes"] * min(per_sm, on_busiest) / on_busiest if launch.pdl else 0,
+                  occupancy=on_busiest / per_sm, early=launch.pdl, triggers=launch.pdl)
     dram_us = launch.bytes / gpu.bandwidth * 1e6
     if dram_us > parts["k_loop"]:
         parts["k_loop"], binding = dram_us, Counter({"dram": dram_us})
@@ -964,7 +968,7 @@ def predict(launch: Launch, compiled: Compiled, gpu: Gpu, pdl_us: float = PDL_BO
         terms["latency"] = waves * latency_us
     bound = max(terms, key=terms.get)
     stage = Stage(boundary=pdl_us if launch.pdl else KERNEL_FIXED_US, loop=terms[bound],
-                  occupancy=resident / per_sm, early=launch.pdl)
+                  occupancy=resident / per_sm, early=launch.pdl, triggers=launch.pdl)
     return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": waves, "bound": bound, "stage": stage,
             "alone_us": round(stage.boundary + stage.loop, 2)}
 

@@ -11,18 +11,20 @@ server whose bandwidth the streams in flight share equally (processor sharing). 
 ``loop``: its K loop as the SM's own limits allow (issue, tensor, shared memory, the DRAM's
 latency), ``loop'`` the same with its prefetched share of the bytes as L2 hits (``hit_loop``);
 ``floor``: a bound of its own (the L2 bytes at the L2 bandwidth); ``tail``: the split-K
-reduction. A stage without bytes (``stream_bytes`` 0) lasts boundary + loop.
+reduction. A stage without bytes (``stream_bytes`` 0) keeps the DRAM out of it.
 
 Prefetch: a stage launched as a programmatic dependent launch (``early``) may be placed
 (its programs resident) while stages before it still run, once the stage before it is placed
-(its programs trigger the launch as they start), and asks L2 for ``prefetch_bytes`` of its
+and ``triggers`` (its programs let the next launch start as they start), and asks L2 for ``prefetch_bytes`` of its
 weights then, before its wait (``skinny_linear.prefetch_weights``); those bytes join the
 DRAM's streams. Placement follows launch order, at the events start, loop end and end of each
 stage, while the busiest-SM occupancies of the stages holding room sum to ≤ 1 (a stage gives
 its room back when its K loop ends: its programs other than each tile's last exit) and the
 prefetched bytes no K loop has read yet fit ``l2_room``; at the latest a stage is placed when
-the one before it ends (a plain launch: when it starts). Without prefetches the timeline is the plain sum of the kernels' own
-times (``Stage.serial``).
+the one before it ends (a plain launch: when it starts). Without prefetches the timeline is
+the plain sum of the kernels' own times (``Stage.serial``). The streams share the DRAM per
+request, so a prefetch can also slow the running stage's stream: the timeline is not bound
+to be shorter than that sum.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ class Stage:
     prefetch_bytes: float = 0.0
     occupancy: float = 1.0  # share of the busiest SM's room its programs take
     early: bool = False  # a programmatic dependent launch: placed while the stage before runs
+    triggers: bool = False  # lets the next launch start as its programs start (gdc_launch_dependents)
 
     def prefetched_loop(self) -> float:
         """The K loop with ``prefetch_bytes`` of its ``stream_bytes`` L2 hits (``hit_loop``), the rest from DRAM."""
-        if not self.prefetch_bytes or self.hit_loop is None:
+        if not self.prefetch_bytes or not self.stream_bytes or self.hit_loop is None:
             return self.loop
         share = min(self.prefetch_bytes / self.stream_bytes, 1.0)
         return share * self.hit_loop + (1.0 - share) * self.loop
@@ -128,7 +131,7 @@ def simulate(stages: list[Stage], bandwidth: float, l2_room: float = float("inf"
             stage = stages[index]
             fits = (sum(resident.values()) + stage.occupancy <= 1.0
                     and sum(waiting.values()) + stage.prefetch_bytes <= l2_room)
-            if index > upto and not (stage.early and fits):
+            if index > upto and not (stage.early and stages[index - 1].triggers and fits):
                 return
             prefetches[index] = dram.ask(at, stage.prefetch_bytes)
             resident[index], waiting[index] = stage.occupancy, stage.prefetch_bytes
