@@ -696,12 +696,13 @@ def predict_pipelined(launch: Launch, compiled: Compiled, gpu: Gpu, latency_us: 
     split = pipe["splits"] > 1
     binding, parts, hit_loop = Counter(), Counter(), 0.0  # hit_loop: the K loop with its weights in L2
     for index, c in enumerate(rounds):
-        step = {"latency": latency_us / in_flight} | {name: c * value * clock_us for name, value in cycles.items()}
+        own = {name: c * value * clock_us for name, value in cycles.items()}  # the SM's own limits per step
+        step = {"latency": latency_us / in_flight} | own
         bound = max(step, key=step.get)
         binding[bound] += launch.steps * step[bound]
         parts["fill"] += L2_LATENCY_US if launch.pdl and index == 0 else latency_us
         parts["k_loop"] += launch.steps * step[bound]
-        hit_loop += launch.steps * max(L2_LATENCY_US / in_flight, *(c * value * clock_us for value in cycles.values()))
+        hit_loop += launch.steps * max(L2_LATENCY_US / in_flight, *own.values())
         parts["ln_stats_merge"] += pipe.get("ln_trips", 0) * L2_LATENCY_US  # dependent loads before the loop
         parts["split_k"] += (2 + (pipe["split_trips"] if index == len(rounds) - 1 else 0)) * L2_LATENCY_US * split
     l2_us = pipe["l2_bytes"] / (l2_bandwidth or L2_BANDWIDTH[f"sm_{gpu.capability}"]) * 1e6
@@ -970,7 +971,7 @@ def predict(launch: Launch, compiled: Compiled, gpu: Gpu, pdl_us: float = PDL_BO
     stage = Stage(boundary=pdl_us if launch.pdl else KERNEL_FIXED_US, loop=terms[bound],
                   occupancy=resident / per_sm, early=launch.pdl, triggers=launch.pdl)
     return {"ctas": ctas, "ctas_per_sm": per_sm, "waves": waves, "bound": bound, "stage": stage,
-            "alone_us": round(stage.boundary + stage.loop, 2)}
+            "alone_us": round(stage.serial(gpu.bandwidth / 1e6), 2)}
 
 
 def kernel_row(launch: Launch, layers: int, gpu: Gpu, dump_dir: Path, config: str | None = None,
@@ -1058,7 +1059,7 @@ def plan(cfg: ModelConfig, lengths: list[int], arch: str, dtype: str, precision:
                 continue
             candidates = [kernel_row(by_config[id(c)][index], layers, gpu, dump_dir, _config_name(c))
                           for c in ([config] if config is not None else linear.CONFIGS)]
-            rows.append(min(candidates, key=lambda row: row["predicted_us"]))
+            rows.append(min(candidates, key=lambda row: row["alone_us"]))
     weight_bytes = layers * block_parameters(cfg) * BYTES[dtype]
     predicted_ms, serial_ms = on_timeline(launches, rows, layers, gpu)
     per_iteration = sum(launch.per_iteration for launch in launches)

@@ -223,7 +223,7 @@ def test_prefetched_bytes_are_the_lines_the_kernel_addresses(n, k, dtype, precis
     128-byte lines of a row (the row's last line counted to its end)."""
     size = gpu_plan.BYTES[dtype]
     torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-    chosen = dataclasses.replace(skinny_linear.plan(27, n, k, 132, torch_dtype, precision), splits=splits)
+    chosen = dataclasses.replace(skinny_linear.plan(27, n, k, CPU_SM_COUNT, torch_dtype, precision), splits=splits)
     line = 128 // size
     k_blocks = -(-k // chosen.block_k)
     addressed = set()
